@@ -1,0 +1,274 @@
+//! Every option of HDP attention (`shared/design/hdp.md` steps 1-7), with validation.
+//! Defaults follow the measurements recorded in hdp.md until the model sweep recalibrates them.
+
+use hdp_core::{Error, QFormat, Result, ScoreMode};
+use serde::{Deserialize, Serialize};
+
+/// How Q and K are scaled by a power of two before quantization (step 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Prescale {
+    /// From the input's own max |x| at run time, per sequence and per tensor (Q, K) over all
+    /// heads of the layer, so the codes fill the signed range. Per sequence so that results do
+    /// not depend on how inputs are batched.
+    #[default]
+    RunTime,
+    /// Calibrated exponents, fixed for the layer: Q is multiplied by `2^q_exp`, K by `2^k_exp`.
+    Fixed {
+        /// Exponent for Q.
+        q_exp: i32,
+        /// Exponent for K.
+        k_exp: i32,
+    },
+    /// No pre-scale (exponent 0).
+    None,
+}
+
+/// Reduction of `S_int` over a block's valid entries (step 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockImportance {
+    /// Sum of the integer scores.
+    #[default]
+    Sum,
+    /// Largest integer score.
+    Max,
+    /// Sum of absolute integer scores.
+    AbsSum,
+}
+
+/// Row-balanced block pruning policy (step 4).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum RowThreshold {
+    /// No block pruning: every valid block is kept.
+    KeepAll,
+    /// Keep blocks with importance `>= mean + rho * (max - mean)` of their block-row.
+    MeanMax {
+        /// In `[0, 1]`: 0 keeps the blocks at or above the row mean, 1 only the row maximum.
+        rho: f64,
+    },
+    /// Keep the `ceil(keep * valid_blocks_in_row)` most important blocks of each block-row.
+    TopK {
+        /// Fraction in `(0, 1]`.
+        keep: f64,
+    },
+}
+
+impl Default for RowThreshold {
+    fn default() -> Self {
+        RowThreshold::MeanMax { rho: 0.0 }
+    }
+}
+
+/// How a head's importance is computed from integer information (step 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadImportance {
+    /// Sum of the importances of the blocks kept by step 4 (hdp.md's default).
+    KeptSum,
+    /// Sum of the positive parts of kept-block importances: never negative, so a threshold
+    /// relative to the layer's max stays meaningful; the variant measured in hdp.md.
+    #[default]
+    KeptPosSum,
+    /// Sum of the importances of all valid blocks.
+    AllSum,
+    /// Peakedness: mean over block-rows of (max - mean) block importance.
+    Peakedness,
+}
+
+/// Early head pruning policy (step 5).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum HeadPruning {
+    /// Every head survives.
+    #[default]
+    Off,
+    /// Prune heads with importance `< tau * max` over the layer's heads (same sequence).
+    Tau {
+        /// In `[0, 1]`.
+        tau: f64,
+    },
+    /// Keep only the `heads` most important heads.
+    TopK {
+        /// At least 1.
+        heads: usize,
+    },
+}
+
+/// What a pruned head outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrunedHeadOutput {
+    /// Zeros.
+    #[default]
+    Zero,
+    /// The mean of V over valid tokens (what uniform attention would give).
+    MeanV,
+}
+
+/// All HDP options.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HdpConfig {
+    /// Fixed-point format of Q and K.
+    pub q_format: QFormat,
+    /// Power-of-two pre-scale policy.
+    pub prescale: Prescale,
+    /// Block size b (>= 1); edge blocks may be smaller.
+    pub block_size: usize,
+    /// Block importance reduction.
+    pub importance: BlockImportance,
+    /// Row-balanced pruning policy.
+    pub threshold: RowThreshold,
+    /// Head importance measure.
+    pub head_importance: HeadImportance,
+    /// Early head pruning policy.
+    pub head_pruning: HeadPruning,
+    /// Output of pruned heads.
+    pub pruned_head_output: PrunedHeadOutput,
+    /// How surviving scores are computed.
+    pub score_mode: ScoreMode,
+}
+
+impl Default for HdpConfig {
+    /// hdp.md's measured starting point: 8-bit f=4, run-time pre-scale, b=1, sum importance,
+    /// mean-max rho=0 (about 52% block sparsity on real text), approximation on, no head pruning
+    /// (the costliest lever in accuracy).
+    fn default() -> Self {
+        HdpConfig {
+            q_format: QFormat::default(),
+            prescale: Prescale::default(),
+            block_size: 1,
+            importance: BlockImportance::default(),
+            threshold: RowThreshold::default(),
+            head_importance: HeadImportance::default(),
+            head_pruning: HeadPruning::default(),
+            pruned_head_output: PrunedHeadOutput::default(),
+            score_mode: ScoreMode::default(),
+        }
+    }
+}
+
+impl HdpConfig {
+    /// No pruning at all (every valid block, every head), other options as given.
+    pub fn no_pruning(self) -> Self {
+        HdpConfig {
+            threshold: RowThreshold::KeepAll,
+            head_pruning: HeadPruning::Off,
+            ..self
+        }
+    }
+
+    /// Checks every option's range; errors name the option and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        self.q_format.validate()?;
+        if self.block_size == 0 {
+            return Err(Error::InvalidOption {
+                name: "block_size",
+                value: "0".into(),
+                expected: "an integer >= 1".into(),
+            });
+        }
+        let unit = |name, x: f64, lo_open: bool| {
+            let ok = x.is_finite() && x <= 1.0 && if lo_open { x > 0.0 } else { x >= 0.0 };
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidOption {
+                    name,
+                    value: x.to_string(),
+                    expected: if lo_open {
+                        "a number in (0, 1]"
+                    } else {
+                        "a number in [0, 1]"
+                    }
+                    .into(),
+                })
+            }
+        };
+        match self.threshold {
+            RowThreshold::KeepAll => {}
+            RowThreshold::MeanMax { rho } => unit("rho", rho, false)?,
+            RowThreshold::TopK { keep } => unit("keep", keep, true)?,
+        }
+        match self.head_pruning {
+            HeadPruning::Off => {}
+            HeadPruning::Tau { tau } => unit("tau", tau, false)?,
+            HeadPruning::TopK { heads: 0 } => {
+                return Err(Error::InvalidOption {
+                    name: "head-top-k",
+                    value: "0".into(),
+                    expected: "at least 1 head (a layer always keeps one)".into(),
+                })
+            }
+            HeadPruning::TopK { .. } => {}
+        }
+        if let Prescale::Fixed { q_exp, k_exp } = self.prescale {
+            let m = hdp_core::fixed::MAX_PRESCALE_EXP;
+            for (name, e) in [("q-prescale-exp", q_exp), ("k-prescale-exp", k_exp)] {
+                if e.abs() > m {
+                    return Err(Error::InvalidOption {
+                        name,
+                        value: e.to_string(),
+                        expected: format!("an exponent in -{m}..={m}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_round_trips() {
+        let c = HdpConfig::default();
+        c.validate().unwrap();
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<HdpConfig>(&s).unwrap(), c);
+    }
+
+    #[test]
+    fn nonsense_options_are_rejected_with_names() {
+        let bad = [
+            HdpConfig {
+                block_size: 0,
+                ..Default::default()
+            },
+            HdpConfig {
+                threshold: RowThreshold::MeanMax { rho: 1.5 },
+                ..Default::default()
+            },
+            HdpConfig {
+                threshold: RowThreshold::MeanMax { rho: f64::NAN },
+                ..Default::default()
+            },
+            HdpConfig {
+                threshold: RowThreshold::TopK { keep: 0.0 },
+                ..Default::default()
+            },
+            HdpConfig {
+                head_pruning: HeadPruning::Tau { tau: -0.1 },
+                ..Default::default()
+            },
+            HdpConfig {
+                head_pruning: HeadPruning::TopK { heads: 0 },
+                ..Default::default()
+            },
+            HdpConfig {
+                q_format: QFormat {
+                    bits: 20,
+                    frac_bits: 4,
+                },
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! HDP attention, the reference implementation of `shared/design/hdp.md` steps 1-7. Written for
+//! clarity, not speed: it is the oracle for the fast kernels and the source of traces for the
+//! simulator. Integer arithmetic is exact (i64); softmax and P.V accumulate in f64.
+//!
+//! The pruning decisions ([`select_blocks`], [`prune_heads`]) are public so the fast kernels
+//! reuse exactly the same rules; they work on per-block importances, never on scores.
+
+use crate::config::{
+    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
+    RowThreshold,
+};
+use crate::dense::masked_softmax;
+use crate::problem::AttentionProblem;
+use hdp_core::trace::{HeadTrace, LayerTrace, SequenceTrace};
+use hdp_core::{BlockMask, OpCounts, QFormat, Result, ScoreMode, Tensor};
+
+/// Bits per V element assumed by the traffic counts (V is held as 16-bit values).
+pub const V_BITS: u64 = 16;
+
+/// Output of one HDP attention layer: the attention output and the layer's trace.
+#[derive(Clone, Debug)]
+pub struct HdpOutput {
+    /// Attention output, shape of Q.
+    pub output: Tensor,
+    /// What was decided and computed.
+    pub trace: LayerTrace,
+}
+
+/// Slack subtracted before `ceil` in top-k so that e.g. `0.3 * 10` (= 3.0000000000000004 in
+/// binary floating point) keeps 3 blocks, not 4.
+const TOPK_EPS: f64 = 1e-9;
+
+/// Indices of the blocks a block-row keeps (step 4), given `(column, importance)` of its valid
+/// blocks in column order. Never empty when `row` is not; the result is sorted by column.
+pub fn select_blocks(row: &[(usize, i64)], threshold: RowThreshold) -> Vec<usize> {
+    if row.is_empty() {
+        return Vec::new();
+    }
+    let mut kept: Vec<usize> = match threshold {
+        RowThreshold::KeepAll => row.iter().map(|&(c, _)| c).collect(),
+        RowThreshold::MeanMax { rho } => {
+            let max = row.iter().map(|&(_, v)| v).max().unwrap_or(0) as f64;
+            let mean = row.iter().map(|&(_, v)| v as f64).sum::<f64>() / row.len() as f64;
+            let t = mean + rho * (max - mean);
+            // The row maximum always satisfies `max >= t` for rho in [0, 1], so never empty.
+            row.iter()
+                .filter(|&&(_, v)| v as f64 >= t || v as f64 == max)
+                .map(|&(c, _)| c)
+                .collect()
+        }
+        RowThreshold::TopK { keep } => {
+            let k = ((keep * row.len() as f64 - TOPK_EPS).ceil() as usize).clamp(1, row.len());
+            let mut order: Vec<(usize, i64)> = row.to_vec();
+            // Most important first; ties go to the lower column so the choice is deterministic
+            // and nested in `keep`.
+            order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            order.into_iter().take(k).map(|(c, _)| c).collect()
+        }
+    };
+    kept.sort_unstable();
+    kept
+}
+
+/// Which heads of one layer (one sequence) early head pruning removes (step 5), given their
+/// importances. The most important head (lowest index on ties) always survives.
+pub fn prune_heads(importance: &[f64], policy: HeadPruning) -> Vec<bool> {
+    let h = importance.len();
+    let mut best = 0;
+    for (i, &v) in importance.iter().enumerate() {
+        if v > importance[best] {
+            best = i;
+        }
+    }
+    let mut pruned = vec![false; h];
+    match policy {
+        HeadPruning::Off => {}
+        HeadPruning::Tau { tau } => {
+            let t = tau * importance.get(best).copied().unwrap_or(0.0);
+            for (i, &v) in importance.iter().enumerate() {
+                pruned[i] = i != best && v < t;
+            }
+        }
+        HeadPruning::TopK { heads } => {
+            let mut order: Vec<usize> = (0..h).collect();
+            order.sort_by(|&a, &b| importance[b].total_cmp(&importance[a]).then(a.cmp(&b)));
+            for &i in order.iter().skip(heads.max(1)) {
+                pruned[i] = true;
+            }
+        }
+    }
+    pruned
+}
+
+/// Power-of-two exponents (Q, K) for one sequence under the pre-scale policy.
+fn prescale_exponents(
+    p: &AttentionProblem,
+    cfg: &HdpConfig,
+    b: usize,
+    heads: usize,
+    n: usize,
+    d: usize,
+) -> (i32, i32) {
+    match cfg.prescale {
+        Prescale::None => (0, 0),
+        Prescale::Fixed { q_exp, k_exp } => (q_exp, k_exp),
+        Prescale::RunTime => {
+            let max_abs = |t: &Tensor| {
+                let mut m = 0.0f32;
+                for h in 0..heads {
+                    for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
+                        for &x in &t.data()[p.row_offset(b, h, i)..][..d] {
+                            m = m.max(x.abs());
+                        }
+                    }
+                }
+                m
+            };
+            (
+                cfg.q_format.fill_exponent(max_abs(&p.q)),
+                cfg.q_format.fill_exponent(max_abs(&p.k)),
+            )
+        }
+    }
+}
+
+/// Quantized codes of one sequence (all heads, all tokens) and the saturations at valid tokens.
+fn quantize_sequence(
+    p: &AttentionProblem,
+    t: &Tensor,
+    fmt: QFormat,
+    exp: i32,
+    b: usize,
+    heads: usize,
+    n: usize,
+    d: usize,
+) -> (Vec<i32>, u64) {
+    let start = p.row_offset(b, 0, 0);
+    let q = fmt.quantize_slice(&t.data()[start..start + heads * n * d], exp);
+    let s = (2f32).powi(exp);
+    let mut saturated = 0;
+    for h in 0..heads {
+        for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
+            let row = &t.data()[p.row_offset(b, h, i)..][..d];
+            saturated += row.iter().filter(|&&x| fmt.quantize(x * s).1).count() as u64;
+        }
+    }
+    (q.codes, saturated)
+}
+
+/// Runs HDP attention on one layer. `layer` is recorded in the trace.
+pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<HdpOutput> {
+    let dims = p.validate()?;
+    cfg.validate()?;
+    let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
+    let fmt = cfg.q_format;
+    let f = fmt.frac_bits;
+    let nb = n.div_ceil(bs);
+    let extent = |blk: usize| bs.min(n - blk * bs);
+    let inv_sqrt_d = 1.0 / (d as f64).sqrt();
+    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let mut trace = LayerTrace {
+        layer,
+        seq_len: n,
+        head_dim: d,
+        heads,
+        block_size: bs,
+        q_format: fmt,
+        score_mode: cfg.score_mode,
+        causal: p.causal,
+        sequences: Vec::with_capacity(dims.batch),
+    };
+
+    for b in 0..dims.batch {
+        let valid_tokens = (0..n).filter(|&i| p.token_is_valid(b, i)).count();
+        // Valid blocks: at least one valid entry.
+        let mut valid = BlockMask::new(nb, nb);
+        for i in 0..n {
+            for j in 0..n {
+                if p.entry_is_valid(b, i, j) {
+                    valid.set(i / bs, j / bs, true);
+                }
+            }
+        }
+
+        // Step 1: pre-scale, quantize, split.
+        let (eq, ek) = prescale_exponents(p, cfg, b, heads, n, d);
+        let (qc, q_sat) = quantize_sequence(p, &p.q, fmt, eq, b, heads, n, d);
+        let (kc, k_sat) = quantize_sequence(p, &p.k, fmt, ek, b, heads, n, d);
+        let split = |codes: &[i32]| -> (Vec<i64>, Vec<i64>) {
+            codes
+                .iter()
+                .map(|&c| {
+                    let (i, r) = fmt.split(c);
+                    (i as i64, r as i64)
+                })
+                .unzip()
+        };
+        let (q_int, q_frac) = split(&qc);
+        let (k_int, k_frac) = split(&kc);
+        let k_codes: Vec<i64> = kc.iter().map(|&c| c as i64).collect();
+        let row = |h: usize, i: usize| (h * n + i) * d..(h * n + i + 1) * d;
+
+        // Steps 2-4 per head: integer scores, block importance, row-balanced selection.
+        let mut kept_masks = Vec::with_capacity(heads);
+        let mut head_imp = Vec::with_capacity(heads);
+        let mut int_macs = 0u64;
+        for r in 0..nb {
+            for c in 0..nb {
+                if valid.get(r, c) {
+                    int_macs += (extent(r) * extent(c) * d) as u64;
+                }
+            }
+        }
+        for h in 0..heads {
+            let mut imp: Vec<Option<i64>> = vec![None; nb * nb];
+            for i in 0..n {
+                for j in 0..n {
+                    if !p.entry_is_valid(b, i, j) {
+                        continue;
+                    }
+                    let s_int: i64 = q_int[row(h, i)]
+                        .iter()
+                        .zip(&k_int[row(h, j)])
+                        .map(|(a, c)| a * c)
+                        .sum();
+                    let slot = &mut imp[(i / bs) * nb + j / bs];
+                    *slot = Some(match (cfg.importance, *slot) {
+                        (BlockImportance::Sum, acc) => acc.unwrap_or(0) + s_int,
+                        (BlockImportance::AbsSum, acc) => acc.unwrap_or(0) + s_int.abs(),
+                        (BlockImportance::Max, acc) => acc.map_or(s_int, |a| a.max(s_int)),
+                    });
+                }
+            }
+            let mut kept = BlockMask::new(nb, nb);
+            let (mut kept_sum, mut kept_pos, mut all_sum, mut peak) = (0.0, 0.0, 0.0, 0.0);
+            let mut rows_with_blocks = 0usize;
+            for r in 0..nb {
+                let row_imp: Vec<(usize, i64)> = (0..nb)
+                    .filter_map(|c| imp[r * nb + c].map(|v| (c, v)))
+                    .collect();
+                if row_imp.is_empty() {
+                    continue;
+                }
+                for c in select_blocks(&row_imp, cfg.threshold) {
+                    kept.set(r, c, true);
+                    let v = imp[r * nb + c].unwrap_or(0) as f64;
+                    kept_sum += v;
+                    kept_pos += v.max(0.0);
+                }
+                let vals = row_imp.iter().map(|&(_, v)| v as f64);
+                let sum: f64 = vals.clone().sum();
+                let max = vals.fold(f64::NEG_INFINITY, f64::max);
+                all_sum += sum;
+                peak += max - sum / row_imp.len() as f64;
+                rows_with_blocks += 1;
+            }
+            head_imp.push(match cfg.head_importance {
+                HeadImportance::KeptSum => kept_sum,
+                HeadImportance::KeptPosSum => kept_pos,
+                HeadImportance::AllSum => all_sum,
+                HeadImportance::Peakedness => peak / rows_with_blocks.max(1) as f64,
+            });
+            kept_masks.push(kept);
+        }
+
+        // Step 5: early head pruning, from integer information only.
+        let pruned = prune_heads(&head_imp, cfg.head_pruning);
+
+        // Steps 6-7 for surviving heads.
+        let score_scale = (2f64).powi(-(2 * f as i32 + eq + ek)) * inv_sqrt_d;
+        let one = fmt.one() as i64;
+        let mut seq = SequenceTrace {
+            sequence: b,
+            valid_tokens,
+            valid,
+            q_prescale_exp: eq,
+            k_prescale_exp: ek,
+            q_saturated: q_sat,
+            k_saturated: k_sat,
+            heads: Vec::with_capacity(heads),
+        };
+        let qk_bytes = (valid_tokens as u64 * d as u64 * fmt.bits as u64).div_ceil(8);
+        for (h, kept) in kept_masks.into_iter().enumerate() {
+            let mut counts = OpCounts {
+                int_macs,
+                q_bytes: qk_bytes,
+                k_bytes: qk_bytes,
+                ..OpCounts::default()
+            };
+            if pruned[h] {
+                if cfg.pruned_head_output == PrunedHeadOutput::MeanV {
+                    counts.v_bytes = valid_tokens as u64 * d as u64 * V_BITS / 8;
+                    write_mean_v(p, &mut out, b, h, n, d, valid_tokens);
+                }
+            } else {
+                let per_entry = match cfg.score_mode {
+                    ScoreMode::Approx => 2 * d,
+                    ScoreMode::Exact => 3 * d,
+                    ScoreMode::Float => d,
+                } as u64;
+                let mut used_cols = vec![false; nb];
+                for r in 0..nb {
+                    for c in (0..nb).filter(|&c| kept.get(r, c)) {
+                        let e = (extent(r) * extent(c)) as u64;
+                        counts.frac_macs += e * per_entry;
+                        counts.exps += e;
+                        counts.sv_macs += e * d as u64;
+                        used_cols[c] = true;
+                    }
+                }
+                counts.v_bytes = used_cols
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &u)| u)
+                    .map(|(c, _)| (extent(c) * d) as u64 * V_BITS / 8)
+                    .sum();
+                let score = |i: usize, j: usize| -> f64 {
+                    let (qi, kj) = (row(h, i), row(h, j));
+                    match cfg.score_mode {
+                        ScoreMode::Float => {
+                            let qf = &p.q.data()[p.row_offset(b, h, i)..][..d];
+                            let kf = &p.k.data()[p.row_offset(b, h, j)..][..d];
+                            qf.iter()
+                                .zip(kf)
+                                .map(|(&a, &c)| a as f64 * c as f64)
+                                .sum::<f64>()
+                                * inv_sqrt_d
+                        }
+                        ScoreMode::Approx | ScoreMode::Exact => {
+                            // Q.K = 2^f (Q_int.K + Q_frac.K_int) + Q_frac.K_frac  (hdp.md step 6)
+                            let dot = |x: &[i64], y: &[i64]| -> i64 {
+                                x.iter().zip(y).map(|(a, c)| a * c).sum()
+                            };
+                            let mut s = one
+                                * (dot(&q_int[qi.clone()], &k_codes[kj.clone()])
+                                    + dot(&q_frac[qi.clone()], &k_int[kj.clone()]));
+                            if cfg.score_mode == ScoreMode::Exact {
+                                s += dot(&q_frac[qi], &k_frac[kj]);
+                            }
+                            s as f64 * score_scale
+                        }
+                    }
+                };
+                let mut scores = vec![0.0f64; n];
+                let mut ok = vec![false; n];
+                let mut acc = vec![0.0f64; d];
+                for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
+                    for j in 0..n {
+                        ok[j] = kept.get(i / bs, j / bs) && p.entry_is_valid(b, i, j);
+                        if ok[j] {
+                            scores[j] = score(i, j);
+                        }
+                    }
+                    if !masked_softmax(&mut scores, &ok) {
+                        continue;
+                    }
+                    acc.fill(0.0);
+                    for (j, &pj) in scores.iter().enumerate().filter(|(_, &pj)| pj != 0.0) {
+                        for (a, &x) in acc
+                            .iter_mut()
+                            .zip(&p.v.data()[p.row_offset(b, h, j)..][..d])
+                        {
+                            *a += pj * x as f64;
+                        }
+                    }
+                    let o = &mut out.data_mut()[p.row_offset(b, h, i)..][..d];
+                    for (o, &a) in o.iter_mut().zip(&acc) {
+                        *o = a as f32;
+                    }
+                }
+            }
+            seq.heads.push(HeadTrace {
+                head: h,
+                importance: head_imp[h],
+                pruned: pruned[h],
+                kept,
+                counts,
+            });
+        }
+        trace.sequences.push(seq);
+    }
+    Ok(HdpOutput { output: out, trace })
+}
+
+/// Writes the mean of V over valid tokens into every valid query row of head `h`.
+fn write_mean_v(
+    p: &AttentionProblem,
+    out: &mut Tensor,
+    b: usize,
+    h: usize,
+    n: usize,
+    d: usize,
+    valid_tokens: usize,
+) {
+    let mut mean = vec![0.0f64; d];
+    for j in (0..n).filter(|&j| p.token_is_valid(b, j)) {
+        for (m, &x) in mean
+            .iter_mut()
+            .zip(&p.v.data()[p.row_offset(b, h, j)..][..d])
+        {
+            *m += x as f64 / valid_tokens as f64;
+        }
+    }
+    for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
+        for (o, &m) in out.data_mut()[p.row_offset(b, h, i)..][..d]
+            .iter_mut()
+            .zip(&mean)
+        {
+            *o = m as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_max_keeps_at_or_above_threshold() {
+        let row = [(0, 1), (1, 5), (2, 3), (3, -1)];
+        // mean 2, max 5
+        assert_eq!(
+            select_blocks(&row, RowThreshold::MeanMax { rho: 0.0 }),
+            vec![1, 2]
+        );
+        assert_eq!(
+            select_blocks(&row, RowThreshold::MeanMax { rho: 1.0 }),
+            vec![1]
+        );
+        assert_eq!(select_blocks(&row, RowThreshold::KeepAll), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn top_k_rounds_up_and_breaks_ties_by_column() {
+        let row: Vec<(usize, i64)> = (0..10).map(|c| (c, 7)).collect();
+        assert_eq!(
+            select_blocks(&row, RowThreshold::TopK { keep: 0.3 }),
+            vec![0, 1, 2]
+        );
+        assert_eq!(
+            select_blocks(&row, RowThreshold::TopK { keep: 0.31 }).len(),
+            4
+        );
+        assert_eq!(
+            select_blocks(&row, RowThreshold::TopK { keep: 1e-6 }).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn head_pruning_keeps_the_best_even_if_negative() {
+        assert_eq!(
+            prune_heads(&[-5.0, -9.0], HeadPruning::Tau { tau: 0.5 }),
+            vec![false, true]
+        );
+        assert_eq!(
+            prune_heads(&[1.0, 10.0, 4.0], HeadPruning::Tau { tau: 0.4 }),
+            vec![true, false, false]
+        );
+        assert_eq!(
+            prune_heads(&[1.0, 10.0, 4.0], HeadPruning::TopK { heads: 1 }),
+            vec![true, false, true]
+        );
+        assert_eq!(
+            prune_heads(&[3.0, 3.0], HeadPruning::TopK { heads: 5 }),
+            vec![false, false]
+        );
+    }
+}

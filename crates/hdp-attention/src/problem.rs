@@ -1,0 +1,117 @@
+//! The input of one attention layer: Q, K, V of shape `[batch, heads, N, d]` plus masks, with the
+//! validation every implementation relies on.
+//!
+//! Mask semantics, shared by every implementation: entry (i, j) of a sequence is *valid* iff
+//! token i and token j are both unmasked by the key-padding mask and, with a causal mask,
+//! `j <= i`. A padded query row has no valid entry and its output is zero in every
+//! implementation (in a padded batch its value never reaches a valid position).
+
+use hdp_core::{Error, Result, Tensor};
+
+/// One attention layer's inputs.
+#[derive(Clone, Debug)]
+pub struct AttentionProblem {
+    /// Queries, `[batch, heads, N, d]`.
+    pub q: Tensor,
+    /// Keys, `[batch, heads, N, d]`.
+    pub k: Tensor,
+    /// Values, `[batch, heads, N, d]`.
+    pub v: Tensor,
+    /// Key-padding mask, `batch * N` flags (true = real token); `None` means all tokens valid.
+    pub token_valid: Option<Vec<bool>>,
+    /// Whether token i may only attend to tokens `j <= i`.
+    pub causal: bool,
+}
+
+/// Dimensions of a problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Sequences.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Tokens per sequence (N).
+    pub seq_len: usize,
+    /// Head dimension (d).
+    pub head_dim: usize,
+}
+
+impl AttentionProblem {
+    /// Builds and validates a problem.
+    pub fn new(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        token_valid: Option<Vec<bool>>,
+        causal: bool,
+    ) -> Result<Self> {
+        let p = AttentionProblem {
+            q,
+            k,
+            v,
+            token_valid,
+            causal,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Checks shapes (4-D, equal, non-empty), the mask length and that inputs are finite.
+    pub fn validate(&self) -> Result<Dims> {
+        let s = self.q.shape();
+        if s.len() != 4 || s.contains(&0) {
+            return Err(Error::ShapeMismatch {
+                op: "attention",
+                expected: "Q of shape [batch, heads, N, d] with every dimension > 0".into(),
+                got: format!("{s:?}"),
+            });
+        }
+        for (name, t) in [("K", &self.k), ("V", &self.v)] {
+            if t.shape() != s {
+                return Err(Error::ShapeMismatch {
+                    op: "attention",
+                    expected: format!("{name} with the shape of Q {s:?}"),
+                    got: format!("{:?}", t.shape()),
+                });
+            }
+        }
+        let dims = Dims {
+            batch: s[0],
+            heads: s[1],
+            seq_len: s[2],
+            head_dim: s[3],
+        };
+        if let Some(m) = &self.token_valid {
+            if m.len() != dims.batch * dims.seq_len {
+                return Err(Error::ShapeMismatch {
+                    op: "attention mask",
+                    expected: format!("{} flags (batch x N)", dims.batch * dims.seq_len),
+                    got: format!("{} flags", m.len()),
+                });
+            }
+        }
+        self.q.check_finite("Q")?;
+        self.k.check_finite("K")?;
+        self.v.check_finite("V")?;
+        Ok(dims)
+    }
+
+    /// Whether token `i` of sequence `b` is unmasked.
+    pub fn token_is_valid(&self, b: usize, i: usize) -> bool {
+        match &self.token_valid {
+            None => true,
+            Some(m) => m[b * self.q.shape()[2] + i],
+        }
+    }
+
+    /// Whether entry (i, j) of sequence `b` is valid (see the module doc).
+    pub fn entry_is_valid(&self, b: usize, i: usize, j: usize) -> bool {
+        self.token_is_valid(b, i) && self.token_is_valid(b, j) && (!self.causal || j <= i)
+    }
+
+    /// Flat offset of row `i` of head `h` of sequence `b` in Q, K or V.
+    pub fn row_offset(&self, b: usize, h: usize, i: usize) -> usize {
+        let s = self.q.shape();
+        ((b * s[1] + h) * s[2] + i) * s[3]
+    }
+}

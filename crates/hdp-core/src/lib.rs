@@ -1,0 +1,17 @@
+//! Core types of hdp: the error type, signed fixed point ([`QFormat`]), a minimal tensor, the
+//! named test tolerances, a seedable PRNG and the trace format that links the attention code to
+//! the accelerator simulator. Method definition: `shared/design/hdp.md`.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod fixed;
+pub mod rng;
+pub mod tensor;
+pub mod tolerance;
+pub mod trace;
+
+pub use error::{Error, Result};
+pub use fixed::{QFormat, Quantized};
+pub use tensor::Tensor;
+pub use trace::{BlockMask, OpCounts, ScoreMode, Trace, TraceSummary};
