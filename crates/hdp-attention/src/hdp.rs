@@ -123,28 +123,29 @@ fn prescale_exponents(
     }
 }
 
-/// Quantized codes of one sequence (all heads, all tokens) and the saturations at valid tokens.
+/// Quantized codes of one sequence (all heads, all tokens, layout `[heads, N, d]`) and the
+/// number of saturated values at valid tokens.
 fn quantize_sequence(
     p: &AttentionProblem,
     t: &Tensor,
     fmt: QFormat,
     exp: i32,
     b: usize,
-    heads: usize,
-    n: usize,
-    d: usize,
 ) -> (Vec<i32>, u64) {
-    let start = p.row_offset(b, 0, 0);
-    let q = fmt.quantize_slice(&t.data()[start..start + heads * n * d], exp);
-    let s = (2f32).powi(exp);
+    let s = t.shape();
+    let (heads, n, d) = (s[1], s[2], s[3]);
+    let mut codes = Vec::with_capacity(heads * n * d);
     let mut saturated = 0;
     for h in 0..heads {
-        for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
-            let row = &t.data()[p.row_offset(b, h, i)..][..d];
-            saturated += row.iter().filter(|&&x| fmt.quantize(x * s).1).count() as u64;
+        for i in 0..n {
+            let q = fmt.quantize_slice(&t.data()[p.row_offset(b, h, i)..][..d], exp);
+            if p.token_is_valid(b, i) {
+                saturated += q.saturated as u64;
+            }
+            codes.extend_from_slice(&q.codes);
         }
     }
-    (q.codes, saturated)
+    (codes, saturated)
 }
 
 /// Runs HDP attention on one layer. `layer` is recorded in the trace.
@@ -184,8 +185,8 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
 
         // Step 1: pre-scale, quantize, split.
         let (eq, ek) = prescale_exponents(p, cfg, b, heads, n, d);
-        let (qc, q_sat) = quantize_sequence(p, &p.q, fmt, eq, b, heads, n, d);
-        let (kc, k_sat) = quantize_sequence(p, &p.k, fmt, ek, b, heads, n, d);
+        let (qc, q_sat) = quantize_sequence(p, &p.q, fmt, eq, b);
+        let (kc, k_sat) = quantize_sequence(p, &p.k, fmt, ek, b);
         let split = |codes: &[i32]| -> (Vec<i64>, Vec<i64>) {
             codes
                 .iter()

@@ -54,7 +54,7 @@ pub fn generate(s: &SyntheticSpec) -> Result<AttentionProblem> {
     let pos = |i: usize, m: usize| {
         let freq = 1.0 / 10000f64.powf((2 * (m / 2)) as f64 / d as f64);
         let a = i as f64 * freq;
-        if m % 2 == 0 {
+        if m.is_multiple_of(2) {
             a.sin()
         } else {
             a.cos()

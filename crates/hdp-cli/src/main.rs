@@ -1,1 +1,32 @@
-fn main() {}
+//! `hdp`: Hybrid Dynamic Pruning attention on the command line.
+
+mod args;
+mod attention;
+mod io;
+
+use clap::{Parser, Subcommand};
+
+/// Hybrid Dynamic Pruning: integer-decided block and head pruning of self-attention.
+#[derive(Parser, Debug)]
+#[command(name = "hdp", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Dense vs HDP attention (reference implementations) on synthetic or loaded Q/K/V.
+    Attention(attention::AttentionArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Attention(a) => attention::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

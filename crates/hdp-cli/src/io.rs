@@ -1,0 +1,242 @@
+//! Loading Q/K/V from files: `.safetensors` with tensors named `q`, `k`, `v` (and optionally
+//! `mask`), or `.npy` holding one array of shape `[3, heads, N, d]` or `[3, batch, heads, N, d]`.
+
+use anyhow::{bail, Context, Result};
+use hdp_attention::AttentionProblem;
+use hdp_core::Tensor;
+use std::path::Path;
+
+/// Loads an attention problem from `path`, by extension.
+pub fn load_problem(path: &Path, causal: bool) -> Result<AttentionProblem> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read {} (check the path and permissions)",
+            path.display()
+        )
+    })?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "safetensors" => from_safetensors(&bytes, causal)
+            .with_context(|| format!("invalid safetensors file {}", path.display())),
+        "npy" => from_npy(&bytes, causal).with_context(|| format!("invalid .npy file {}", path.display())),
+        _ => bail!(
+            "{}: unknown file type {ext:?}; use .safetensors (tensors q, k, v, optional mask) or .npy ([3, heads, N, d])",
+            path.display()
+        ),
+    }
+}
+
+/// Normalizes `[H, N, d]` to `[1, H, N, d]`; accepts `[B, H, N, d]`.
+fn to_4d(name: &str, shape: &[usize]) -> Result<Vec<usize>> {
+    match shape.len() {
+        3 => Ok(vec![1, shape[0], shape[1], shape[2]]),
+        4 => Ok(shape.to_vec()),
+        _ => bail!(
+            "tensor {name} has shape {shape:?}; expected [heads, N, d] or [batch, heads, N, d]"
+        ),
+    }
+}
+
+fn from_safetensors(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
+    use safetensors::{Dtype, SafeTensors};
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let read = |name: &str| -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let t = match st.tensor(name) {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        };
+        let d = t.data();
+        let vals: Vec<f32> = match t.dtype() {
+            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+            Dtype::BOOL | Dtype::U8 => d.iter().map(|&x| x as f32).collect(),
+            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            other => bail!("tensor {name} has dtype {other:?}; supported: F32, F64, F16, BF16 (mask: BOOL, U8, I32, I64)"),
+        };
+        Ok(Some((t.shape().to_vec(), vals)))
+    };
+    let mut qkv = Vec::new();
+    for name in ["q", "k", "v"] {
+        let (shape, data) = read(name)?.with_context(|| {
+            format!("no tensor named {name:?}; the file must hold tensors q, k, v (and optionally mask)")
+        })?;
+        qkv.push(Tensor::new(to_4d(name, &shape)?, data)?);
+    }
+    let mask = match read("mask")? {
+        None => None,
+        Some((shape, vals)) => {
+            let (b, n) = (qkv[0].shape()[0], qkv[0].shape()[2]);
+            if vals.len() != b * n {
+                bail!("mask has shape {shape:?}; expected [batch, N] = [{b}, {n}] or [N] for one sequence");
+            }
+            Some(vals.iter().map(|&x| x != 0.0).collect())
+        }
+    };
+    let v = qkv.pop().unwrap();
+    let k = qkv.pop().unwrap();
+    let q = qkv.pop().unwrap();
+    Ok(AttentionProblem::new(q, k, v, mask, causal)?)
+}
+
+/// IEEE half to single precision.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // subnormal: normalize
+            let mut e = 127 - 15 + 1;
+            let mut m = m;
+            while m & 0x400 == 0 {
+                m <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((m & 0x3ff) << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Parses a version 1/2/3 `.npy` array of little-endian f4/f8, C order.
+pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        bail!("not a .npy file (missing \\x93NUMPY magic)");
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
+        v => bail!("unsupported .npy version {v}"),
+    };
+    let header = bytes
+        .get(start..start + hlen)
+        .context("file is truncated inside the .npy header")?;
+    let header = std::str::from_utf8(header).context(".npy header is not text")?;
+    let field = |key: &str| -> Result<&str> {
+        let i = header
+            .find(&format!("'{key}'"))
+            .with_context(|| format!(".npy header lacks '{key}'"))?;
+        Ok(header[i + key.len() + 2..].trim_start_matches([':', ' ']))
+    };
+    let descr = field("descr")?;
+    let elem = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        bail!(
+            "unsupported dtype {}; save as float32 or float64 (little-endian)",
+            descr.split(',').next().unwrap_or("")
+        );
+    };
+    if field("fortran_order")?.starts_with("True") {
+        bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
+    }
+    let shape_txt = field("shape")?;
+    let shape_txt = &shape_txt[1..shape_txt
+        .find(')')
+        .context("malformed shape in .npy header")?];
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .with_context(|| format!("malformed shape entry {s:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let count: usize = shape.iter().product();
+    let data = &bytes[start + hlen..];
+    if data.len() < count * elem {
+        bail!(
+            "file is truncated: shape {shape:?} needs {} data bytes, found {}",
+            count * elem,
+            data.len()
+        );
+    }
+    let vals = if elem == 4 {
+        data[..count * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    } else {
+        data[..count * 8]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect()
+    };
+    Ok((shape, vals))
+}
+
+fn from_npy(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
+    let (shape, vals) = parse_npy(bytes)?;
+    if shape.first() != Some(&3) || !(4..=5).contains(&shape.len()) {
+        bail!("array has shape {shape:?}; expected [3, heads, N, d] or [3, batch, heads, N, d] (q, k, v stacked)");
+    }
+    let inner = to_4d("qkv", &shape[1..])?;
+    let per = vals.len() / 3;
+    let t = |i: usize| Tensor::new(inner.clone(), vals[i * per..(i + 1) * per].to_vec());
+    Ok(AttentionProblem::new(t(0)?, t(1)?, t(2)?, None, causal)?)
+}
+
+/// Writes a little-endian f32 `.npy` array (version 1).
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for x in data {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trip_and_truncation() {
+        let dir = std::env::temp_dir().join(format!("hdp-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        let data: Vec<f32> = (0..3 * 2 * 4 * 2).map(|i| i as f32 * 0.5).collect();
+        write_npy(&p, &[3, 2, 4, 2], &data).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(parse_npy(&bytes).unwrap(), (vec![3, 2, 4, 2], data));
+        let prob = load_problem(&p, false).unwrap();
+        assert_eq!(prob.q.shape(), &[1, 2, 4, 2]);
+        let err = parse_npy(&bytes[..bytes.len() - 3])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated"), "{err}");
+        assert!(parse_npy(b"garbage!!!!!").is_err());
+    }
+
+    #[test]
+    fn half_precision_decodes() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+}

@@ -1,0 +1,249 @@
+//! End-to-end checks of the `hdp` binary: the documented JSON, plots and traces, and clear
+//! errors (non-zero exit, a message, never a panic) on bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn hdp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hdp"))
+        .args(args)
+        .output()
+        .expect("run hdp")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hdp-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "message {err:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn json_has_the_documented_fields_and_files_are_written() {
+    let (plot, trace) = (tmp("kept.svg"), tmp("trace.json"));
+    let out = hdp(&[
+        "attention",
+        "--seq-len",
+        "40",
+        "--heads",
+        "3",
+        "--head-dim",
+        "8",
+        "--seed",
+        "1",
+        "--block-size",
+        "4",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["block_sparsity", "head_sparsity", "rel_l2_err"] {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing"));
+        assert!(x.is_finite() && x >= 0.0, "{key} = {x}");
+    }
+    assert!(v["block_sparsity"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert_eq!(svg.matches("<image").count(), 3);
+    let t = hdp_core::Trace::read(&trace).unwrap();
+    assert_eq!(t.layers[0].sequences[0].heads.len(), 3);
+    assert_eq!(
+        t.summary().block_sparsity(),
+        v["block_sparsity"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn saved_qkv_reloads_to_the_same_result() {
+    let npy = tmp("qkv.npy");
+    let a = hdp(&[
+        "attention",
+        "--seq-len",
+        "24",
+        "--heads",
+        "2",
+        "--head-dim",
+        "4",
+        "--seed",
+        "9",
+        "--json",
+        "--save-qkv",
+        npy.to_str().unwrap(),
+    ]);
+    let b = hdp(&["attention", "--qkv", npy.to_str().unwrap(), "--json"]);
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&a.stdout).unwrap(),
+        serde_json::from_slice(&b.stdout).unwrap(),
+    );
+    assert_eq!(a["rel_l2_err"], b["rel_l2_err"]);
+    assert_eq!(a["kept_blocks"], b["kept_blocks"]);
+}
+
+#[test]
+fn safetensors_input_with_mask() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let (h, n, d) = (2usize, 6usize, 4usize);
+    let vals: Vec<u8> = (0..h * n * d)
+        .flat_map(|i| ((i % 7) as f32 * 0.3 - 1.0).to_le_bytes())
+        .collect();
+    let mask: Vec<u8> = (0..n)
+        .flat_map(|i| ((i < 4) as i64).to_le_bytes())
+        .collect();
+    let views = vec![
+        (
+            "q",
+            TensorView::new(Dtype::F32, vec![h, n, d], &vals).unwrap(),
+        ),
+        (
+            "k",
+            TensorView::new(Dtype::F32, vec![h, n, d], &vals).unwrap(),
+        ),
+        (
+            "v",
+            TensorView::new(Dtype::F32, vec![h, n, d], &vals).unwrap(),
+        ),
+        (
+            "mask",
+            TensorView::new(Dtype::I64, vec![1, n], &mask).unwrap(),
+        ),
+    ];
+    let path = tmp("qkv.safetensors");
+    safetensors::serialize_to_file(views, &None, &path).unwrap();
+    let out = hdp(&[
+        "attention",
+        "--qkv",
+        path.to_str().unwrap(),
+        "--json",
+        "--block-size",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 4 valid tokens, b=2: 2x2 valid blocks of the 3x3 grid, per head.
+    assert_eq!(v["valid_blocks"], 2 * 4);
+}
+
+#[test]
+fn bad_options_fail_cleanly() {
+    let base = [
+        "attention",
+        "--seq-len",
+        "16",
+        "--heads",
+        "2",
+        "--head-dim",
+        "4",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--rho", "1.5"], "rho"),
+        (&["--rho", "-0.1"], "rho"),
+        (&["--keep", "0"], "keep"),
+        (&["--tau", "2"], "tau"),
+        (&["--block-size", "0"], "block_size"),
+        (&["--bits", "20"], "bits"),
+        (&["--bits", "8", "--frac-bits", "8"], "frac_bits"),
+        (&["--head-top-k", "0"], "head"),
+        (&["--valid-len", "99"], "valid-len"),
+        (&["--rho", "0.2", "--keep", "0.3"], "cannot be used with"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        assert_clean_failure(&hdp(&args), needle);
+    }
+}
+
+#[test]
+fn bad_files_fail_cleanly() {
+    assert_clean_failure(
+        &hdp(&["attention", "--qkv", "/nonexistent/x.npy"]),
+        "cannot read",
+    );
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"\x05\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    assert_clean_failure(
+        &hdp(&["attention", "--qkv", junk.to_str().unwrap()]),
+        "safetensors",
+    );
+    let other = tmp("x.csv");
+    std::fs::write(&other, "1,2").unwrap();
+    assert_clean_failure(
+        &hdp(&["attention", "--qkv", other.to_str().unwrap()]),
+        "unknown file type",
+    );
+
+    // A valid file, then truncated; then one with a NaN; then the wrong leading dimension.
+    let npy = tmp("t.npy");
+    assert!(hdp(&[
+        "attention",
+        "--seq-len",
+        "8",
+        "--heads",
+        "1",
+        "--head-dim",
+        "4",
+        "--save-qkv",
+        npy.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let bytes = std::fs::read(&npy).unwrap();
+    let cut = tmp("cut.npy");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    assert_clean_failure(
+        &hdp(&["attention", "--qkv", cut.to_str().unwrap()]),
+        "truncated",
+    );
+    let mut nan = bytes.clone();
+    let at = nan.len() - 4;
+    nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan_path = tmp("nan.npy");
+    std::fs::write(&nan_path, &nan).unwrap();
+    assert_clean_failure(
+        &hdp(&["attention", "--qkv", nan_path.to_str().unwrap()]),
+        "non-finite",
+    );
+}
+
+#[test]
+fn corrupt_trace_is_rejected_with_a_reason() {
+    let p = tmp("bad-trace.json");
+    std::fs::write(
+        &p,
+        r#"{"format":"hdp-trace","version":99,"producer":"x","config":null,"layers":[]}"#,
+    )
+    .unwrap();
+    let e = hdp_core::Trace::read(&p).unwrap_err().to_string();
+    assert!(e.contains("version 99"), "{e}");
+}
