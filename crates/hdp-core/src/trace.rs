@@ -316,6 +316,40 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
+impl LayerTrace {
+    /// Totals over this layer's sequences and heads.
+    pub fn summary(&self) -> TraceSummary {
+        let mut s = TraceSummary::default();
+        for seq in &self.sequences {
+            let valid = seq.valid.count() as u64;
+            for h in &seq.heads {
+                let kept = h.kept.count() as u64;
+                s.valid_blocks += valid;
+                s.kept_blocks += kept;
+                s.heads += 1;
+                if h.pruned {
+                    s.pruned_heads += 1;
+                } else {
+                    s.computed_blocks += kept;
+                }
+                s.counts += h.counts;
+            }
+        }
+        s
+    }
+}
+
+impl std::ops::AddAssign for TraceSummary {
+    fn add_assign(&mut self, o: TraceSummary) {
+        self.valid_blocks += o.valid_blocks;
+        self.kept_blocks += o.kept_blocks;
+        self.computed_blocks += o.computed_blocks;
+        self.heads += o.heads;
+        self.pruned_heads += o.pruned_heads;
+        self.counts += o.counts;
+    }
+}
+
 impl Trace {
     /// A new, empty trace.
     pub fn new(producer: impl Into<String>, config: serde_json::Value) -> Self {
@@ -332,21 +366,7 @@ impl Trace {
     pub fn summary(&self) -> TraceSummary {
         let mut s = TraceSummary::default();
         for layer in &self.layers {
-            for seq in &layer.sequences {
-                let valid = seq.valid.count() as u64;
-                for h in &seq.heads {
-                    let kept = h.kept.count() as u64;
-                    s.valid_blocks += valid;
-                    s.kept_blocks += kept;
-                    s.heads += 1;
-                    if h.pruned {
-                        s.pruned_heads += 1;
-                    } else {
-                        s.computed_blocks += kept;
-                    }
-                    s.counts += h.counts;
-                }
-            }
+            s += layer.summary();
         }
         s
     }

@@ -1,0 +1,231 @@
+//! Pluggable attention for the model runtime. The model computes Q, K, V (`[batch, heads, N, d]`)
+//! and hands them to an [`AttentionBackend`]; everything else in the forward pass is fixed.
+//!
+//! - [`DenseCandle`]: dense attention with candle matmuls (the fast dense path);
+//! - [`DenseReference`]: `hdp_attention::dense`, the plain f64 reference;
+//! - [`HdpReference`]: `hdp_attention::hdp`, which also accumulates sparsity statistics and,
+//!   on request, the full trace.
+
+use crate::Result;
+use candle_core::{Device, Tensor as CTensor};
+use hdp_attention::{AttentionProblem, HdpConfig};
+use hdp_core::trace::LayerTrace;
+use hdp_core::{Tensor, Trace, TraceSummary};
+use rayon::prelude::*;
+
+/// One layer's attention inputs as the model hands them over.
+pub struct LayerInput<'a> {
+    /// Layer index.
+    pub layer: usize,
+    /// Queries `[batch, heads, N, d]`.
+    pub q: &'a CTensor,
+    /// Keys.
+    pub k: &'a CTensor,
+    /// Values.
+    pub v: &'a CTensor,
+    /// Key-padding mask, `batch * N` flags, true = real token.
+    pub token_valid: &'a [bool],
+    /// Caller's identifiers of the batch items (their index in the input), for traces.
+    pub sequence_ids: &'a [usize],
+}
+
+/// An attention implementation the model can run.
+pub trait AttentionBackend: Send {
+    /// Attention output `[batch, heads, N, d]` for one layer.
+    fn attend(&mut self, x: &LayerInput) -> Result<CTensor>;
+}
+
+/// Dense softmax attention with candle tensor operations.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DenseCandle;
+
+impl AttentionBackend for DenseCandle {
+    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
+        let (b, _h, n, d) = x.q.dims4()?;
+        let scores = (x.q.matmul(&x.k.t()?)? / (d as f64).sqrt())?;
+        // Additive mask: -inf-like bias on padded keys.
+        let bias: Vec<f32> = x
+            .token_valid
+            .iter()
+            .map(|&v| if v { 0.0 } else { -1e30 })
+            .collect();
+        let bias = CTensor::from_vec(bias, (b, 1, 1, n), x.q.device())?;
+        let p = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&bias)?)?;
+        let out = p.matmul(&x.v.contiguous()?)?;
+        // Padded query rows output zero, as in every hdp implementation.
+        let rows: Vec<f32> = x.token_valid.iter().map(|&v| v as u8 as f32).collect();
+        let rows = CTensor::from_vec(rows, (b, 1, n, 1), x.q.device())?;
+        Ok(out.broadcast_mul(&rows)?)
+    }
+}
+
+/// Converts a candle `[batch, heads, N, d]` tensor to an hdp tensor.
+pub fn to_hdp(t: &CTensor) -> Result<Tensor> {
+    let shape = t.dims().to_vec();
+    let data = t.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Tensor::new(shape, data)?)
+}
+
+fn to_candle(t: Tensor, device: &Device) -> Result<CTensor> {
+    let shape = t.shape().to_vec();
+    Ok(CTensor::from_vec(t.into_data(), shape, device)?)
+}
+
+/// Splits a batch into one problem per sequence, so sequences run in parallel and each
+/// sequence's result is independent of its batch-mates.
+fn per_sequence(x: &LayerInput) -> Result<Vec<AttentionProblem>> {
+    let (b, h, n, d) = x.q.dims4()?;
+    let (q, k, v) = (to_hdp(x.q)?, to_hdp(x.k)?, to_hdp(x.v)?);
+    let per = h * n * d;
+    (0..b)
+        .map(|i| {
+            let t = |t: &Tensor| {
+                Tensor::new(vec![1, h, n, d], t.data()[i * per..(i + 1) * per].to_vec())
+            };
+            Ok(AttentionProblem::new(
+                t(&q)?,
+                t(&k)?,
+                t(&v)?,
+                Some(x.token_valid[i * n..(i + 1) * n].to_vec()),
+                false,
+            )?)
+        })
+        .collect()
+}
+
+fn concat(outs: Vec<Tensor>, shape: &[usize], device: &Device) -> Result<CTensor> {
+    let mut data = Vec::with_capacity(shape.iter().product());
+    for o in outs {
+        data.extend_from_slice(o.data());
+    }
+    to_candle(Tensor::new(shape.to_vec(), data)?, device)
+}
+
+/// The plain f64 dense reference (`hdp_attention::dense`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DenseReference;
+
+impl AttentionBackend for DenseReference {
+    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
+        let outs = per_sequence(x)?
+            .par_iter()
+            .map(hdp_attention::dense::attention)
+            .collect::<hdp_core::Result<Vec<_>>>()?;
+        concat(outs, x.q.dims(), x.q.device())
+    }
+}
+
+/// Per-head sparsity accumulated over a run (for heatmaps over layers x heads).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct HeadStats {
+    /// Valid blocks seen.
+    pub valid_blocks: u64,
+    /// Blocks kept by block pruning.
+    pub kept_blocks: u64,
+    /// Times the head was pruned.
+    pub pruned: u64,
+    /// Times the head was run.
+    pub runs: u64,
+}
+
+/// HDP reference attention with sparsity bookkeeping.
+#[derive(Debug)]
+pub struct HdpReference {
+    cfg: HdpConfig,
+    /// Totals per layer.
+    pub layer_summaries: Vec<TraceSummary>,
+    /// Per layer, per head statistics.
+    pub head_stats: Vec<Vec<HeadStats>>,
+    /// Full trace, when requested: every layer of the first `trace_limit` sequences.
+    pub trace: Option<Trace>,
+    trace_limit: usize,
+}
+
+impl HdpReference {
+    /// A backend running HDP with `cfg`; keeps the full trace of up to `trace_limit` sequences
+    /// (0 = no trace).
+    pub fn new(cfg: HdpConfig, trace_limit: usize) -> Result<Self> {
+        cfg.validate()?;
+        let trace = (trace_limit > 0).then(|| {
+            Trace::new(
+                hdp_attention::REFERENCE_PRODUCER,
+                serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
+            )
+        });
+        Ok(HdpReference {
+            cfg,
+            layer_summaries: Vec::new(),
+            head_stats: Vec::new(),
+            trace,
+            trace_limit,
+        })
+    }
+
+    /// Totals over every layer.
+    pub fn summary(&self) -> TraceSummary {
+        let mut s = TraceSummary::default();
+        for l in &self.layer_summaries {
+            s += *l;
+        }
+        s
+    }
+
+    fn record(&mut self, mut lt: LayerTrace) {
+        let layer = lt.layer;
+        if self.layer_summaries.len() <= layer {
+            self.layer_summaries
+                .resize(layer + 1, TraceSummary::default());
+            self.head_stats.resize(layer + 1, Vec::new());
+        }
+        self.layer_summaries[layer] += lt.summary();
+        let stats = &mut self.head_stats[layer];
+        stats.resize(lt.heads.max(stats.len()), HeadStats::default());
+        for seq in &lt.sequences {
+            let valid = seq.valid.count() as u64;
+            for h in &seq.heads {
+                let s = &mut stats[h.head];
+                s.valid_blocks += valid;
+                s.kept_blocks += h.kept.count() as u64;
+                s.pruned += h.pruned as u64;
+                s.runs += 1;
+            }
+        }
+        if let Some(trace) = &mut self.trace {
+            lt.sequences.retain(|s| s.sequence < self.trace_limit);
+            if lt.sequences.is_empty() {
+                return;
+            }
+            match trace.layers.iter_mut().find(|l| l.layer == layer) {
+                Some(existing) => existing.sequences.extend(lt.sequences),
+                None => trace.layers.push(lt),
+            }
+        }
+    }
+}
+
+impl AttentionBackend for HdpReference {
+    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
+        let cfg = self.cfg;
+        let results = per_sequence(x)?
+            .par_iter()
+            .map(|p| hdp_attention::hdp::attention(p, &cfg, x.layer))
+            .collect::<hdp_core::Result<Vec<_>>>()?;
+        let mut outs = Vec::with_capacity(results.len());
+        let mut merged: Option<LayerTrace> = None;
+        for (r, &id) in results.into_iter().zip(x.sequence_ids) {
+            outs.push(r.output);
+            let mut lt = r.trace;
+            for s in &mut lt.sequences {
+                s.sequence = id;
+            }
+            match &mut merged {
+                None => merged = Some(lt),
+                Some(m) => m.sequences.extend(lt.sequences),
+            }
+        }
+        if let Some(lt) = merged {
+            self.record(lt);
+        }
+        concat(outs, x.q.dims(), x.q.device())
+    }
+}

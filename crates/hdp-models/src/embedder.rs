@@ -1,0 +1,267 @@
+//! Sentence embeddings as sentence-transformers computes them for BERT models: tokenize, run the
+//! encoder, pool over real tokens (mean or CLS, per `1_Pooling/config.json`), L2-normalize.
+//! Texts are batched by length (less padding); output rows keep the input order.
+
+use crate::backend::AttentionBackend;
+use crate::bert::BertModel;
+use crate::config::ModelConfig;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationParams};
+
+/// Pooling over token states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over real (unpadded) tokens.
+    Mean,
+    /// The first token ([CLS]).
+    Cls,
+}
+
+/// One tokenized text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// Segment ids.
+    pub type_ids: Vec<u32>,
+    /// Whether the text was cut to the maximum length.
+    pub truncated: bool,
+}
+
+/// A loaded model folder, ready to embed texts.
+pub struct SentenceEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    max_length: usize,
+    /// Pooling from `1_Pooling/config.json` (mean if absent).
+    pub pooling: Pooling,
+    device: Device,
+    /// The model folder.
+    pub dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+impl SentenceEmbedder {
+    /// Loads `config.json`, `model.safetensors`, `tokenizer.json` and the sentence-transformers
+    /// settings from a Hugging Face-layout folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.into(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
+            });
+        }
+        let cfg_path = dir.join("config.json");
+        let ModelConfig::Bert(cfg) = ModelConfig::from_file(&cfg_path)?;
+        let weights_path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&weights_path).map_err(io(&weights_path))?;
+        let device = Device::Cpu;
+        let weights_err = |e: candle_core::Error| Error::Weights {
+            path: weights_path.clone(),
+            reason: format!("{e} (is the file complete and does it match config.json?)"),
+        };
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+            .map_err(weights_err)?;
+        let model = BertModel::load(vb, &cfg).map_err(|e| match e {
+            Error::Candle(c) => weights_err(c),
+            other => other,
+        })?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.exists() {
+            return Err(Error::Io {
+                path: tokenizer_path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
+            path: tokenizer_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let json = |p: PathBuf| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+        };
+        let pooling = match json(dir.join("1_Pooling/config.json")) {
+            Some(v) if v["pooling_mode_cls_token"] == true => Pooling::Cls,
+            _ => Pooling::Mean,
+        };
+        let max_length = json(dir.join("sentence_bert_config.json"))
+            .and_then(|v| v["max_seq_length"].as_u64())
+            .map_or(cfg.max_position_embeddings, |m| m as usize)
+            .min(cfg.max_position_embeddings);
+        let mut e = SentenceEmbedder {
+            model,
+            tokenizer,
+            tokenizer_path,
+            max_length,
+            pooling,
+            device,
+            dir: dir.into(),
+        };
+        e.set_max_length(max_length)?;
+        Ok(e)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &crate::config::BertConfig {
+        &self.model.config
+    }
+
+    /// Current maximum tokens per text (special tokens included).
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Sets the maximum tokens per text; longer texts are truncated. At most the model's
+    /// `max_position_embeddings`.
+    pub fn set_max_length(&mut self, n: usize) -> Result<()> {
+        let limit = self.model.config.max_position_embeddings;
+        if n < 2 || n > limit {
+            return Err(Error::InvalidInput(format!(
+                "max length {n} is outside 2..={limit} (the model has {limit} positions)"
+            )));
+        }
+        self.tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: n,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer {
+                path: self.tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+        self.tokenizer.with_padding(None);
+        self.max_length = n;
+        Ok(())
+    }
+
+    /// Tokenizes texts (special tokens added, truncated to the maximum length).
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoded>> {
+        texts
+            .iter()
+            .map(|t| {
+                let e = self
+                    .tokenizer
+                    .encode(t.as_ref(), true)
+                    .map_err(|e| Error::Tokenizer {
+                        path: self.tokenizer_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(Encoded {
+                    ids: e.get_ids().to_vec(),
+                    type_ids: e.get_type_ids().to_vec(),
+                    truncated: !e.get_overflowing().is_empty(),
+                })
+            })
+            .collect()
+    }
+
+    /// Embeds tokenized texts with `attn`, `batch_size` at a time, grouped by length. Returns
+    /// one row per input, in input order. `progress` is called with the texts done so far.
+    pub fn embed_encoded(
+        &self,
+        enc: &[Encoded],
+        attn: &mut dyn AttentionBackend,
+        batch_size: usize,
+        normalize: bool,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..enc.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(enc[i].ids.len()));
+        let mut out = vec![Vec::new(); enc.len()];
+        let mut done = 0;
+        for batch in order.chunks(batch_size.max(1)) {
+            let n = batch.iter().map(|&i| enc[i].ids.len()).max().unwrap_or(0);
+            let pad = |v: &[u32]| {
+                let mut v = v.to_vec();
+                v.resize(n, 0);
+                v
+            };
+            let ids: Vec<Vec<u32>> = batch.iter().map(|&i| pad(&enc[i].ids)).collect();
+            let types: Vec<Vec<u32>> = batch.iter().map(|&i| pad(&enc[i].type_ids)).collect();
+            let valid: Vec<bool> = batch
+                .iter()
+                .flat_map(|&i| (0..n).map(move |j| j < enc[i].ids.len()))
+                .collect();
+            let hidden = self
+                .model
+                .forward(&ids, &types, &valid, batch, attn, &self.device)?;
+            let rows = self.pool(&hidden, &valid, n)?;
+            for (&i, mut row) in batch.iter().zip(rows) {
+                if normalize {
+                    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    row.iter_mut().for_each(|x| *x /= norm);
+                }
+                out[i] = row;
+            }
+            done += batch.len();
+            progress(done);
+        }
+        Ok(out)
+    }
+
+    /// Tokenizes and embeds texts; see [`Self::embed_encoded`].
+    pub fn embed<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        attn: &mut dyn AttentionBackend,
+        batch_size: usize,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let enc = self.tokenize(texts)?;
+        self.embed_encoded(&enc, attn, batch_size, normalize, &mut |_| {})
+    }
+
+    fn pool(&self, hidden: &Tensor, valid: &[bool], n: usize) -> Result<Vec<Vec<f32>>> {
+        let states = hidden.to_vec3::<f32>()?;
+        Ok(states
+            .into_iter()
+            .enumerate()
+            .map(|(b, toks)| match self.pooling {
+                Pooling::Cls => toks[0].clone(),
+                Pooling::Mean => {
+                    let mut sum = vec![0.0f64; toks[0].len()];
+                    let mut count = 0usize;
+                    for (j, t) in toks.iter().enumerate() {
+                        if valid[b * n + j] {
+                            count += 1;
+                            for (s, &x) in sum.iter_mut().zip(t) {
+                                *s += x as f64;
+                            }
+                        }
+                    }
+                    sum.iter()
+                        .map(|s| (s / count.max(1) as f64) as f32)
+                        .collect()
+                }
+            })
+            .collect())
+    }
+}
+
+/// Where assets live: `$HDP_ASSETS`, else `./assets` if it exists, else the repository's
+/// `assets` folder (as built).
+pub fn assets_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HDP_ASSETS") {
+        return p.into();
+    }
+    let local = PathBuf::from("assets");
+    if local.is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+/// The default model folder (`all-MiniLM-L6-v2` under [`assets_dir`]).
+pub fn default_model_dir() -> PathBuf {
+    assets_dir().join("all-MiniLM-L6-v2")
+}

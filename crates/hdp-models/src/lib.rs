@@ -1,0 +1,15 @@
+//! Hugging Face-layout transformer models for hdp, with attention as a plug-in: BERT (and
+//! sentence-transformers models built on it) via candle for the non-attention parts, dense or
+//! HDP attention from `hdp-attention`, tokenization with `tokenizers`.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod bert;
+pub mod config;
+pub mod embedder;
+mod error;
+
+pub use backend::{AttentionBackend, DenseCandle, DenseReference, HdpReference};
+pub use embedder::{assets_dir, default_model_dir, Encoded, SentenceEmbedder};
+pub use error::{Error, Result};

