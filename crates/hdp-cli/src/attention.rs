@@ -2,7 +2,7 @@
 //! Q/K/V, with a table, JSON, a kept-block heatmap and the trace.
 
 use crate::args::HdpArgs;
-use crate::io::{load_problem, write_npy};
+use crate::io::load_problem;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdp_attention::synthetic::{generate, SyntheticSpec};
@@ -95,7 +95,7 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
         data.extend_from_slice(problem.v.data());
         let mut shape = vec![3];
         shape.extend_from_slice(problem.q.shape());
-        write_npy(path, &shape, &data)?;
+        hdp_core::npy::write(path, &shape, &data)?;
     }
 
     let t0 = Instant::now();

@@ -104,81 +104,8 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Parses a version 1/2/3 `.npy` array of little-endian f4/f8, C order.
-pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        bail!("not a .npy file (missing \\x93NUMPY magic)");
-    }
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
-        v => bail!("unsupported .npy version {v}"),
-    };
-    let header = bytes
-        .get(start..start + hlen)
-        .context("file is truncated inside the .npy header")?;
-    let header = std::str::from_utf8(header).context(".npy header is not text")?;
-    let field = |key: &str| -> Result<&str> {
-        let i = header
-            .find(&format!("'{key}'"))
-            .with_context(|| format!(".npy header lacks '{key}'"))?;
-        Ok(header[i + key.len() + 2..].trim_start_matches([':', ' ']))
-    };
-    let descr = field("descr")?;
-    let elem = if descr.starts_with("'<f4'") {
-        4
-    } else if descr.starts_with("'<f8'") {
-        8
-    } else {
-        bail!(
-            "unsupported dtype {}; save as float32 or float64 (little-endian)",
-            descr.split(',').next().unwrap_or("")
-        );
-    };
-    if field("fortran_order")?.starts_with("True") {
-        bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
-    }
-    let shape_txt = field("shape")?;
-    let shape_txt = &shape_txt[1..shape_txt
-        .find(')')
-        .context("malformed shape in .npy header")?];
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .with_context(|| format!("malformed shape entry {s:?}"))
-        })
-        .collect::<Result<_>>()?;
-    let count: usize = shape.iter().product();
-    let data = &bytes[start + hlen..];
-    if data.len() < count * elem {
-        bail!(
-            "file is truncated: shape {shape:?} needs {} data bytes, found {}",
-            count * elem,
-            data.len()
-        );
-    }
-    let vals = if elem == 4 {
-        data[..count * 4]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    } else {
-        data[..count * 8]
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect()
-    };
-    Ok((shape, vals))
-}
-
 fn from_npy(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
-    let (shape, vals) = parse_npy(bytes)?;
+    let (shape, vals) = hdp_core::npy::parse(bytes)?;
     if shape.first() != Some(&3) || !(4..=5).contains(&shape.len()) {
         bail!("array has shape {shape:?}; expected [3, heads, N, d] or [3, batch, heads, N, d] (q, k, v stacked)");
     }
@@ -188,48 +115,20 @@ fn from_npy(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
     Ok(AttentionProblem::new(t(0)?, t(1)?, t(2)?, None, causal)?)
 }
 
-/// Writes a little-endian f32 `.npy` array (version 1).
-pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for x in data {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn npy_round_trip_and_truncation() {
+    fn npy_stack_loads_as_a_problem() {
         let dir = std::env::temp_dir().join(format!("hdp-npy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("a.npy");
         let data: Vec<f32> = (0..3 * 2 * 4 * 2).map(|i| i as f32 * 0.5).collect();
-        write_npy(&p, &[3, 2, 4, 2], &data).unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(parse_npy(&bytes).unwrap(), (vec![3, 2, 4, 2], data));
+        hdp_core::npy::write(&p, &[3, 2, 4, 2], &data).unwrap();
         let prob = load_problem(&p, false).unwrap();
         assert_eq!(prob.q.shape(), &[1, 2, 4, 2]);
-        let err = parse_npy(&bytes[..bytes.len() - 3])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("truncated"), "{err}");
-        assert!(parse_npy(b"garbage!!!!!").is_err());
+        assert_eq!(prob.v.data()[0], 16.0 * 0.5 * 2.0);
     }
 
     #[test]

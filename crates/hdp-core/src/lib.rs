@@ -6,6 +6,7 @@
 
 mod error;
 pub mod fixed;
+pub mod npy;
 pub mod rng;
 pub mod tensor;
 pub mod tolerance;
