@@ -2,6 +2,7 @@
 
 mod args;
 mod attention;
+mod eval;
 mod io;
 
 use clap::{Parser, Subcommand};
@@ -18,12 +19,18 @@ struct Cli {
 enum Command {
     /// Dense vs HDP attention (reference implementations) on synthetic or loaded Q/K/V.
     Attention(attention::AttentionArgs),
+    /// Accuracy of a real model on labeled data, dense vs HDP attention.
+    Eval(eval::EvalArgs),
+    /// Sweep HDP options on a task: accuracy vs sparsity, Pareto front, plot.
+    Sweep(eval::SweepArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Attention(a) => attention::run(a),
+        Command::Eval(a) => eval::run_eval(a),
+        Command::Sweep(a) => eval::run_sweep(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

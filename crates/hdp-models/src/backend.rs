@@ -138,6 +138,11 @@ pub struct HdpReference {
     pub head_stats: Vec<Vec<HeadStats>>,
     /// Full trace, when requested: every layer of the first `trace_limit` sequences.
     pub trace: Option<Trace>,
+    /// Valid score entries (query, key) over every layer, head and sequence: what dense
+    /// attention computes (exponentials).
+    pub dense_entries: u64,
+    /// Dense Q.K^T MACs over the same entries (equal to dense P.V MACs).
+    pub dense_qk_macs: u64,
     trace_limit: usize,
 }
 
@@ -158,6 +163,8 @@ impl HdpReference {
             head_stats: Vec::new(),
             trace,
             trace_limit,
+            dense_entries: 0,
+            dense_qk_macs: 0,
         })
     }
 
@@ -181,6 +188,10 @@ impl HdpReference {
         let stats = &mut self.head_stats[layer];
         stats.resize(lt.heads.max(stats.len()), HeadStats::default());
         for seq in &lt.sequences {
+            let t = seq.valid_tokens as u64;
+            let entries = if lt.causal { t * (t + 1) / 2 } else { t * t } * lt.heads as u64;
+            self.dense_entries += entries;
+            self.dense_qk_macs += entries * lt.head_dim as u64;
             let valid = seq.valid.count() as u64;
             for h in &seq.heads {
                 let s = &mut stats[h.head];

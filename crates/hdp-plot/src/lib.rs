@@ -173,3 +173,180 @@ mod tests {
         assert!(svg.contains("head &lt;0&gt;") && svg.contains("kept &amp; pruned"));
     }
 }
+
+/// One series of a scatter/line chart.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label.
+    pub name: String,
+    /// `(x, y)` points, drawn in the given order when `line` is set.
+    pub points: Vec<(f64, f64)>,
+    /// Connect the points with a line.
+    pub line: bool,
+    /// CSS color.
+    pub color: String,
+}
+
+/// A scatter/line chart with axes, a legend and an optional labeled horizontal reference line.
+pub fn xy_chart_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    reference: Option<(f64, &str)>,
+) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 460.0, 70.0, 190.0, 40.0, 50.0);
+    let mut xs: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .collect();
+    let mut ys: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .collect();
+    if let Some((y, _)) = reference {
+        ys.push(y);
+    }
+    xs.retain(|v| v.is_finite());
+    ys.retain(|v| v.is_finite());
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !lo.is_finite() {
+            (0.0, 1.0)
+        } else if hi - lo < 1e-12 {
+            (lo - 0.5, hi + 0.5)
+        } else {
+            let pad = 0.05 * (hi - lo);
+            (lo - pad, hi + pad)
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (range(&xs), range(&ys));
+    let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
+    let py = |y: f64| h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"24\" font-size=\"15\">{}</text>\n\
+         <rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#444\"/>\n",
+        escape(title),
+        w - left - right,
+        h - top - bottom
+    );
+    for k in 0..=4 {
+        let (xv, yv) = (
+            x0 + (x1 - x0) * k as f64 / 4.0,
+            y0 + (y1 - y0) * k as f64 / 4.0,
+        );
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{xv:.3}</text>\n\
+             <text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{yv:.4}</text>\n\
+             <line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
+            px(xv),
+            h - bottom + 16.0,
+            left - 6.0,
+            py(yv) + 4.0,
+            w - right,
+            py(yv),
+            py(yv)
+        );
+    }
+    s += &format!(
+        "<text x=\"{:.1}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"16\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.1})\">{}</text>\n",
+        (left + w - right) / 2.0,
+        h - 12.0,
+        escape(x_label),
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0,
+        escape(y_label)
+    );
+    if let Some((y, label)) = reference {
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"5 4\"/>\n\
+             <text x=\"{}\" y=\"{:.1}\" font-size=\"11\" fill=\"#c00\">{}</text>\n",
+            w - right,
+            py(y),
+            py(y),
+            w - right + 6.0,
+            py(y) + 4.0,
+            escape(label)
+        );
+    }
+    for (k, ser) in series.iter().enumerate() {
+        if ser.line && ser.points.len() > 1 {
+            let pts: Vec<String> = ser
+                .points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            s += &format!(
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"/>\n",
+                pts.join(" "),
+                ser.color
+            );
+        }
+        for &(x, y) in ser
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+        {
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
+                px(x),
+                py(y),
+                ser.color
+            );
+        }
+        let ly = top + 16.0 + 18.0 * k as f64;
+        s += &format!(
+            "<circle cx=\"{}\" cy=\"{ly}\" r=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>\n",
+            w - right + 12.0,
+            ser.color,
+            w - right + 22.0,
+            ly + 4.0,
+            escape(&ser.name)
+        );
+    }
+    s += "</svg>\n";
+    s
+}
+
+/// Indices of the Pareto-optimal points when both coordinates are better larger: no other
+/// point is at least as large in both and strictly larger in one. Sorted by x.
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..points.len())
+        .filter(|&i| {
+            let (x, y) = points[i];
+            !points
+                .iter()
+                .any(|&(a, b)| a >= x && b >= y && (a > x || b > y))
+        })
+        .collect();
+    idx.sort_by(|&a, &b| points[a].0.total_cmp(&points[b].0));
+    idx
+}
+
+#[cfg(test)]
+mod chart_tests {
+    use super::*;
+
+    #[test]
+    fn pareto_front_drops_dominated_points() {
+        let pts = [(0.1, 0.9), (0.5, 0.8), (0.4, 0.7), (0.9, 0.5), (0.9, 0.4)];
+        assert_eq!(pareto_front(&pts), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn chart_draws_every_point() {
+        let s = Series {
+            name: "a".into(),
+            points: vec![(0.0, 1.0), (1.0, 2.0)],
+            line: true,
+            color: "#000".into(),
+        };
+        let svg = xy_chart_svg("t", "x", "y", &[s], Some((1.5, "dense")));
+        assert_eq!(svg.matches("<circle").count(), 3); // two points + legend marker
+        assert!(svg.contains("<polyline") && svg.contains("dense"));
+    }
+}

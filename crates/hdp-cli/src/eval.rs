@@ -1,0 +1,469 @@
+//! `hdp eval` and `hdp sweep`: accuracy of HDP attention on real models and labeled data, dense
+//! and HDP side by side; sweeps over the HDP options with an accuracy-vs-sparsity plot.
+
+use crate::args::HdpArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hdp_attention::{HdpConfig, RowThreshold};
+use hdp_eval::tasks::{EvalOptions, Evaluation, HdpResult};
+use hdp_models::{assets_dir, default_model_dir, HdpReference, SentenceEmbedder};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Flags shared by `eval` and `sweep`.
+#[derive(Args, Debug, Clone)]
+pub struct TaskArgs {
+    /// Task: rt-sentiment, lee-similarity or fidelity.
+    #[arg(long, default_value = "rt-sentiment")]
+    pub task: String,
+    /// Your own data instead: CSV/TSV of `label,text` or `text_a,text_b,score` rows.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Hugging Face-layout model folder (default: the packaged all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Maximum tokens per text (default: the task's own; see README).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Evaluate only the first N test items (train on at most 4N).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Do not read or write the dense-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Flags of `hdp eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    #[command(flatten)]
+    pub hdp: HdpArgs,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the trace of the first --trace-texts texts (every layer) for the simulator.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Texts whose full trace --trace keeps.
+    #[arg(long, default_value_t = 8)]
+    pub trace_texts: usize,
+    /// Write a layers x heads heatmap of kept-block fraction and head pruning (SVG).
+    #[arg(long)]
+    pub heatmap: Option<PathBuf>,
+}
+
+fn bar(label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>18} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    pb
+}
+
+fn progress_fn(pb: &ProgressBar) -> impl FnMut(&str, usize, usize) + '_ {
+    move |stage, done, total| {
+        pb.set_message(stage.to_string());
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    }
+}
+
+/// Loads the model and prepares the task (dense side).
+fn prepare(t: &TaskArgs) -> Result<(SentenceEmbedder, Evaluation, EvalOptions, f64)> {
+    if t.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let dir = t.model.clone().unwrap_or_else(default_model_dir);
+    let mut model =
+        SentenceEmbedder::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let assets = assets_dir();
+    let opts = EvalOptions {
+        max_length: t.max_length,
+        limit: t.limit,
+        batch_size: t.batch_size,
+        cache_dir: (!t.no_cache).then(|| assets.join("cache")),
+        assets,
+    };
+    let t0 = Instant::now();
+    let pb = bar("preparing");
+    let ev = Evaluation::prepare(
+        &mut model,
+        &t.task,
+        t.data.as_deref(),
+        &opts,
+        &mut progress_fn(&pb),
+    )?;
+    pb.finish_and_clear();
+    Ok((model, ev, opts, t0.elapsed().as_secs_f64()))
+}
+
+fn run_one(
+    model: &SentenceEmbedder,
+    ev: &Evaluation,
+    cfg: &HdpConfig,
+    batch: usize,
+    trace_texts: usize,
+) -> Result<(HdpResult, HdpReference, f64)> {
+    let t0 = Instant::now();
+    let pb = bar("hdp embeddings");
+    let (r, backend) = ev.run_hdp(model, cfg, batch, trace_texts, &mut progress_fn(&pb))?;
+    pb.finish_and_clear();
+    Ok((r, backend, t0.elapsed().as_secs_f64()))
+}
+
+/// Runs `hdp eval`.
+pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    let cfg = a.hdp.config()?;
+    let (model, ev, _opts, prep_s) = prepare(&a.task)?;
+    let trace_texts = if a.trace.is_some() {
+        a.trace_texts.max(1)
+    } else {
+        0
+    };
+    let (r, backend, hdp_s) = run_one(&model, &ev, &cfg, a.task.batch_size, trace_texts)?;
+    if let (Some(path), Some(trace)) = (&a.trace, &backend.trace) {
+        trace.write(path)?;
+    }
+    if let Some(path) = &a.heatmap {
+        write_heatmap(path, &ev, &backend)?;
+    }
+    let dense_metric = ev.dense_metrics["metric"];
+    let hdp_metric = r.metrics["metric"];
+    let per_layer: Vec<_> = backend
+        .layer_summaries
+        .iter()
+        .enumerate()
+        .map(|(l, s)| json!({"layer": l, "block_sparsity": s.block_sparsity(), "head_sparsity": s.head_sparsity()}))
+        .collect();
+    if a.json {
+        let out = json!({
+            "task": ev.task, "metric_name": ev.metric_name, "model": model.dir.display().to_string(),
+            "max_length": ev.max_length, "hdp_texts": ev.texts(), "config": cfg,
+            "dense": ev.dense_metrics, "hdp": r.metrics, "delta": hdp_metric - dense_metric,
+            "block_sparsity": r.block_sparsity, "effective_block_sparsity": r.effective_block_sparsity,
+            "head_sparsity": r.head_sparsity, "macs": r.macs, "per_layer": per_layer,
+            "seconds": {"prepare_dense": prep_s, "hdp": hdp_s},
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "task {} ({}), model {}, max length {}, {} texts under HDP",
+        ev.task,
+        ev.metric_name,
+        model.dir.display(),
+        ev.max_length,
+        ev.texts()
+    );
+    println!("  {:<26} {:>10} {:>10} {:>10}", "", "dense", "hdp", "delta");
+    for (k, dv) in &ev.dense_metrics {
+        if let Some(hv) = r.metrics.get(k) {
+            println!("  {k:<26} {dv:>10.4} {hv:>10.4} {:>+10.4}", hv - dv);
+        }
+    }
+    for (k, hv) in r
+        .metrics
+        .iter()
+        .filter(|(k, _)| !ev.dense_metrics.contains_key(*k))
+    {
+        println!("  {k:<26} {:>10} {hv:>10.4}", "");
+    }
+    println!(
+        "  block sparsity {:.1}%, head sparsity {:.1}%, effective {:.1}%",
+        100.0 * r.block_sparsity,
+        100.0 * r.head_sparsity,
+        100.0 * r.effective_block_sparsity
+    );
+    let m = &r.macs;
+    println!(
+        "  S.V MACs {:.3e} vs dense {:.3e} ({:.1}% saved); exps {:.1}% saved; integer MACs {:.3e}, fraction MACs {:.3e}",
+        m.hdp_sv_macs as f64,
+        m.dense_sv_macs as f64,
+        100.0 * m.sv_macs_saved,
+        100.0 * m.exps_saved,
+        m.hdp_int_macs as f64,
+        m.hdp_frac_macs as f64
+    );
+    println!("  time: dense side {prep_s:.1} s (cached after the first run), hdp side {hdp_s:.1} s (reference kernels)");
+    Ok(())
+}
+
+fn write_heatmap(path: &Path, ev: &Evaluation, backend: &HdpReference) -> Result<()> {
+    let layers = backend.head_stats.len();
+    let heads = backend.head_stats.first().map_or(0, Vec::len);
+    let mut kept = Vec::with_capacity(layers * heads);
+    let mut pruned = Vec::with_capacity(layers * heads);
+    for l in &backend.head_stats {
+        for s in l {
+            kept.push(if s.valid_blocks == 0 {
+                f32::NAN
+            } else {
+                s.kept_blocks as f32 / s.valid_blocks as f32
+            });
+            pruned.push(if s.runs == 0 {
+                f32::NAN
+            } else {
+                s.pruned as f32 / s.runs as f32
+            });
+        }
+    }
+    let panel = |title: &str, values| hdp_plot::Heatmap {
+        title: title.into(),
+        rows: layers,
+        cols: heads,
+        values,
+    };
+    let svg = hdp_plot::heatmap_grid_svg(
+        &format!("HDP per layer (rows) and head (columns): {} , {} texts", ev.task, ev.texts()),
+        "left: fraction of valid blocks kept (dark = keeps more); right: fraction of texts where the head was pruned",
+        &[panel("kept-block fraction", kept), panel("head pruned fraction", pruned)],
+        2,
+    );
+    std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Flags of `hdp sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Base HDP options; the lists below vary one or more of them.
+    #[command(flatten)]
+    pub hdp: HdpArgs,
+    /// Mean-max thresholds to try (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.2,0.3,0.5")]
+    pub rhos: Vec<f64>,
+    /// Top-k keep fractions to try.
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.3,0.4,0.5")]
+    pub keeps: Vec<f64>,
+    /// Block sizes to try.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub block_sizes: Vec<usize>,
+    /// Fixed-point formats BITS:FRAC to try.
+    #[arg(long, value_delimiter = ',', default_value = "8:4")]
+    pub formats: Vec<String>,
+    /// Score modes to try (approx, exact, float).
+    #[arg(long, value_delimiter = ',', default_value = "approx")]
+    pub scores: Vec<String>,
+    /// Head-pruning tau values to try (empty = head pruning as in the base options).
+    #[arg(long, value_delimiter = ',')]
+    pub taus: Vec<f64>,
+    /// Write every point as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the accuracy-vs-sparsity plot (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `hdp sweep`.
+pub fn run_sweep(a: &SweepArgs) -> Result<()> {
+    let base = a.hdp.config()?;
+    let mut thresholds: Vec<RowThreshold> = a
+        .rhos
+        .iter()
+        .map(|&rho| RowThreshold::MeanMax { rho })
+        .collect();
+    thresholds.extend(a.keeps.iter().map(|&keep| RowThreshold::TopK { keep }));
+    let mut formats = Vec::new();
+    for f in &a.formats {
+        let (b, fr) = f
+            .split_once(':')
+            .with_context(|| format!("format {f:?} must be BITS:FRAC, e.g. 8:4"))?;
+        formats.push(hdp_core::QFormat::new(
+            b.trim().parse()?,
+            fr.trim().parse()?,
+        )?);
+    }
+    let mut scores = Vec::new();
+    for s in &a.scores {
+        scores.push(match s.as_str() {
+            "approx" => hdp_core::ScoreMode::Approx,
+            "exact" => hdp_core::ScoreMode::Exact,
+            "float" => hdp_core::ScoreMode::Float,
+            other => bail!("score mode {other:?}: use approx, exact or float"),
+        });
+    }
+    let heads: Vec<hdp_attention::HeadPruning> = if a.taus.is_empty() {
+        vec![base.head_pruning]
+    } else {
+        a.taus
+            .iter()
+            .map(|&tau| hdp_attention::HeadPruning::Tau { tau })
+            .collect()
+    };
+    let mut configs = Vec::new();
+    for &threshold in &thresholds {
+        for &block_size in &a.block_sizes {
+            for &q_format in &formats {
+                for &score_mode in &scores {
+                    for &head_pruning in &heads {
+                        let c = HdpConfig {
+                            threshold,
+                            block_size,
+                            q_format,
+                            score_mode,
+                            head_pruning,
+                            ..base
+                        };
+                        c.validate()?;
+                        configs.push(c);
+                    }
+                }
+            }
+        }
+    }
+    let (model, ev, _opts, _) = prepare(&a.task)?;
+    let dense = ev.dense_metrics["metric"];
+    let mut points = Vec::new();
+    let overall = ProgressBar::new(configs.len() as u64);
+    for (i, cfg) in configs.iter().enumerate() {
+        overall.set_position(i as u64);
+        let (r, _, secs) = run_one(&model, &ev, cfg, a.task.batch_size, 0)?;
+        if !a.json {
+            println!(
+                "{:>3}/{} {:<42} sparsity {:>5.1}% heads {:>4.1}%  {} {:.4} (delta {:+.4})  {secs:.0} s",
+                i + 1,
+                configs.len(),
+                describe(cfg),
+                100.0 * r.block_sparsity,
+                100.0 * r.head_sparsity,
+                ev.metric_name,
+                r.metrics["metric"],
+                r.metrics["metric"] - dense
+            );
+        }
+        points.push(json!({
+            "config": cfg, "label": describe(cfg), "metric": r.metrics["metric"], "delta": r.metrics["metric"] - dense,
+            "block_sparsity": r.block_sparsity, "effective_block_sparsity": r.effective_block_sparsity,
+            "head_sparsity": r.head_sparsity, "hdp": r.metrics, "macs": r.macs,
+        }));
+    }
+    overall.finish_and_clear();
+    let xy: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p["effective_block_sparsity"].as_f64().unwrap_or(0.0),
+                p["metric"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let front = hdp_plot::pareto_front(&xy);
+    let out = json!({
+        "task": ev.task, "metric_name": ev.metric_name, "max_length": ev.max_length, "hdp_texts": ev.texts(),
+        "dense": ev.dense_metrics, "points": points, "pareto_front": front,
+    });
+    if let Some(p) = &a.out {
+        std::fs::write(p, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.plot {
+        let mut series = Vec::new();
+        let palette = [
+            "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+        ];
+        let mut kinds: Vec<String> = points.iter().map(|p| kind(&p["label"])).collect();
+        kinds.sort();
+        kinds.dedup();
+        for (k, name) in kinds.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = points
+                .iter()
+                .zip(&xy)
+                .filter(|(p, _)| &kind(&p["label"]) == name)
+                .map(|(_, &q)| q)
+                .collect();
+            series.push(hdp_plot::Series {
+                name: name.clone(),
+                points: pts,
+                line: false,
+                color: palette[k % palette.len()].into(),
+            });
+        }
+        series.push(hdp_plot::Series {
+            name: "Pareto front".into(),
+            points: front.iter().map(|&i| xy[i]).collect(),
+            line: true,
+            color: "#333".into(),
+        });
+        let svg = hdp_plot::xy_chart_svg(
+            &format!(
+                "{}: {} vs sparsity ({} texts)",
+                ev.task,
+                ev.metric_name,
+                ev.texts()
+            ),
+            "effective block sparsity (share of valid blocks not computed)",
+            ev.metric_name,
+            &series,
+            Some((dense, "dense")),
+        );
+        std::fs::write(p, svg).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("dense {}: {dense:.4}; Pareto front:", ev.metric_name);
+        for &i in &front {
+            println!(
+                "  {}  sparsity {:.1}%  {} {:.4}",
+                points[i]["label"].as_str().unwrap_or(""),
+                100.0 * xy[i].0,
+                ev.metric_name,
+                xy[i].1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Short label of a configuration.
+fn describe(c: &HdpConfig) -> String {
+    let t = match c.threshold {
+        RowThreshold::KeepAll => "keep-all".to_string(),
+        RowThreshold::MeanMax { rho } => format!("rho={rho}"),
+        RowThreshold::TopK { keep } => format!("keep={keep}"),
+    };
+    let h = match c.head_pruning {
+        hdp_attention::HeadPruning::Off => String::new(),
+        hdp_attention::HeadPruning::Tau { tau } => format!(" tau={tau}"),
+        hdp_attention::HeadPruning::TopK { heads } => format!(" heads={heads}"),
+    };
+    format!(
+        "{t} b={} {}:{} {:?}{h}",
+        c.block_size, c.q_format.bits, c.q_format.frac_bits, c.score_mode
+    )
+    .to_lowercase()
+}
+
+/// Series name of a point: the threshold policy plus the other varied settings.
+fn kind(label: &serde_json::Value) -> String {
+    let l = label.as_str().unwrap_or("");
+    let mut parts = l.split(' ');
+    let policy = parts
+        .next()
+        .unwrap_or("")
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    std::iter::once(policy)
+        .chain(parts.map(String::from))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

