@@ -57,6 +57,13 @@ pub struct EvalArgs {
     /// Write a layers x heads heatmap of kept-block fraction and head pruning (SVG).
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
+    /// Save Q/K/V of one layer for the longest evaluated text as .npy [3, 1, heads, N, d]
+    /// (input for `hdp attention --qkv` and benchmarks).
+    #[arg(long)]
+    pub dump_qkv: Option<PathBuf>,
+    /// Layer whose Q/K/V --dump-qkv saves.
+    #[arg(long, default_value_t = 0)]
+    pub dump_layer: usize,
 }
 
 fn bar(label: &str) -> ProgressBar {
@@ -127,6 +134,16 @@ fn run_one(
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let cfg = a.hdp.config()?;
     let (model, ev, _opts, prep_s) = prepare(&a.task)?;
+    if let Some(path) = &a.dump_qkv {
+        let (shape, data) = ev.capture_qkv(&model, ev.longest_text(), a.dump_layer)?;
+        hdp_core::npy::write(path, &shape, &data)?;
+        eprintln!(
+            "saved Q/K/V of layer {} ({:?}) to {}",
+            a.dump_layer,
+            &shape[1..],
+            path.display()
+        );
+    }
     let trace_texts = if a.trace.is_some() {
         a.trace_texts.max(1)
     } else {

@@ -2,6 +2,7 @@
 
 mod args;
 mod attention;
+mod embed;
 mod eval;
 mod io;
 
@@ -21,6 +22,8 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// Accuracy of a real model on labeled data, dense vs HDP attention.
     Eval(eval::EvalArgs),
+    /// Embed your own texts, dense or HDP, as JSONL, .npy or a table.
+    Embed(embed::EmbedArgs),
     /// Sweep HDP options on a task: accuracy vs sparsity, Pareto front, plot.
     Sweep(eval::SweepArgs),
 }
@@ -30,6 +33,7 @@ fn main() {
     let result = match &cli.command {
         Command::Attention(a) => attention::run(a),
         Command::Eval(a) => eval::run_eval(a),
+        Command::Embed(a) => embed::run(a),
         Command::Sweep(a) => eval::run_sweep(a),
     };
     if let Err(e) = result {

@@ -324,6 +324,50 @@ impl Evaluation {
         })
     }
 
+    /// Q, K, V of `layer` for the task's `index`-th text (dense attention), as one `.npy`-ready
+    /// array `[3, 1, heads, N, d]` and its shape.
+    pub fn capture_qkv(
+        &self,
+        model: &SentenceEmbedder,
+        index: usize,
+        layer: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let e = self.enc.get(index).ok_or_else(|| {
+            Error::Invalid(format!(
+                "text {index} does not exist ({} texts)",
+                self.enc.len()
+            ))
+        })?;
+        if layer >= model.config().num_hidden_layers {
+            return Err(Error::Invalid(format!(
+                "layer {layer} does not exist (the model has {})",
+                model.config().num_hidden_layers
+            )));
+        }
+        let mut cap = hdp_models::CaptureQkv {
+            inner: DenseCandle,
+            layer,
+            captured: None,
+        };
+        model.embed_encoded(std::slice::from_ref(e), &mut cap, 1, true, &mut |_| {})?;
+        let (q, k, v, _) = cap
+            .captured
+            .ok_or_else(|| Error::Invalid("layer was not reached".into()))?;
+        let mut shape = vec![3];
+        shape.extend_from_slice(q.shape());
+        let mut data = q.into_data();
+        data.extend_from_slice(k.data());
+        data.extend_from_slice(v.data());
+        Ok((shape, data))
+    }
+
+    /// Index of the longest text (most tokens).
+    pub fn longest_text(&self) -> usize {
+        (0..self.enc.len())
+            .max_by_key(|&i| (self.enc[i].ids.len(), std::cmp::Reverse(i)))
+            .unwrap_or(0)
+    }
+
     /// Number of texts HDP embeds per run.
     pub fn texts(&self) -> usize {
         self.enc.len()

@@ -143,6 +143,9 @@ pub struct HdpReference {
     pub dense_entries: u64,
     /// Dense Q.K^T MACs over the same entries (equal to dense P.V MACs).
     pub dense_qk_macs: u64,
+    /// Per sequence id, over all layers: valid and kept blocks summed over heads, heads pruned
+    /// (`pruned`) out of heads run (`runs`).
+    pub sequence_stats: std::collections::BTreeMap<usize, HeadStats>,
     trace_limit: usize,
 }
 
@@ -165,6 +168,7 @@ impl HdpReference {
             trace_limit,
             dense_entries: 0,
             dense_qk_macs: 0,
+            sequence_stats: Default::default(),
         })
     }
 
@@ -194,11 +198,16 @@ impl HdpReference {
             self.dense_qk_macs += entries * lt.head_dim as u64;
             let valid = seq.valid.count() as u64;
             for h in &seq.heads {
-                let s = &mut stats[h.head];
-                s.valid_blocks += valid;
-                s.kept_blocks += h.kept.count() as u64;
-                s.pruned += h.pruned as u64;
-                s.runs += 1;
+                let kept = h.kept.count() as u64;
+                for s in [
+                    &mut stats[h.head],
+                    self.sequence_stats.entry(seq.sequence).or_default(),
+                ] {
+                    s.valid_blocks += valid;
+                    s.kept_blocks += kept;
+                    s.pruned += h.pruned as u64;
+                    s.runs += 1;
+                }
             }
         }
         if let Some(trace) = &mut self.trace {
@@ -238,5 +247,31 @@ impl AttentionBackend for HdpReference {
             self.record(lt);
         }
         concat(outs, x.q.dims(), x.q.device())
+    }
+}
+
+/// Wraps a backend and keeps a copy of one layer's Q, K, V (`[batch, heads, N, d]`) from the
+/// first batch that reaches it: real attention inputs for benchmarks (`hdp bench attention
+/// --qkv`) and for `hdp attention --qkv`.
+pub struct CaptureQkv<B> {
+    /// The backend doing the work.
+    pub inner: B,
+    /// Layer to capture.
+    pub layer: usize,
+    /// Captured Q, K, V and the key-padding mask.
+    pub captured: Option<(Tensor, Tensor, Tensor, Vec<bool>)>,
+}
+
+impl<B: AttentionBackend> AttentionBackend for CaptureQkv<B> {
+    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
+        if x.layer == self.layer && self.captured.is_none() {
+            self.captured = Some((
+                to_hdp(x.q)?,
+                to_hdp(x.k)?,
+                to_hdp(x.v)?,
+                x.token_valid.to_vec(),
+            ));
+        }
+        self.inner.attend(x)
     }
 }

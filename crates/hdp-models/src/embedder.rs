@@ -39,6 +39,9 @@ pub struct SentenceEmbedder {
     max_length: usize,
     /// Pooling from `1_Pooling/config.json` (mean if absent).
     pub pooling: Pooling,
+    /// Whether sentence-transformers normalizes this model's output (a `Normalize` module in
+    /// `modules.json`).
+    pub normalizes: bool,
     device: Device,
     /// The model folder.
     pub dir: PathBuf,
@@ -94,6 +97,12 @@ impl SentenceEmbedder {
             Some(v) if v["pooling_mode_cls_token"] == true => Pooling::Cls,
             _ => Pooling::Mean,
         };
+        let normalizes = json(dir.join("modules.json")).is_some_and(|m| {
+            m.as_array().is_some_and(|mods| {
+                mods.iter()
+                    .any(|x| x["type"].as_str().is_some_and(|t| t.ends_with("Normalize")))
+            })
+        });
         let max_length = json(dir.join("sentence_bert_config.json"))
             .and_then(|v| v["max_seq_length"].as_u64())
             .map_or(cfg.max_position_embeddings, |m| m as usize)
@@ -104,6 +113,7 @@ impl SentenceEmbedder {
             tokenizer_path,
             max_length,
             pooling,
+            normalizes,
             device,
             dir: dir.into(),
         };

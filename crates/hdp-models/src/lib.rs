@@ -10,6 +10,6 @@ pub mod config;
 pub mod embedder;
 mod error;
 
-pub use backend::{AttentionBackend, DenseCandle, DenseReference, HdpReference};
+pub use backend::{AttentionBackend, CaptureQkv, DenseCandle, DenseReference, HdpReference};
 pub use embedder::{assets_dir, default_model_dir, Encoded, SentenceEmbedder};
 pub use error::{Error, Result};

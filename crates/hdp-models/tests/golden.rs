@@ -122,3 +122,34 @@ fn hdp_default_prunes_and_stays_close() {
         "mean cosine {mean}, all {cos:?}"
     );
 }
+
+#[test]
+fn truncated_or_mismatched_weights_are_clear_errors() {
+    let src = default_model_dir();
+    let dir = std::env::temp_dir().join(format!("hdp-bad-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &weights[..weights.len() / 3]).unwrap();
+    let e = SentenceEmbedder::load(&dir)
+        .err()
+        .expect("truncated weights must fail")
+        .to_string();
+    assert!(e.contains("bad model weights"), "{e}");
+    // Config that disagrees with the weights (hidden size).
+    std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 1536", "\"intermediate_size\": 1024");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let e = SentenceEmbedder::load(&dir)
+        .err()
+        .expect("mismatch must fail")
+        .to_string();
+    assert!(
+        e.contains("bad model weights") && e.contains("match config.json"),
+        "{e}"
+    );
+}
