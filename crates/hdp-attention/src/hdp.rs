@@ -92,7 +92,7 @@ pub fn prune_heads(importance: &[f64], policy: HeadPruning) -> Vec<bool> {
 }
 
 /// Power-of-two exponents (Q, K) for one sequence under the pre-scale policy.
-fn prescale_exponents(
+pub(crate) fn prescale_exponents(
     p: &AttentionProblem,
     cfg: &HdpConfig,
     b: usize,
@@ -125,7 +125,7 @@ fn prescale_exponents(
 
 /// Quantized codes of one sequence (all heads, all tokens, layout `[heads, N, d]`) and the
 /// number of saturated values at valid tokens.
-fn quantize_sequence(
+pub(crate) fn quantize_sequence(
     p: &AttentionProblem,
     t: &Tensor,
     fmt: QFormat,
@@ -148,6 +148,108 @@ fn quantize_sequence(
     (codes, saturated)
 }
 
+/// Blocks of sequence `b` with at least one valid entry, and the number of valid tokens.
+pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockMask, usize) {
+    let n = p.q.shape()[2];
+    let nb = n.div_ceil(bs);
+    let mut valid = BlockMask::new(nb, nb);
+    for i in 0..n {
+        for j in 0..n {
+            if p.entry_is_valid(b, i, j) {
+                valid.set(i / bs, j / bs, true);
+            }
+        }
+    }
+    (valid, (0..n).filter(|&i| p.token_is_valid(b, i)).count())
+}
+
+/// Steps 4 and 5 (first half) for one head: the kept blocks of every block-row and the head's
+/// importance, from block importances (`None` = fully masked block), row-major `nb x nb`.
+pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> (BlockMask, f64) {
+    let mut kept = BlockMask::new(nb, nb);
+    let (mut kept_sum, mut kept_pos, mut all_sum, mut peak) = (0.0, 0.0, 0.0, 0.0);
+    let mut rows_with_blocks = 0usize;
+    for r in 0..nb {
+        let row_imp: Vec<(usize, i64)> = (0..nb)
+            .filter_map(|c| imp[r * nb + c].map(|v| (c, v)))
+            .collect();
+        if row_imp.is_empty() {
+            continue;
+        }
+        for c in select_blocks(&row_imp, cfg.threshold) {
+            kept.set(r, c, true);
+            let v = imp[r * nb + c].unwrap_or(0) as f64;
+            kept_sum += v;
+            kept_pos += v.max(0.0);
+        }
+        let vals = row_imp.iter().map(|&(_, v)| v as f64);
+        let sum: f64 = vals.clone().sum();
+        let max = vals.fold(f64::NEG_INFINITY, f64::max);
+        all_sum += sum;
+        peak += max - sum / row_imp.len() as f64;
+        rows_with_blocks += 1;
+    }
+    let importance = match cfg.head_importance {
+        HeadImportance::KeptSum => kept_sum,
+        HeadImportance::KeptPosSum => kept_pos,
+        HeadImportance::AllSum => all_sum,
+        HeadImportance::Peakedness => peak / rows_with_blocks.max(1) as f64,
+    };
+    (kept, importance)
+}
+
+/// Work of one head under the trace's counting convention (`docs/trace-format.md`).
+pub(crate) fn head_counts(
+    valid: &BlockMask,
+    kept: &BlockMask,
+    pruned: bool,
+    cfg: &HdpConfig,
+    n: usize,
+    d: usize,
+    valid_tokens: usize,
+) -> OpCounts {
+    let bs = cfg.block_size;
+    let nb = valid.rows();
+    let extent = |blk: usize| bs.min(n - blk * bs);
+    let qk_bytes = (valid_tokens as u64 * d as u64 * cfg.q_format.bits as u64).div_ceil(8);
+    let mut counts = OpCounts {
+        q_bytes: qk_bytes,
+        k_bytes: qk_bytes,
+        ..OpCounts::default()
+    };
+    for r in 0..nb {
+        for c in (0..nb).filter(|&c| valid.get(r, c)) {
+            counts.int_macs += (extent(r) * extent(c) * d) as u64;
+        }
+    }
+    if pruned {
+        if cfg.pruned_head_output == PrunedHeadOutput::MeanV {
+            counts.v_bytes = valid_tokens as u64 * d as u64 * V_BITS / 8;
+        }
+        return counts;
+    }
+    let per_entry = match cfg.score_mode {
+        ScoreMode::Approx => 2 * d,
+        ScoreMode::Exact => 3 * d,
+        ScoreMode::Float => d,
+    } as u64;
+    let mut used_cols = vec![false; nb];
+    for r in 0..nb {
+        for c in (0..nb).filter(|&c| kept.get(r, c)) {
+            let e = (extent(r) * extent(c)) as u64;
+            counts.frac_macs += e * per_entry;
+            counts.exps += e;
+            counts.sv_macs += e * d as u64;
+            used_cols[c] = true;
+        }
+    }
+    counts.v_bytes = (0..nb)
+        .filter(|&c| used_cols[c])
+        .map(|c| (extent(c) * d) as u64 * V_BITS / 8)
+        .sum();
+    counts
+}
+
 /// Runs HDP attention on one layer. `layer` is recorded in the trace.
 pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<HdpOutput> {
     let dims = p.validate()?;
@@ -156,7 +258,6 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
     let fmt = cfg.q_format;
     let f = fmt.frac_bits;
     let nb = n.div_ceil(bs);
-    let extent = |blk: usize| bs.min(n - blk * bs);
     let inv_sqrt_d = 1.0 / (d as f64).sqrt();
     let mut out = Tensor::zeros(p.q.shape().to_vec());
     let mut trace = LayerTrace {
@@ -172,16 +273,7 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
     };
 
     for b in 0..dims.batch {
-        let valid_tokens = (0..n).filter(|&i| p.token_is_valid(b, i)).count();
-        // Valid blocks: at least one valid entry.
-        let mut valid = BlockMask::new(nb, nb);
-        for i in 0..n {
-            for j in 0..n {
-                if p.entry_is_valid(b, i, j) {
-                    valid.set(i / bs, j / bs, true);
-                }
-            }
-        }
+        let (valid, valid_tokens) = valid_blocks(p, b, bs);
 
         // Step 1: pre-scale, quantize, split.
         let (eq, ek) = prescale_exponents(p, cfg, b, heads, n, d);
@@ -204,14 +296,6 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
         // Steps 2-4 per head: integer scores, block importance, row-balanced selection.
         let mut kept_masks = Vec::with_capacity(heads);
         let mut head_imp = Vec::with_capacity(heads);
-        let mut int_macs = 0u64;
-        for r in 0..nb {
-            for c in 0..nb {
-                if valid.get(r, c) {
-                    int_macs += (extent(r) * extent(c) * d) as u64;
-                }
-            }
-        }
         for h in 0..heads {
             let mut imp: Vec<Option<i64>> = vec![None; nb * nb];
             for i in 0..n {
@@ -232,35 +316,8 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
                     });
                 }
             }
-            let mut kept = BlockMask::new(nb, nb);
-            let (mut kept_sum, mut kept_pos, mut all_sum, mut peak) = (0.0, 0.0, 0.0, 0.0);
-            let mut rows_with_blocks = 0usize;
-            for r in 0..nb {
-                let row_imp: Vec<(usize, i64)> = (0..nb)
-                    .filter_map(|c| imp[r * nb + c].map(|v| (c, v)))
-                    .collect();
-                if row_imp.is_empty() {
-                    continue;
-                }
-                for c in select_blocks(&row_imp, cfg.threshold) {
-                    kept.set(r, c, true);
-                    let v = imp[r * nb + c].unwrap_or(0) as f64;
-                    kept_sum += v;
-                    kept_pos += v.max(0.0);
-                }
-                let vals = row_imp.iter().map(|&(_, v)| v as f64);
-                let sum: f64 = vals.clone().sum();
-                let max = vals.fold(f64::NEG_INFINITY, f64::max);
-                all_sum += sum;
-                peak += max - sum / row_imp.len() as f64;
-                rows_with_blocks += 1;
-            }
-            head_imp.push(match cfg.head_importance {
-                HeadImportance::KeptSum => kept_sum,
-                HeadImportance::KeptPosSum => kept_pos,
-                HeadImportance::AllSum => all_sum,
-                HeadImportance::Peakedness => peak / rows_with_blocks.max(1) as f64,
-            });
+            let (kept, importance) = decide_blocks(&imp, nb, cfg);
+            head_imp.push(importance);
             kept_masks.push(kept);
         }
 
@@ -280,41 +337,13 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
             k_saturated: k_sat,
             heads: Vec::with_capacity(heads),
         };
-        let qk_bytes = (valid_tokens as u64 * d as u64 * fmt.bits as u64).div_ceil(8);
         for (h, kept) in kept_masks.into_iter().enumerate() {
-            let mut counts = OpCounts {
-                int_macs,
-                q_bytes: qk_bytes,
-                k_bytes: qk_bytes,
-                ..OpCounts::default()
-            };
+            let counts = head_counts(&seq.valid, &kept, pruned[h], cfg, n, d, valid_tokens);
             if pruned[h] {
                 if cfg.pruned_head_output == PrunedHeadOutput::MeanV {
-                    counts.v_bytes = valid_tokens as u64 * d as u64 * V_BITS / 8;
                     write_mean_v(p, &mut out, b, h, n, d, valid_tokens);
                 }
             } else {
-                let per_entry = match cfg.score_mode {
-                    ScoreMode::Approx => 2 * d,
-                    ScoreMode::Exact => 3 * d,
-                    ScoreMode::Float => d,
-                } as u64;
-                let mut used_cols = vec![false; nb];
-                for r in 0..nb {
-                    for c in (0..nb).filter(|&c| kept.get(r, c)) {
-                        let e = (extent(r) * extent(c)) as u64;
-                        counts.frac_macs += e * per_entry;
-                        counts.exps += e;
-                        counts.sv_macs += e * d as u64;
-                        used_cols[c] = true;
-                    }
-                }
-                counts.v_bytes = used_cols
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &u)| u)
-                    .map(|(c, _)| (extent(c) * d) as u64 * V_BITS / 8)
-                    .sum();
                 let score = |i: usize, j: usize| -> f64 {
                     let (qi, kj) = (row(h, i), row(h, j));
                     match cfg.score_mode {
@@ -384,7 +413,7 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
 }
 
 /// Writes the mean of V over valid tokens into every valid query row of head `h`.
-fn write_mean_v(
+pub(crate) fn write_mean_v(
     p: &AttentionProblem,
     out: &mut Tensor,
     b: usize,
