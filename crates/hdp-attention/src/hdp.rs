@@ -217,11 +217,15 @@ pub(crate) fn head_counts(
         k_bytes: qk_bytes,
         ..OpCounts::default()
     };
-    for r in 0..nb {
-        for c in (0..nb).filter(|&c| valid.get(r, c)) {
-            counts.int_macs += (extent(r) * extent(c) * d) as u64;
-        }
-    }
+    // Entries of the set blocks of row r: extent(r) x (bs x set blocks - the shortfall of a
+    // ragged last column block when it is set). O(nb) per head via popcounts.
+    let last = nb - 1;
+    let ragged = (bs - extent(last)) as u64;
+    let entries = |m: &BlockMask, r: usize| {
+        extent(r) as u64
+            * (bs as u64 * m.count_row(r) as u64 - if m.get(r, last) { ragged } else { 0 })
+    };
+    counts.int_macs = (0..nb).map(|r| entries(valid, r)).sum::<u64>() * d as u64;
     if pruned {
         if cfg.pruned_head_output == PrunedHeadOutput::MeanV {
             counts.v_bytes = valid_tokens as u64 * d as u64 * V_BITS / 8;
@@ -233,20 +237,22 @@ pub(crate) fn head_counts(
         ScoreMode::Exact => 3 * d,
         ScoreMode::Float => d,
     } as u64;
-    let mut used_cols = vec![false; nb];
+    let kept_entries: u64 = (0..nb).map(|r| entries(kept, r)).sum();
+    counts.frac_macs = kept_entries * per_entry;
+    counts.exps = kept_entries;
+    counts.sv_macs = kept_entries * d as u64;
+    let mut used = vec![0u64; nb.div_ceil(64)];
     for r in 0..nb {
-        for c in (0..nb).filter(|&c| kept.get(r, c)) {
-            let e = (extent(r) * extent(c)) as u64;
-            counts.frac_macs += e * per_entry;
-            counts.exps += e;
-            counts.sv_macs += e * d as u64;
-            used_cols[c] = true;
-        }
+        kept.or_row_into(r, &mut used);
     }
-    counts.v_bytes = (0..nb)
-        .filter(|&c| used_cols[c])
-        .map(|c| (extent(c) * d) as u64 * V_BITS / 8)
-        .sum();
+    let used_blocks = used.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+    let used_rows = bs as u64 * used_blocks
+        - if used[last / 64] >> (last % 64) & 1 == 1 {
+            ragged
+        } else {
+            0
+        };
+    counts.v_bytes = used_rows * d as u64 * V_BITS / 8;
     counts
 }
 

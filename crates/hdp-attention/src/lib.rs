@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod dense;
+pub mod fast;
 pub mod hdp;
 pub mod problem;
 pub mod synthetic;

@@ -217,6 +217,15 @@ proptest! {
             let mut valid_entries = 0;
             for r in 0..nb { for c in 0..nb { if seq.valid.get(r, c) { valid_entries += ext(r) * ext(c); } } }
             prop_assert!(seq.heads.iter().all(|h| h.counts.int_macs == (valid_entries * d) as u64));
+            for h in seq.heads.iter().filter(|h| !h.pruned) {
+                let mut kept_entries = 0;
+                let mut used = vec![false; nb];
+                for r in 0..nb { for c in 0..nb { if h.kept.get(r, c) { kept_entries += ext(r) * ext(c); used[c] = true; } } }
+                prop_assert_eq!(h.counts.exps, kept_entries as u64);
+                prop_assert_eq!(h.counts.sv_macs, (kept_entries * d) as u64);
+                let v_rows: usize = (0..nb).filter(|&c| used[c]).map(ext).sum();
+                prop_assert_eq!(h.counts.v_bytes, (v_rows * d * 2) as u64);
+            }
         }
         prop_assert_eq!(t.sequences[0].heads.len(), heads);
         let mut trace = hdp_core::Trace::new("test", serde_json::Value::Null);

@@ -70,7 +70,7 @@ pub struct HdpArgs {
     #[arg(long, default_value_t = 8)]
     pub bits: u32,
     /// Fractional bits of Q and K (< bits).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     pub frac_bits: u32,
     /// Power-of-two pre-scale before quantization.
     #[arg(long, value_enum, default_value = "run-time")]
@@ -87,10 +87,11 @@ pub struct HdpArgs {
     /// Block importance reduction.
     #[arg(long, value_enum, default_value = "sum")]
     pub importance: ImportanceArg,
-    /// Mean-max threshold: keep blocks >= mean + rho (max - mean) per block-row, rho in [0, 1].
+    /// Mean-max threshold: keep blocks >= mean + rho (max - mean) per block-row, rho in [0, 1]
+    /// (default policy: top-k with --keep 0.3).
     #[arg(long, conflicts_with_all = ["keep", "no_block_pruning"], allow_hyphen_values = true)]
     pub rho: Option<f64>,
-    /// Top-k threshold: keep ceil(keep x blocks) per block-row, keep in (0, 1].
+    /// Top-k threshold: keep ceil(keep x blocks) per block-row, keep in (0, 1] [default 0.3].
     #[arg(long, conflicts_with = "no_block_pruning", allow_hyphen_values = true)]
     pub keep: Option<f64>,
     /// Keep every valid block (no block pruning).

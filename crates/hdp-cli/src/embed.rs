@@ -3,9 +3,7 @@
 use crate::args::HdpArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use hdp_models::{
-    default_model_dir, AttentionBackend, DenseCandle, HdpReference, SentenceEmbedder,
-};
+use hdp_models::{default_model_dir, AttentionBackend, DenseCandle, HdpBackend, SentenceEmbedder};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -158,7 +156,7 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut hdp = match a.attention {
-        AttentionArg::Hdp => Some(HdpReference::new(a.hdp.config()?, 0)?),
+        AttentionArg::Hdp => Some(HdpBackend::new(a.hdp.config()?, 0)?),
         AttentionArg::Dense => None,
     };
     let backend: &mut dyn AttentionBackend = match &mut hdp {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdp_attention::{HdpConfig, RowThreshold};
 use hdp_eval::tasks::{EvalOptions, Evaluation, HdpResult};
-use hdp_models::{assets_dir, default_model_dir, HdpReference, SentenceEmbedder};
+use hdp_models::{assets_dir, default_model_dir, HdpBackend, SentenceEmbedder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -122,7 +122,7 @@ fn run_one(
     cfg: &HdpConfig,
     batch: usize,
     trace_texts: usize,
-) -> Result<(HdpResult, HdpReference, f64)> {
+) -> Result<(HdpResult, HdpBackend, f64)> {
     let t0 = Instant::now();
     let pb = bar("hdp embeddings");
     let (r, backend) = ev.run_hdp(model, cfg, batch, trace_texts, &mut progress_fn(&pb))?;
@@ -217,7 +217,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_heatmap(path: &Path, ev: &Evaluation, backend: &HdpReference) -> Result<()> {
+fn write_heatmap(path: &Path, ev: &Evaluation, backend: &HdpBackend) -> Result<()> {
     let layers = backend.head_stats.len();
     let heads = backend.head_stats.first().map_or(0, Vec::len);
     let mut kept = Vec::with_capacity(layers * heads);

@@ -2,6 +2,7 @@
 
 mod args;
 mod attention;
+mod bench;
 mod embed;
 mod eval;
 mod io;
@@ -22,6 +23,9 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// Accuracy of a real model on labeled data, dense vs HDP attention.
     Eval(eval::EvalArgs),
+    /// Benchmarks of the fast kernels.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Embed your own texts, dense or HDP, as JSONL, .npy or a table.
     Embed(embed::EmbedArgs),
     /// Sweep HDP options on a task: accuracy vs sparsity, Pareto front, plot.
@@ -34,6 +38,7 @@ fn main() {
         Command::Attention(a) => attention::run(a),
         Command::Eval(a) => eval::run_eval(a),
         Command::Embed(a) => embed::run(a),
+        Command::Bench(c) => bench::run(c),
         Command::Sweep(a) => eval::run_sweep(a),
     };
     if let Err(e) = result {

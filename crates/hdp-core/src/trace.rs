@@ -85,6 +85,16 @@ impl BlockMask {
             .sum()
     }
 
+    /// Columns set in block-row `r`, OR-ed into `acc` (a `cols`-bit set as 64-bit words).
+    pub fn or_row_into(&self, r: usize, acc: &mut [u64]) {
+        for (a, w) in acc
+            .iter_mut()
+            .zip(&self.bits[r * self.words_per_row..(r + 1) * self.words_per_row])
+        {
+            *a |= w;
+        }
+    }
+
     /// Number of set blocks.
     pub fn count(&self) -> usize {
         self.bits.iter().map(|w| w.count_ones() as usize).sum()

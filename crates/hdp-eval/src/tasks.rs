@@ -8,7 +8,7 @@ use crate::logreg::LogReg;
 use crate::metrics::{accuracy, cosine, pearson, spearman};
 use crate::{Error, Result};
 use hdp_attention::HdpConfig;
-use hdp_models::{AttentionBackend, DenseCandle, Encoded, HdpReference, SentenceEmbedder};
+use hdp_models::{AttentionBackend, DenseCandle, Encoded, HdpBackend, SentenceEmbedder};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -382,8 +382,8 @@ impl Evaluation {
         batch_size: usize,
         trace_limit: usize,
         progress: Progress,
-    ) -> Result<(HdpResult, HdpReference)> {
-        let mut backend = HdpReference::new(*cfg, trace_limit)?;
+    ) -> Result<(HdpResult, HdpBackend)> {
+        let mut backend = HdpBackend::new(*cfg, trace_limit)?;
         let total = self.enc.len();
         let emb = model.embed_encoded(
             &self.enc,

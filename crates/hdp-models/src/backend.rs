@@ -3,8 +3,9 @@
 //!
 //! - [`DenseCandle`]: dense attention with candle matmuls (the fast dense path);
 //! - [`DenseReference`]: `hdp_attention::dense`, the plain f64 reference;
-//! - [`HdpReference`]: `hdp_attention::hdp`, which also accumulates sparsity statistics and,
-//!   on request, the full trace.
+//! - [`HdpBackend`]: HDP attention with the fast kernels (`hdp_attention::fast`, the default)
+//!   or the reference (`hdp_attention::hdp`); it also accumulates sparsity statistics and, on
+//!   request, the full trace. Both kernels make identical pruning decisions.
 
 use crate::Result;
 use candle_core::{Device, Tensor as CTensor};
@@ -128,10 +129,21 @@ pub struct HeadStats {
     pub runs: u64,
 }
 
-/// HDP reference attention with sparsity bookkeeping.
+/// Which HDP implementation a [`HdpBackend`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HdpKernel {
+    /// The plain f64 reference.
+    Reference,
+    /// The fast f32 SIMD kernels with this instruction set.
+    Fast(hdp_attention::fast::Isa),
+}
+
+/// HDP attention with sparsity bookkeeping.
 #[derive(Debug)]
-pub struct HdpReference {
+pub struct HdpBackend {
     cfg: HdpConfig,
+    /// Implementation used; [`HdpBackend::new`] picks the fast kernels for this CPU.
+    pub kernel: HdpKernel,
     /// Totals per layer.
     pub layer_summaries: Vec<TraceSummary>,
     /// Per layer, per head statistics.
@@ -149,7 +161,7 @@ pub struct HdpReference {
     trace_limit: usize,
 }
 
-impl HdpReference {
+impl HdpBackend {
     /// A backend running HDP with `cfg`; keeps the full trace of up to `trace_limit` sequences
     /// (0 = no trace).
     pub fn new(cfg: HdpConfig, trace_limit: usize) -> Result<Self> {
@@ -160,8 +172,9 @@ impl HdpReference {
                 serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
             )
         });
-        Ok(HdpReference {
+        Ok(HdpBackend {
             cfg,
+            kernel: HdpKernel::Fast(hdp_attention::fast::Isa::detect()),
             layer_summaries: Vec::new(),
             head_stats: Vec::new(),
             trace,
@@ -223,12 +236,15 @@ impl HdpReference {
     }
 }
 
-impl AttentionBackend for HdpReference {
+impl AttentionBackend for HdpBackend {
     fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
         let cfg = self.cfg;
         let results = per_sequence(x)?
             .par_iter()
-            .map(|p| hdp_attention::hdp::attention(p, &cfg, x.layer))
+            .map(|p| match self.kernel {
+                HdpKernel::Reference => hdp_attention::hdp::attention(p, &cfg, x.layer),
+                HdpKernel::Fast(isa) => hdp_attention::fast::hdp_attention(p, &cfg, x.layer, isa),
+            })
             .collect::<hdp_core::Result<Vec<_>>>()?;
         let mut outs = Vec::with_capacity(results.len());
         let mut merged: Option<LayerTrace> = None;

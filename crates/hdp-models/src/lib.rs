@@ -10,6 +10,8 @@ pub mod config;
 pub mod embedder;
 mod error;
 
-pub use backend::{AttentionBackend, CaptureQkv, DenseCandle, DenseReference, HdpReference};
+pub use backend::{
+    AttentionBackend, CaptureQkv, DenseCandle, DenseReference, HdpBackend, HdpKernel,
+};
 pub use embedder::{assets_dir, default_model_dir, Encoded, SentenceEmbedder};
 pub use error::{Error, Result};

@@ -1,0 +1,619 @@
+//! Fast CPU kernels with the semantics of the references in [`crate::dense`] and [`crate::hdp`]:
+//! f32 SIMD arithmetic, rayon across heads, run-time ISA dispatch.
+//!
+//! Multiversioning: every kernel body is a generic `#[inline(always)]` function written with
+//! independent lanes (no float reassociation needed), instantiated twice: inside an
+//! `#[target_feature(enable = "avx2,fma")]` wrapper, where LLVM vectorizes it with 256-bit
+//! FMAs, and as plain portable code. [`Isa::detect`] picks one at run time; tests run both.
+//!
+//! HDP's integer arithmetic is done in f32, which is exact while every partial sum stays below
+//! 2^24: `d * max|Q_int| * max|K_int|` for the integer pass and `d * (max|Q_int| max|K| +
+//! max|Q_frac| max|K_int|)` for the approximated scores. 8-bit formats are far inside that
+//! (64 * 8 * 128 = 2^16 for d = 64, f = 4); formats that are not fall back to the reference.
+//! Hence the kept-block masks and pruned heads equal the reference's exactly, and outputs differ
+//! only by f32 rounding of softmax and P.V (tolerance `FAST_VS_REFERENCE_ABS`).
+
+use crate::config::{BlockImportance, HdpConfig, PrunedHeadOutput};
+use crate::hdp::{self, decide_blocks, head_counts, prune_heads, HdpOutput};
+use crate::problem::AttentionProblem;
+use hdp_core::trace::{HeadTrace, LayerTrace, SequenceTrace};
+use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
+use rayon::prelude::*;
+
+/// Instruction set a kernel runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, whatever the compiler targets by default (SSE2 on x86-64).
+    Portable,
+    /// AVX2 + FMA (x86-64), chosen at run time.
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2+fma",
+        }
+    }
+}
+
+/// `e^x` for f32 without a libm call, vectorizable: range reduction by ln 2 (split in two
+/// constants), degree-6 polynomial, exponent bits. Relative error below 2e-7 on [-87, 88];
+/// inputs below -87.3 give about 1e-38 (callers zero masked entries themselves).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to nearest
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// Dot product with 8 independent accumulators (vectorizes without reassociation).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += a * x`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Softmax in place over `s[j]` where `ok[j]`; other entries become 0. False if none valid.
+#[inline(always)]
+fn softmax_masked(s: &mut [f32], ok: &[bool]) -> bool {
+    let mut max = f32::NEG_INFINITY;
+    for (&v, &o) in s.iter().zip(ok) {
+        if o && v > max {
+            max = v;
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        s.fill(0.0);
+        return false;
+    }
+    for v in s.iter_mut() {
+        *v = fast_exp(*v - max);
+    }
+    let mut sum = 0.0f32;
+    for (v, &o) in s.iter_mut().zip(ok) {
+        if !o {
+            *v = 0.0;
+        }
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+    true
+}
+
+/// Transposes a row-major `n x d` matrix into `d x n` (`out` has `d * n` elements).
+#[inline(always)]
+fn transpose(x: &[f32], n: usize, d: usize, out: &mut [f32]) {
+    for j in 0..n {
+        for m in 0..d {
+            out[m * n + j] = x[j * d + m];
+        }
+    }
+}
+
+/// Rows `i` of `s = scale * q_i K^T` for all keys, from the transposed keys `kt` (`d x n`).
+#[inline(always)]
+fn score_row(q: &[f32], kt: &[f32], n: usize, scale: f32, s: &mut [f32]) {
+    s.fill(0.0);
+    for (m, &qm) in q.iter().enumerate() {
+        axpy(qm * scale, &kt[m * n..(m + 1) * n], s);
+    }
+}
+
+/// Dense attention of one head: `q, k, v` are `n x d`, `valid` the token mask, `causal` the
+/// causal mask; writes `out` (`n x d`). `kt`, `s` are scratch of `d * n` and `n` floats.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dense_head_body(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    valid: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    out: &mut [f32],
+    kt: &mut [f32],
+    s: &mut [f32],
+    ok: &mut [bool],
+) {
+    transpose(k, n, d, kt);
+    let scale = 1.0 / (d as f32).sqrt();
+    for i in 0..n {
+        let o = &mut out[i * d..(i + 1) * d];
+        o.fill(0.0);
+        if !valid[i] {
+            continue;
+        }
+        let end = if causal { i + 1 } else { n };
+        for j in 0..n {
+            ok[j] = j < end && valid[j];
+        }
+        score_row(&q[i * d..(i + 1) * d], kt, n, scale, s);
+        if !softmax_masked(s, ok) {
+            continue;
+        }
+        for j in 0..end {
+            if s[j] != 0.0 {
+                axpy(s[j], &v[j * d..(j + 1) * d], o);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense_head_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    valid: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    out: &mut [f32],
+    kt: &mut [f32],
+    s: &mut [f32],
+    ok: &mut [bool],
+) {
+    dense_head_body(q, k, v, valid, causal, n, d, out, kt, s, ok)
+}
+
+/// Fast dense attention (same semantics as [`crate::dense::attention`]).
+pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
+    let dims = p.validate()?;
+    let (heads, n, d) = (dims.heads, dims.seq_len, dims.head_dim);
+    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    out.data_mut()
+        .par_chunks_mut(n * d)
+        .enumerate()
+        .for_each_init(
+            || (vec![0.0f32; n * d], vec![0.0f32; n], vec![false; n]),
+            |(kt, s, ok), (bh, o)| {
+                let b = bh / heads;
+                let off = bh * n * d;
+                let (q, k, v) = (
+                    &p.q.data()[off..off + n * d],
+                    &p.k.data()[off..off + n * d],
+                    &p.v.data()[off..off + n * d],
+                );
+                let valid: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                    Isa::Avx2 => unsafe {
+                        dense_head_avx2(q, k, v, &valid, p.causal, n, d, o, kt, s, ok)
+                    },
+                    _ => dense_head_body(q, k, v, &valid, p.causal, n, d, o, kt, s, ok),
+                }
+            },
+        );
+    Ok(out)
+}
+
+/// Per-head inputs of the HDP kernel, all exact small integers held as f32.
+struct HeadCodes {
+    q_int: Vec<f32>,
+    q_frac: Vec<f32>,
+    k_int: Vec<f32>,
+    k_code: Vec<f32>,
+    k_frac: Vec<f32>,
+}
+
+/// Integer pass of one head (step 2-3): block importances, row-major `nb x nb`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn integer_pass_body(
+    c: &HeadCodes,
+    valid_tok: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    bs: usize,
+    importance: BlockImportance,
+    kt: &mut [f32],
+    s: &mut [f32],
+) -> Vec<Option<i64>> {
+    let nb = n.div_ceil(bs);
+    transpose(&c.k_int, n, d, kt);
+    let mut imp: Vec<Option<i64>> = vec![None; nb * nb];
+    for i in 0..n {
+        if !valid_tok[i] {
+            continue;
+        }
+        score_row(&c.q_int[i * d..(i + 1) * d], kt, n, 1.0, s);
+        let end = if causal { i + 1 } else { n };
+        let r = i / bs;
+        for j in (0..end).filter(|&j| valid_tok[j]) {
+            let v = s[j] as i64; // exact: |s| < 2^24 is checked by the caller
+            let slot = &mut imp[r * nb + j / bs];
+            *slot = Some(match (importance, *slot) {
+                (BlockImportance::Sum, acc) => acc.unwrap_or(0) + v,
+                (BlockImportance::AbsSum, acc) => acc.unwrap_or(0) + v.abs(),
+                (BlockImportance::Max, acc) => acc.map_or(v, |a| a.max(v)),
+            });
+        }
+    }
+    imp
+}
+
+/// Steps 6-7 for one surviving head: scores of kept entries, sparse softmax, sparse P.V.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sparse_attend_body(
+    c: &HeadCodes,
+    qf: &[f32],
+    kf: &[f32],
+    v: &[f32],
+    kept: &BlockMask,
+    valid_tok: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    bs: usize,
+    mode: ScoreMode,
+    one: f32,
+    score_scale: f32,
+    out: &mut [f32],
+    idx: &mut Vec<usize>,
+    sc: &mut Vec<f32>,
+) {
+    let inv_sqrt_d = 1.0 / (d as f32).sqrt();
+    let nb = kept.rows();
+    for i in 0..n {
+        let o = &mut out[i * d..(i + 1) * d];
+        o.fill(0.0);
+        if !valid_tok[i] {
+            continue;
+        }
+        let end = if causal { i + 1 } else { n };
+        idx.clear();
+        sc.clear();
+        let r = i / bs;
+        let (qi, qfr, qfl) = (
+            &c.q_int[i * d..(i + 1) * d],
+            &c.q_frac[i * d..(i + 1) * d],
+            &qf[i * d..(i + 1) * d],
+        );
+        for blk in (0..nb).filter(|&blk| kept.get(r, blk)) {
+            for j in (blk * bs..((blk + 1) * bs).min(end)).filter(|&j| valid_tok[j]) {
+                let kj = j * d..(j + 1) * d;
+                let score = match mode {
+                    ScoreMode::Approx => {
+                        one * (dot(qi, &c.k_code[kj.clone()]) + dot(qfr, &c.k_int[kj]))
+                            * score_scale
+                    }
+                    ScoreMode::Exact => {
+                        (one * (dot(qi, &c.k_code[kj.clone()]) + dot(qfr, &c.k_int[kj.clone()]))
+                            + dot(qfr, &c.k_frac[kj]))
+                            * score_scale
+                    }
+                    ScoreMode::Float => dot(qfl, &kf[kj]) * inv_sqrt_d,
+                };
+                idx.push(j);
+                sc.push(score);
+            }
+        }
+        if idx.is_empty() {
+            continue;
+        }
+        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for x in sc.iter_mut() {
+            *x = fast_exp(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for (&j, &pj) in idx.iter().zip(sc.iter()) {
+            axpy(pj * inv, &v[j * d..(j + 1) * d], o);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn integer_pass_avx2(
+    c: &HeadCodes,
+    valid_tok: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    bs: usize,
+    importance: BlockImportance,
+    kt: &mut [f32],
+    s: &mut [f32],
+) -> Vec<Option<i64>> {
+    integer_pass_body(c, valid_tok, causal, n, d, bs, importance, kt, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sparse_attend_avx2(
+    c: &HeadCodes,
+    qf: &[f32],
+    kf: &[f32],
+    v: &[f32],
+    kept: &BlockMask,
+    valid_tok: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    bs: usize,
+    mode: ScoreMode,
+    one: f32,
+    score_scale: f32,
+    out: &mut [f32],
+    idx: &mut Vec<usize>,
+    sc: &mut Vec<f32>,
+) {
+    sparse_attend_body(
+        c,
+        qf,
+        kf,
+        v,
+        kept,
+        valid_tok,
+        causal,
+        n,
+        d,
+        bs,
+        mode,
+        one,
+        score_scale,
+        out,
+        idx,
+        sc,
+    )
+}
+
+/// Whether f32 arithmetic is exact for every integer sum of this format and head dimension.
+pub fn f32_exact(cfg: &HdpConfig, d: usize) -> bool {
+    let f = cfg.q_format;
+    let max_code = (1i64 << (f.bits - 1)) as f64;
+    let max_int = (max_code / f.one() as f64).ceil();
+    let max_frac = (f.one() - 1) as f64;
+    let bound = d as f64 * (max_int * max_code + max_frac * max_int + max_frac * max_frac);
+    bound < (1u64 << 24) as f64
+}
+
+/// Fast HDP attention, same decisions and trace as [`crate::hdp::attention`]. Falls back to
+/// the reference when the format is too wide for exact f32 integer arithmetic.
+pub fn hdp_attention(
+    p: &AttentionProblem,
+    cfg: &HdpConfig,
+    layer: usize,
+    isa: Isa,
+) -> Result<HdpOutput> {
+    let dims = p.validate()?;
+    cfg.validate()?;
+    let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
+    if !f32_exact(cfg, d) {
+        return hdp::attention(p, cfg, layer);
+    }
+    let fmt = cfg.q_format;
+    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let mut trace = LayerTrace {
+        layer,
+        seq_len: n,
+        head_dim: d,
+        heads,
+        block_size: bs,
+        q_format: fmt,
+        score_mode: cfg.score_mode,
+        causal: p.causal,
+        sequences: Vec::with_capacity(dims.batch),
+    };
+    for b in 0..dims.batch {
+        let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
+        let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
+        let (eq, ek) = hdp::prescale_exponents(p, cfg, b, heads, n, d);
+        let (qc, q_sat) = hdp::quantize_sequence(p, &p.q, fmt, eq, b);
+        let (kc, k_sat) = hdp::quantize_sequence(p, &p.k, fmt, ek, b);
+        let codes: Vec<HeadCodes> = (0..heads)
+            .map(|h| {
+                let r = h * n * d..(h + 1) * n * d;
+                let split = |cs: &[i32]| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+                    let mut out = (
+                        Vec::with_capacity(cs.len()),
+                        Vec::with_capacity(cs.len()),
+                        Vec::with_capacity(cs.len()),
+                    );
+                    for &c in cs {
+                        let (i, f) = fmt.split(c);
+                        out.0.push(i as f32);
+                        out.1.push(f as f32);
+                        out.2.push(c as f32);
+                    }
+                    out
+                };
+                let (q_int, q_frac, _) = split(&qc[r.clone()]);
+                let (k_int, k_frac, k_code) = split(&kc[r]);
+                HeadCodes {
+                    q_int,
+                    q_frac,
+                    k_int,
+                    k_code,
+                    k_frac,
+                }
+            })
+            .collect();
+        // Steps 2-5 per head, in parallel.
+        let decided: Vec<(BlockMask, f64)> = codes
+            .par_iter()
+            .map_init(
+                || (vec![0.0f32; d * n], vec![0.0f32; n]),
+                |(kt, s), c| {
+                    let imp = match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                        Isa::Avx2 => unsafe {
+                            integer_pass_avx2(
+                                c,
+                                &valid_tok,
+                                p.causal,
+                                n,
+                                d,
+                                bs,
+                                cfg.importance,
+                                kt,
+                                s,
+                            )
+                        },
+                        _ => integer_pass_body(
+                            c,
+                            &valid_tok,
+                            p.causal,
+                            n,
+                            d,
+                            bs,
+                            cfg.importance,
+                            kt,
+                            s,
+                        ),
+                    };
+                    decide_blocks(&imp, n.div_ceil(bs), cfg)
+                },
+            )
+            .collect();
+        let head_imp: Vec<f64> = decided.iter().map(|x| x.1).collect();
+        let pruned = prune_heads(&head_imp, cfg.head_pruning);
+        let one = fmt.one() as f32;
+        let score_scale =
+            ((2f64).powi(-(2 * fmt.frac_bits as i32 + eq + ek)) / (d as f64).sqrt()) as f32;
+        let seq_off = p.row_offset(b, 0, 0);
+        let out_seq = &mut out.data_mut()[seq_off..seq_off + heads * n * d];
+        out_seq.par_chunks_mut(n * d).enumerate().for_each_init(
+            || (Vec::with_capacity(n), Vec::with_capacity(n)),
+            |(idx, sc), (h, o)| {
+                let off = p.row_offset(b, h, 0);
+                let (qf, kf, v) = (
+                    &p.q.data()[off..off + n * d],
+                    &p.k.data()[off..off + n * d],
+                    &p.v.data()[off..off + n * d],
+                );
+                if pruned[h] {
+                    return;
+                }
+                let c = &codes[h];
+                let kept = &decided[h].0;
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 => unsafe {
+                        sparse_attend_avx2(
+                            c,
+                            qf,
+                            kf,
+                            v,
+                            kept,
+                            &valid_tok,
+                            p.causal,
+                            n,
+                            d,
+                            bs,
+                            cfg.score_mode,
+                            one,
+                            score_scale,
+                            o,
+                            idx,
+                            sc,
+                        )
+                    },
+                    _ => sparse_attend_body(
+                        c,
+                        qf,
+                        kf,
+                        v,
+                        kept,
+                        &valid_tok,
+                        p.causal,
+                        n,
+                        d,
+                        bs,
+                        cfg.score_mode,
+                        one,
+                        score_scale,
+                        o,
+                        idx,
+                        sc,
+                    ),
+                }
+            },
+        );
+        for h in
+            (0..heads).filter(|&h| pruned[h] && cfg.pruned_head_output == PrunedHeadOutput::MeanV)
+        {
+            hdp::write_mean_v(p, &mut out, b, h, n, d, valid_tokens);
+        }
+        let heads_trace = decided
+            .into_iter()
+            .enumerate()
+            .map(|(h, (kept, importance))| HeadTrace {
+                head: h,
+                importance,
+                pruned: pruned[h],
+                counts: head_counts(&valid, &kept, pruned[h], cfg, n, d, valid_tokens),
+                kept,
+            })
+            .collect();
+        trace.sequences.push(SequenceTrace {
+            sequence: b,
+            valid_tokens,
+            valid,
+            q_prescale_exp: eq,
+            k_prescale_exp: ek,
+            q_saturated: q_sat,
+            k_saturated: k_sat,
+            heads: heads_trace,
+        });
+    }
+    Ok(HdpOutput { output: out, trace })
+}

@@ -1,0 +1,90 @@
+//! The fast kernels against the references, on every instruction set this CPU has: identical
+//! integer decisions (kept blocks, pruned heads, counts) and outputs within a named tolerance.
+
+use hdp_attention::fast::{self, Isa};
+use hdp_attention::synthetic::{generate, SyntheticSpec};
+use hdp_attention::{
+    dense, hdp, BlockImportance, HdpConfig, HeadImportance, HeadPruning, PrunedHeadOutput,
+    RowThreshold,
+};
+use hdp_core::tolerance::{FAST_EXP_REL, FAST_VS_REFERENCE_ABS};
+use hdp_core::{QFormat, ScoreMode};
+use proptest::prelude::*;
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Portable];
+    if Isa::detect() != Isa::Portable {
+        v.push(Isa::detect());
+    }
+    v
+}
+
+#[test]
+fn fast_exp_is_accurate() {
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let (a, b) = (fast::fast_exp(x) as f64, (x as f64).exp());
+        assert!(((a - b) / b).abs() < FAST_EXP_REL, "x={x}: {a} vs {b}");
+        x += 0.0137;
+    }
+    assert_eq!(fast::fast_exp(0.0), 1.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_kernels_match_references(
+        (batch, heads, n, d) in (1usize..=2, 1usize..=4, 1usize..=40, prop_oneof![Just(1usize), Just(7), Just(8), Just(16), Just(32)]),
+        pad in 0usize..4, causal in any::<bool>(), seed in any::<u64>(),
+        bs in 1usize..=9,
+        threshold in prop_oneof![Just(RowThreshold::KeepAll), (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }), (0.05f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep })],
+        importance in prop_oneof![Just(BlockImportance::Sum), Just(BlockImportance::Max), Just(BlockImportance::AbsSum)],
+        head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
+        score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact), Just(ScoreMode::Float)],
+        mean_v in any::<bool>(), f in 2u32..=5,
+    ) {
+        let valid_len = (pad > 0 && n > pad).then(|| n - pad);
+        let p = generate(&SyntheticSpec { batch, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
+        let cfg = HdpConfig {
+            q_format: QFormat::new(8, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
+            head_importance: HeadImportance::KeptPosSum, score_mode,
+            pruned_head_output: if mean_v { PrunedHeadOutput::MeanV } else { PrunedHeadOutput::Zero },
+            ..HdpConfig::default()
+        };
+        let reference = hdp::attention(&p, &cfg, 0).unwrap();
+        let dense_ref = dense::attention(&p).unwrap();
+        for isa in isas() {
+            let got = fast::hdp_attention(&p, &cfg, 0, isa).unwrap();
+            prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
+            let e = got.output.max_abs_diff(&reference.output);
+            prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} hdp err {}", isa, e);
+            let dense_fast = fast::dense_attention(&p, isa).unwrap();
+            let e = dense_fast.max_abs_diff(&dense_ref);
+            prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} dense err {}", isa, e);
+        }
+    }
+}
+
+#[test]
+fn wide_formats_fall_back_to_the_reference() {
+    let p = generate(&SyntheticSpec {
+        batch: 1,
+        heads: 2,
+        seq_len: 12,
+        head_dim: 64,
+        valid_len: None,
+        causal: false,
+        seed: 2,
+    })
+    .unwrap();
+    let cfg = HdpConfig {
+        q_format: QFormat::new(16, 4).unwrap(),
+        ..HdpConfig::default()
+    };
+    assert!(!fast::f32_exact(&cfg, 64));
+    assert!(fast::f32_exact(&HdpConfig::default(), 64));
+    let a = fast::hdp_attention(&p, &cfg, 0, Isa::detect()).unwrap();
+    let b = hdp::attention(&p, &cfg, 0).unwrap();
+    assert_eq!(a.output, b.output);
+}

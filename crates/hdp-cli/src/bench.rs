@@ -1,0 +1,154 @@
+//! `hdp bench attention`: our fast dense kernel vs our fast HDP kernel, same inputs, same run,
+//! medians over repeats.
+
+use crate::args::HdpArgs;
+use crate::io::load_problem;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use hdp_attention::fast::{self, Isa};
+use hdp_attention::synthetic::{generate, SyntheticSpec};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to benchmark.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Fast dense vs fast HDP attention over sequence lengths.
+    Attention(BenchAttentionArgs),
+}
+
+/// Flags of `hdp bench attention`.
+#[derive(Args, Debug)]
+pub struct BenchAttentionArgs {
+    /// Sequence lengths (synthetic inputs).
+    #[arg(long, value_delimiter = ',', default_value = "128,512,2048,4096")]
+    pub seq_lens: Vec<usize>,
+    /// Heads.
+    #[arg(long, default_value_t = 12)]
+    pub heads: usize,
+    /// Head dimension.
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    /// Timed runs per kernel (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Synthetic seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Time Q/K/V from a file instead (.npy from `hdp eval --dump-qkv`, or .safetensors).
+    #[arg(long)]
+    pub qkv: Option<PathBuf>,
+    /// Force the portable kernels (no AVX2).
+    #[arg(long)]
+    pub portable: bool,
+    #[command(flatten)]
+    pub hdp: HdpArgs,
+    /// Print one JSON object per run, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        f()?;
+        t.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Runs the command.
+pub fn run(cmd: &BenchCommand) -> Result<()> {
+    let BenchCommand::Attention(a) = cmd;
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let cfg = a.hdp.config()?;
+    let isa = if a.portable {
+        Isa::Portable
+    } else {
+        Isa::detect()
+    };
+    let threads = rayon::current_num_threads();
+    let problems: Vec<(String, hdp_attention::AttentionProblem)> = match &a.qkv {
+        Some(p) => vec![(p.display().to_string(), load_problem(p, false)?)],
+        None => a
+            .seq_lens
+            .iter()
+            .map(|&n| {
+                if n == 0 {
+                    bail!("sequence lengths must be at least 1");
+                }
+                let spec = SyntheticSpec {
+                    batch: 1,
+                    heads: a.heads,
+                    seq_len: n,
+                    head_dim: a.head_dim,
+                    valid_len: None,
+                    causal: false,
+                    seed: a.seed,
+                };
+                Ok((format!("synthetic seed {}", a.seed), generate(&spec)?))
+            })
+            .collect::<Result<_>>()?,
+    };
+    if !a.json {
+        println!(
+            "fast kernels ({}), {threads} thread(s), median of {} runs; HDP {}",
+            isa.name(),
+            a.repeats,
+            serde_json::to_string(&cfg)?
+        );
+        println!(
+            "{:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}  input",
+            "N", "heads", "d", "dense ms", "hdp ms", "speedup", "blocks", "heads", "rel err"
+        );
+    }
+    for (source, p) in &problems {
+        let dims = p.validate()?;
+        let dense_out = fast::dense_attention(p, isa)?;
+        let hdp_out = fast::hdp_attention(p, &cfg, 0, isa)?;
+        let dense_ms = median_ms(a.repeats, || {
+            fast::dense_attention(p, isa)
+                .map(|_| ())
+                .map_err(Into::into)
+        })?;
+        let hdp_ms = median_ms(a.repeats, || {
+            fast::hdp_attention(p, &cfg, 0, isa)
+                .map(|_| ())
+                .map_err(Into::into)
+        })?;
+        let mut trace = hdp_core::Trace::new("bench", serde_json::Value::Null);
+        trace.layers.push(hdp_out.trace);
+        let s = trace.summary();
+        let rel = hdp_out.output.rel_l2_err(&dense_out)?;
+        let speedup = dense_ms / hdp_ms;
+        if a.json {
+            println!(
+                "{}",
+                json!({
+                    "seq_len": dims.seq_len, "heads": dims.heads, "head_dim": dims.head_dim, "batch": dims.batch,
+                    "input": source, "isa": isa.name(), "threads": threads, "repeats": a.repeats,
+                    "dense_ms": dense_ms, "hdp_ms": hdp_ms, "speedup": speedup,
+                    "block_sparsity": s.block_sparsity(), "head_sparsity": s.head_sparsity(),
+                    "effective_block_sparsity": s.effective_block_sparsity(), "rel_l2_err": rel,
+                    "config": cfg,
+                })
+            );
+        } else {
+            println!(
+                "{:>6} {:>6} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e}  {source}",
+                dims.seq_len,
+                dims.heads,
+                dims.head_dim,
+                100.0 * s.block_sparsity(),
+                100.0 * s.head_sparsity()
+            );
+        }
+    }
+    Ok(())
+}
