@@ -220,7 +220,14 @@ proptest! {
             for h in seq.heads.iter().filter(|h| !h.pruned) {
                 let mut kept_entries = 0;
                 let mut used = vec![false; nb];
-                for r in 0..nb { for c in 0..nb { if h.kept.get(r, c) { kept_entries += ext(r) * ext(c); used[c] = true; } } }
+                for r in 0..nb {
+                    for (c, u) in used.iter_mut().enumerate() {
+                        if h.kept.get(r, c) {
+                            kept_entries += ext(r) * ext(c);
+                            *u = true;
+                        }
+                    }
+                }
                 prop_assert_eq!(h.counts.exps, kept_entries as u64);
                 prop_assert_eq!(h.counts.sv_macs, (kept_entries * d) as u64);
                 let v_rows: usize = (0..nb).filter(|&c| used[c]).map(ext).sum();
