@@ -268,8 +268,8 @@ pub fn xy_chart_svg(
             w - right,
             py(y),
             py(y),
-            w - right + 6.0,
-            py(y) + 4.0,
+            left + 6.0,
+            py(y) - 4.0,
             escape(label)
         );
     }
@@ -289,7 +289,7 @@ pub fn xy_chart_svg(
         for &(x, y) in ser
             .points
             .iter()
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .filter(|p| !ser.line && p.0.is_finite() && p.1.is_finite())
         {
             s += &format!(
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
@@ -340,13 +340,17 @@ mod chart_tests {
     #[test]
     fn chart_draws_every_point() {
         let s = Series {
+        let s2 = s.clone();
             name: "a".into(),
             points: vec![(0.0, 1.0), (1.0, 2.0)],
             line: true,
             color: "#000".into(),
         };
         let svg = xy_chart_svg("t", "x", "y", &[s], Some((1.5, "dense")));
-        assert_eq!(svg.matches("<circle").count(), 3); // two points + legend marker
+        assert_eq!(svg.matches("<circle").count(), 1); // a line series: legend marker only
+        let dots = Series { line: false, ..s2 };
+        let svg2 = xy_chart_svg("t", "x", "y", &[dots], None);
+        assert_eq!(svg2.matches("<circle").count(), 3); // two points + legend marker
         assert!(svg.contains("<polyline") && svg.contains("dense"));
     }
 }
