@@ -340,12 +340,12 @@ mod chart_tests {
     #[test]
     fn chart_draws_every_point() {
         let s = Series {
-        let s2 = s.clone();
             name: "a".into(),
             points: vec![(0.0, 1.0), (1.0, 2.0)],
             line: true,
             color: "#000".into(),
         };
+        let s2 = s.clone();
         let svg = xy_chart_svg("t", "x", "y", &[s], Some((1.5, "dense")));
         assert_eq!(svg.matches("<circle").count(), 1); // a line series: legend marker only
         let dots = Series { line: false, ..s2 };
