@@ -1,0 +1,275 @@
+//! Hardware presets and energy tables, read from TOML files users edit without touching code
+//! (`presets/*.toml`). The built-in names `edge`, `server`, `dense-edge` and `dense-server` are
+//! the repository's preset files compiled in.
+
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// HDP features the hardware uses; all off = the dense baseline of the same multipliers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Features {
+    /// Skip pruned blocks (otherwise every valid block is scored at full precision).
+    pub block_pruning: bool,
+    /// Skip pruned heads after their integer pass.
+    pub head_pruning: bool,
+    /// Drop Q_frac.K_frac (2 partial products per score instead of 3).
+    pub approximation: bool,
+}
+
+/// A multiplier array.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Array {
+    /// Multipliers (MACs per cycle).
+    pub multipliers: u64,
+}
+
+/// The pruning unit.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PruningUnit {
+    /// Block importances accumulated and compared per cycle.
+    pub blocks_per_cycle: u64,
+}
+
+/// The softmax unit.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SoftmaxUnit {
+    /// Exponentials (with their share of the divide) per cycle.
+    pub exps_per_cycle: u64,
+}
+
+/// On-chip buffers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sram {
+    /// Q buffer, KiB.
+    pub q_kib: f64,
+    /// K buffer, KiB.
+    pub k_kib: f64,
+    /// V buffer, KiB.
+    pub v_kib: f64,
+    /// Read bandwidth of the buffers together, bytes per cycle.
+    pub bytes_per_cycle: f64,
+}
+
+/// Off-chip memory channel.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dram {
+    /// Bandwidth, GB/s.
+    pub gb_per_s: f64,
+    /// Latency of a new stream, ns.
+    pub latency_ns: f64,
+}
+
+/// A hardware configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HwConfig {
+    /// Display name.
+    pub name: String,
+    /// Clock, MHz.
+    pub clock_mhz: f64,
+    /// Energy table file, relative to the preset file.
+    pub energy_table: String,
+    /// Static power (leakage, clock), mW.
+    pub static_mw: f64,
+    /// HDP features.
+    pub features: Features,
+    /// Integer score engine (Q_int.K_int).
+    pub int_engine: Array,
+    /// Pruning unit.
+    pub pruning_unit: PruningUnit,
+    /// Fraction engine (kept blocks).
+    pub frac_engine: Array,
+    /// Softmax unit.
+    pub softmax_unit: SoftmaxUnit,
+    /// S.V engine.
+    pub sv_engine: Array,
+    /// Buffers.
+    pub sram: Sram,
+    /// Off-chip channel.
+    pub dram: Dram,
+}
+
+/// Energy per operation and access (pJ), with the source and process node it comes from.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnergyTable {
+    /// Where the numbers come from.
+    pub source: String,
+    /// Process node, nm.
+    pub process_nm: u32,
+    /// Integer-part MAC.
+    pub int_mac_pj: f64,
+    /// Fraction MAC.
+    pub frac_mac_pj: f64,
+    /// Full-precision score MAC of the dense baseline.
+    pub dense_mac_pj: f64,
+    /// P.V MAC.
+    pub sv_mac_pj: f64,
+    /// One exponential.
+    pub exp_pj: f64,
+    /// One pruning-unit block operation.
+    pub prune_op_pj: f64,
+    /// SRAM access per 64 bits for an 8 KiB buffer.
+    pub sram_pj_per_64b_8kib: f64,
+    /// DRAM access per 64 bits.
+    pub dram_pj_per_64b: f64,
+}
+
+impl EnergyTable {
+    /// SRAM energy per 64 bits for a buffer of `kib` KiB: `(kib / 8)^0.4745` times the 8 KiB
+    /// figure, which reproduces the table's 10 pJ (8 KiB) to 100 pJ (1 MiB).
+    pub fn sram_pj_per_64b(&self, kib: f64) -> f64 {
+        self.sram_pj_per_64b_8kib * (kib.max(1.0) / 8.0).powf(0.4745)
+    }
+}
+
+const BUILTIN: [(&str, &str); 4] = [
+    ("edge", include_str!("../../../presets/hdpa-edge.toml")),
+    ("server", include_str!("../../../presets/hdpa-server.toml")),
+    (
+        "dense-edge",
+        include_str!("../../../presets/dense-edge.toml"),
+    ),
+    (
+        "dense-server",
+        include_str!("../../../presets/dense-server.toml"),
+    ),
+];
+const BUILTIN_ENERGY: &str = include_str!("../../../presets/energy-45nm.toml");
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| Error::Config {
+        path: origin.into(),
+        reason: e.to_string(),
+    })
+}
+
+impl HwConfig {
+    /// Checks that every count and rate is positive.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let pos = [
+            ("clock_mhz", self.clock_mhz),
+            ("int_engine.multipliers", self.int_engine.multipliers as f64),
+            (
+                "pruning_unit.blocks_per_cycle",
+                self.pruning_unit.blocks_per_cycle as f64,
+            ),
+            (
+                "frac_engine.multipliers",
+                self.frac_engine.multipliers as f64,
+            ),
+            (
+                "softmax_unit.exps_per_cycle",
+                self.softmax_unit.exps_per_cycle as f64,
+            ),
+            ("sv_engine.multipliers", self.sv_engine.multipliers as f64),
+            ("sram.q_kib", self.sram.q_kib),
+            ("sram.k_kib", self.sram.k_kib),
+            ("sram.v_kib", self.sram.v_kib),
+            ("sram.bytes_per_cycle", self.sram.bytes_per_cycle),
+            ("dram.gb_per_s", self.dram.gb_per_s),
+        ];
+        for (name, v) in pos {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        if !(self.dram.latency_ns >= 0.0 && self.static_mw >= 0.0) {
+            return Err("dram.latency_ns and static_mw must be >= 0".into());
+        }
+        Ok(())
+    }
+
+    /// Multipliers of all arrays together.
+    pub fn total_multipliers(&self) -> u64 {
+        self.int_engine.multipliers + self.frac_engine.multipliers + self.sv_engine.multipliers
+    }
+
+    /// DRAM bytes per clock cycle.
+    pub fn dram_bytes_per_cycle(&self) -> f64 {
+        self.dram.gb_per_s * 1e9 / (self.clock_mhz * 1e6)
+    }
+}
+
+/// Loads a preset: a built-in name or a TOML file, with its energy table.
+pub fn load_preset(name_or_path: &str) -> Result<(HwConfig, EnergyTable)> {
+    let (hw, energy): (HwConfig, EnergyTable) =
+        match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            Some((n, text)) => {
+                let origin = PathBuf::from(format!("<built-in {n}>"));
+                (parse(text, &origin)?, parse(BUILTIN_ENERGY, &origin)?)
+            }
+            None => {
+                let path = Path::new(name_or_path);
+                let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+                    path: path.into(),
+                    reason: format!(
+                    "{e}; use a built-in preset ({}) or a TOML file like presets/hdpa-edge.toml",
+                    BUILTIN.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+                ),
+                })?;
+                let hw: HwConfig = parse(&text, path)?;
+                let epath = path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(&hw.energy_table);
+                let etext = std::fs::read_to_string(&epath).map_err(|e| Error::Config {
+                    path: epath.clone(),
+                    reason: format!("{e} (energy_table of {})", path.display()),
+                })?;
+                let energy = parse(&etext, &epath)?;
+                (hw, energy)
+            }
+        };
+    hw.validate().map_err(|reason| Error::Config {
+        path: name_or_path.into(),
+        reason,
+    })?;
+    Ok((hw, energy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_load_and_dense_matches_multipliers() {
+        for (n, _) in BUILTIN {
+            load_preset(n).unwrap();
+        }
+        let (edge, e) = load_preset("edge").unwrap();
+        let (dense, _) = load_preset("dense-edge").unwrap();
+        assert_eq!(edge.total_multipliers(), dense.total_multipliers());
+        assert!(!dense.features.block_pruning && !dense.features.head_pruning);
+        assert!((e.sram_pj_per_64b(1024.0) - 100.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn bad_files_are_clear() {
+        let dir = std::env::temp_dir().join(format!("hdp-sim-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "name = 3").unwrap();
+        assert!(load_preset(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("bad.toml"));
+        let text = include_str!("../../../presets/hdpa-edge.toml")
+            .replace("multipliers = 256", "multipliers = 0");
+        std::fs::write(dir.join("energy-45nm.toml"), BUILTIN_ENERGY).unwrap();
+        let p = dir.join("zero.toml");
+        std::fs::write(&p, text).unwrap();
+        assert!(load_preset(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("int_engine.multipliers"));
+        assert!(load_preset("nonexistent-preset").is_err());
+    }
+}

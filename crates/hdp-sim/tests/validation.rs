@@ -1,0 +1,220 @@
+//! Checks that the cycle model is right where the answer is known (style.md habit 8): analytic
+//! formulas in simple cases, bandwidth-bound when bandwidth is tiny, utilization never above 1,
+//! monotone trends, boundary sizes, and the cost of a pruned head.
+
+use hdp_sim::{load_preset, simulate, HwConfig, ModelShape, Workload};
+
+const BERT: ModelShape = ModelShape {
+    layers: 12,
+    heads: 12,
+    head_dim: 64,
+};
+
+fn unlimited_memory(mut hw: HwConfig) -> HwConfig {
+    hw.dram.gb_per_s = 1e9;
+    hw.dram.latency_ns = 0.0;
+    hw.sram.bytes_per_cycle = 1e12;
+    hw
+}
+
+#[test]
+fn dense_compute_bound_cycles_match_the_analytic_formula() {
+    let (hw, e) = load_preset("dense-edge").unwrap();
+    let hw = unlimited_memory(hw);
+    let (n, d) = (512.0f64, 64.0f64);
+    let w = Workload::synthetic(&BERT, 512, 1, 0.0, 0.0).unwrap();
+    let r = simulate(&hw, &e, &w);
+    // One item per query row: n*d full-precision score MACs, n exps, n*d S.V MACs.
+    let score_rate =
+        hw.int_engine.multipliers as f64 / 4.0 + hw.frac_engine.multipliers as f64 / 2.0;
+    let per_row = [
+        (n * d / score_rate).ceil(),
+        (n / hw.softmax_unit.exps_per_cycle as f64).ceil(),
+        (n * d / hw.sv_engine.multipliers as f64).ceil(),
+    ];
+    let analytic = 12.0 * 12.0 * n * per_row.iter().cloned().fold(0.0, f64::max);
+    let rel = (r.cycles - analytic).abs() / analytic;
+    assert!(
+        rel < 0.05,
+        "simulated {} vs analytic {analytic} ({rel})",
+        r.cycles
+    );
+}
+
+#[test]
+fn tiny_bandwidth_makes_it_memory_bound() {
+    let (mut hw, e) = load_preset("edge").unwrap();
+    hw.dram.gb_per_s = 0.01;
+    let w = Workload::synthetic(&BERT, 256, 1, 0.5, 0.0).unwrap();
+    let r = simulate(&hw, &e, &w);
+    assert!(
+        r.memory_bound_cycles / r.cycles > 0.95,
+        "{} of {}",
+        r.memory_bound_cycles,
+        r.cycles
+    );
+    let pure = r.dram_bytes / hw.dram_bytes_per_cycle();
+    assert!(
+        (r.cycles - pure).abs() / pure < 0.05,
+        "{} vs {pure}",
+        r.cycles
+    );
+}
+
+#[test]
+fn utilization_and_efficiency_never_exceed_one() {
+    for preset in ["edge", "server", "dense-edge", "dense-server"] {
+        let (hw, e) = load_preset(preset).unwrap();
+        for &(n, b, s, h) in &[
+            (64usize, 1usize, 0.0, 0.0),
+            (512, 1, 0.7, 0.2),
+            (333, 8, 0.5, 0.5),
+            (2048, 16, 0.9, 0.0),
+        ] {
+            let r = simulate(&hw, &e, &Workload::synthetic(&BERT, n, b, s, h).unwrap());
+            assert!(
+                r.mac_efficiency <= 1.0 + 1e-9,
+                "{preset} {n}: {}",
+                r.mac_efficiency
+            );
+            for u in &r.units {
+                assert!(
+                    u.utilization <= 1.0 + 1e-9,
+                    "{preset} {} {}",
+                    u.name,
+                    u.utilization
+                );
+            }
+            let sum = r.memory_bound_cycles + r.compute_bound_cycles + r.overhead_cycles;
+            assert!((sum - r.cycles).abs() / r.cycles < 1e-9);
+        }
+    }
+}
+
+#[test]
+fn cycles_never_increase_with_sparsity() {
+    for preset in ["edge", "server"] {
+        let (hw, e) = load_preset(preset).unwrap();
+        let mut last = f64::INFINITY;
+        for k in 0..=19 {
+            let s = k as f64 * 0.05;
+            let r = simulate(
+                &hw,
+                &e,
+                &Workload::synthetic(&BERT, 512, 4, s, 0.0).unwrap(),
+            );
+            assert!(
+                r.cycles <= last + 1e-6,
+                "{preset}: sparsity {s} gives {} > {last}",
+                r.cycles
+            );
+            last = r.cycles;
+        }
+        let (dense_hw, _) = load_preset(&format!("dense-{preset}")).unwrap();
+        let dense = simulate(
+            &dense_hw,
+            &e,
+            &Workload::synthetic(&BERT, 512, 4, 0.7, 0.0).unwrap(),
+        );
+        let hdpa = simulate(
+            &hw,
+            &e,
+            &Workload::synthetic(&BERT, 512, 4, 0.7, 0.0).unwrap(),
+        );
+        assert!(
+            hdpa.cycles < dense.cycles,
+            "{preset}: HDPA {} vs dense {}",
+            hdpa.cycles,
+            dense.cycles
+        );
+    }
+}
+
+#[test]
+fn boundary_sizes_around_the_block_size() {
+    let (hw, e) = load_preset("edge").unwrap();
+    let b = 8;
+    let c: Vec<f64> = [b - 1, b, b + 1]
+        .iter()
+        .map(|&n| {
+            simulate(
+                &hw,
+                &e,
+                &Workload::synthetic(&BERT, n, b, 0.0, 0.0).unwrap(),
+            )
+            .cycles
+        })
+        .collect();
+    assert!(c[0] > 0.0 && c[0] <= c[1] && c[1] < c[2], "{c:?}");
+    let w = Workload::synthetic(&BERT, b + 1, b, 0.0, 0.0).unwrap();
+    assert_eq!(w.layers[0].heads[0].rows.len(), 2);
+    assert_eq!(w.layers[0].heads[0].rows[1].valid_entries, (b + 1) as u64);
+}
+
+#[test]
+fn a_pruned_head_costs_only_its_integer_pass() {
+    let (hw, e) = load_preset("edge").unwrap();
+    let shape = ModelShape {
+        layers: 1,
+        heads: 4,
+        head_dim: 64,
+    };
+    let none = simulate(
+        &hw,
+        &e,
+        &Workload::synthetic(&shape, 256, 1, 0.5, 0.0).unwrap(),
+    );
+    let one = simulate(
+        &hw,
+        &e,
+        &Workload::synthetic(&shape, 256, 1, 0.5, 0.25).unwrap(),
+    );
+    let busy = |r: &hdp_sim::Report, name: &str| {
+        r.units.iter().find(|u| u.name == name).unwrap().busy_cycles
+    };
+    assert_eq!(busy(&none, "int_engine"), busy(&one, "int_engine"));
+    assert_eq!(busy(&none, "pruning_unit"), busy(&one, "pruning_unit"));
+    for unit in ["frac_engine", "softmax_unit", "sv_engine"] {
+        let (a, b) = (busy(&none, unit), busy(&one, unit));
+        assert!((b - 0.75 * a).abs() < 1e-6, "{unit}: {b} vs 3/4 of {a}");
+    }
+    assert!(one.cycles < none.cycles);
+}
+
+#[test]
+fn trace_workloads_carry_the_trace_counts() {
+    use hdp_attention::synthetic::{generate, SyntheticSpec};
+    let p = generate(&SyntheticSpec {
+        batch: 2,
+        heads: 3,
+        seq_len: 37,
+        head_dim: 16,
+        valid_len: Some(30),
+        causal: true,
+        seed: 4,
+    })
+    .unwrap();
+    let cfg = hdp_attention::HdpConfig {
+        block_size: 4,
+        head_pruning: hdp_attention::HeadPruning::Tau { tau: 0.6 },
+        ..Default::default()
+    };
+    let (_, trace) = hdp_attention::hdp_with_trace(&p, &cfg).unwrap();
+    let w = Workload::from_trace(&trace);
+    assert_eq!(w.layers.len(), 2);
+    for (l, s) in w.layers.iter().zip(&trace.layers[0].sequences) {
+        for (hw, ht) in l.heads.iter().zip(&s.heads) {
+            let valid: u64 = hw.rows.iter().map(|r| r.valid_entries).sum();
+            assert_eq!(valid * 16, ht.counts.int_macs);
+            if !ht.pruned {
+                assert_eq!(
+                    hw.rows.iter().map(|r| r.kept_entries).sum::<u64>(),
+                    ht.counts.exps
+                );
+                assert_eq!(hw.v_rows_kept * 16 * 2, ht.counts.v_bytes);
+            }
+        }
+    }
+    let (hw, e) = load_preset("edge").unwrap();
+    assert!(simulate(&hw, &e, &w).cycles > 0.0);
+}
