@@ -6,6 +6,7 @@ mod bench;
 mod embed;
 mod eval;
 mod io;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -28,17 +29,26 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Embed your own texts, dense or HDP, as JSONL, .npy or a table.
     Embed(embed::EmbedArgs),
+    /// Simulate the HDPA accelerator and a dense accelerator on a trace or a model shape.
+    Sim(sim::SimArgs),
     /// Sweep HDP options on a task: accuracy vs sparsity, Pareto front, plot.
     Sweep(eval::SweepArgs),
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`hdp ... | head`) as Unix tools do, instead of panicking.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Attention(a) => attention::run(a),
         Command::Eval(a) => eval::run_eval(a),
         Command::Embed(a) => embed::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Sim(a) => sim::run(a),
         Command::Sweep(a) => eval::run_sweep(a),
     };
     if let Err(e) = result {

@@ -247,3 +247,103 @@ fn corrupt_trace_is_rejected_with_a_reason() {
     let e = hdp_core::Trace::read(&p).unwrap_err().to_string();
     assert!(e.contains("version 99"), "{e}");
 }
+
+#[test]
+fn sim_on_a_trace_and_a_model_shape() {
+    let trace = tmp("sim-trace.json");
+    assert!(hdp(&[
+        "attention",
+        "--seq-len",
+        "64",
+        "--heads",
+        "4",
+        "--head-dim",
+        "16",
+        "--trace",
+        trace.to_str().unwrap()
+    ])
+    .status
+    .success());
+    for args in [
+        vec![
+            "sim",
+            "--preset",
+            "edge",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--json",
+        ],
+        vec![
+            "sim",
+            "--preset",
+            "server",
+            "--model-shape",
+            "bert-base",
+            "--seq-len",
+            "128",
+            "--json",
+        ],
+    ] {
+        let out = hdp(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for side in ["hdpa", "dense"] {
+            for k in [
+                "cycles",
+                "latency_us",
+                "throughput_gops",
+                "mac_efficiency",
+                "energy_uj",
+                "gops_per_w",
+            ] {
+                let x = v[side][k].as_f64().unwrap_or_else(|| panic!("{side}.{k}"));
+                assert!(x.is_finite() && x > 0.0, "{side}.{k} = {x}");
+            }
+        }
+        assert!(v["speedup_vs_dense"].as_f64().unwrap() > 1.0);
+    }
+    let plot = tmp("sim.svg");
+    assert!(hdp(&[
+        "sim",
+        "--model-shape",
+        "minilm-l6",
+        "--seq-len",
+        "64",
+        "--plot",
+        plot.to_str().unwrap()
+    ])
+    .status
+    .success());
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap()
+        .contains("int_engine"));
+    assert_clean_failure(&hdp(&["sim"]), "workload");
+    assert_clean_failure(
+        &hdp(&["sim", "--model-shape", "gpt-7"]),
+        "unknown model shape",
+    );
+    assert_clean_failure(
+        &hdp(&[
+            "sim",
+            "--preset",
+            "/nonexistent.toml",
+            "--model-shape",
+            "bert-base",
+        ]),
+        "nonexistent.toml",
+    );
+    assert_clean_failure(
+        &hdp(&[
+            "sim",
+            "--model-shape",
+            "bert-base",
+            "--block-sparsity",
+            "1.5",
+        ]),
+        "outside",
+    );
+}

@@ -354,3 +354,96 @@ mod chart_tests {
         assert!(svg.contains("<polyline") && svg.contains("dense"));
     }
 }
+
+/// A stacked bar chart: one bar per entry of `bars`, each split into `segments` (name and one
+/// value per bar).
+pub fn stacked_bars_svg(
+    title: &str,
+    y_label: &str,
+    bars: &[String],
+    segments: &[(String, Vec<f64>)],
+) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 200.0, 40.0, 50.0);
+    let totals: Vec<f64> = (0..bars.len())
+        .map(|b| {
+            segments
+                .iter()
+                .map(|s| s.1.get(b).copied().unwrap_or(0.0).max(0.0))
+                .sum()
+        })
+        .collect();
+    let ymax = totals.iter().copied().fold(0.0, f64::max).max(1e-12) * 1.05;
+    let plot_h = h - top - bottom;
+    let slot = (w - left - right) / bars.len().max(1) as f64;
+    let palette = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    ];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"15\">{}</text>\n\
+         <text x=\"16\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.1})\">{}</text>\n",
+        escape(title),
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        escape(y_label)
+    );
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        let y = h - bottom - plot_h * k as f64 / 4.0;
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.3e}</text>\n",
+            w - right,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    for (b, name) in bars.iter().enumerate() {
+        let x = left + slot * (b as f64 + 0.2);
+        let mut y = h - bottom;
+        for (k, seg) in segments.iter().enumerate() {
+            let v = seg.1.get(b).copied().unwrap_or(0.0).max(0.0);
+            let bh = v / ymax * plot_h;
+            y -= bh;
+            s += &format!(
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{}: {v:.4e}</title></rect>\n",
+                slot * 0.6,
+                palette[k % palette.len()],
+                escape(&seg.0)
+            );
+        }
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
+            x + slot * 0.3,
+            h - bottom + 16.0,
+            escape(name)
+        );
+    }
+    for (k, seg) in segments.iter().enumerate() {
+        let ly = top + 10.0 + 18.0 * k as f64;
+        s += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>\n",
+            w - right + 12.0,
+            ly - 9.0,
+            palette[k % palette.len()],
+            w - right + 28.0,
+            ly,
+            escape(&seg.0)
+        );
+    }
+    s += "</svg>\n";
+    s
+}
+
+#[cfg(test)]
+mod bar_tests {
+    #[test]
+    fn one_rect_per_segment_and_bar() {
+        let svg = super::stacked_bars_svg(
+            "t",
+            "cycles",
+            &["a".into(), "b".into()],
+            &[("x".into(), vec![1.0, 2.0]), ("y".into(), vec![3.0, 0.0])],
+        );
+        assert_eq!(svg.matches("<rect x=").count(), 4 + 2); // 2 bars x 2 segments + 2 legend boxes
+    }
+}

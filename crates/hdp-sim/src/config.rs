@@ -54,6 +54,9 @@ pub struct Sram {
     pub v_kib: f64,
     /// Read bandwidth of the buffers together, bytes per cycle.
     pub bytes_per_cycle: f64,
+    /// Query rows processed together against each K/V read (register-level reuse): a K or V
+    /// value fetched from SRAM serves this many query rows.
+    pub query_tile_rows: f64,
 }
 
 /// Off-chip memory channel.
@@ -174,6 +177,7 @@ impl HwConfig {
             ("sram.k_kib", self.sram.k_kib),
             ("sram.v_kib", self.sram.v_kib),
             ("sram.bytes_per_cycle", self.sram.bytes_per_cycle),
+            ("sram.query_tile_rows", self.sram.query_tile_rows),
             ("dram.gb_per_s", self.dram.gb_per_s),
         ];
         for (name, v) in pos {

@@ -221,6 +221,7 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
     } else {
         (qk_bytes / (hw.sram.q_kib * 1024.0)).ceil().max(1.0)
     };
+    let tile = hw.sram.query_tile_rows;
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for h in &l.heads {
         let survives = !(f.head_pruning && h.pruned);
@@ -249,15 +250,16 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
             if int_pass {
                 ia.int_macs = r.valid_entries as f64 * d;
                 ia.prune_ops = r.valid_blocks as f64;
-                ia.sram_bytes = (r.valid_entries as f64 / rows + rows) * d * code / 2.0;
-                // integer halves
+                // K integer parts of the row's valid columns, shared by a tile of query rows, plus
+                // the row's own Q integer parts (integer halves of the codes).
+                ia.sram_bytes = (r.valid_entries as f64 / tile + rows) * d * code / 2.0;
             }
             ia.dram_bytes = qk_bytes * (1.0 + k_passes) / nrows;
             if survives {
                 ib.score_macs = kept * per_entry;
                 ib.exps = kept;
                 ib.sv_macs = kept * d;
-                ib.sram_bytes = (kept / rows) * d * (code + 2.0) + rows * d * code;
+                ib.sram_bytes = kept / tile * d * (code + 2.0) + rows * d * code;
                 ib.dram_bytes = (v_bytes * v_passes + out_bytes) / nrows;
             }
             if f.head_pruning {
