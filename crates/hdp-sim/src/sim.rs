@@ -2,10 +2,10 @@
 //! units as a pipeline with double buffering: each item occupies every unit for
 //! `ceil(work / rate)` cycles, consecutive items overlap, so a phase of items costs the sum of
 //! each item's slowest stage plus the fill of the first item, plus the DRAM latency of the
-//! phase's first stream. Early head pruning splits a layer into two phases: the integer pass
-//! and pruning of every head (phase A) must finish before any head's fractional work (phase B),
-//! because a head's fate depends on the layer's maximum importance. A pruned head therefore
-//! costs only its phase-A items. Memory is a stage like the others: when it is an item's
+//! phase's first stream. Early head pruning, when the workload uses it, splits a layer into two
+//! phases: the integer pass and pruning of every head (phase A) must finish before any head's
+//! fractional work (phase B), because a head's fate depends on the layer's maximum importance.
+//! A pruned head therefore costs only its phase-A items. Memory is a stage like the others: when it is an item's
 //! slowest stage, those cycles count as memory-bound.
 
 use crate::config::{EnergyTable, HwConfig};
@@ -200,8 +200,8 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool) -> Vec<Box<dyn Unit>> {
     ]
 }
 
-/// Items of one layer-sequence: (phase A, phase B); phase B is empty without head pruning
-/// (everything is in one pipeline then).
+/// Items of one layer-sequence: (phase A, phase B); phase B is empty when the workload did not
+/// use head pruning (everything streams through one pipeline then).
 fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
     let f = hw.features;
     let int_pass = f.block_pruning || f.head_pruning;
@@ -225,6 +225,7 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for h in &l.heads {
         let survives = !(f.head_pruning && h.pruned);
+        let barrier = f.head_pruning && l.head_pruning;
         let nrows = h.rows.len().max(1) as f64;
         let v_rows = if f.block_pruning {
             h.v_rows_kept as f64
@@ -262,7 +263,7 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                 ib.sram_bytes = kept / tile * d * (code + 2.0) + rows * d * code;
                 ib.dram_bytes = (v_bytes * v_passes + out_bytes) / nrows;
             }
-            if f.head_pruning {
+            if barrier {
                 a.push(ia);
                 if survives {
                     b.push(ib);

@@ -37,6 +37,9 @@ pub struct LayerWork {
     pub head_dim: u64,
     /// Q/K code width, bits.
     pub qk_bits: u64,
+    /// Whether early head pruning was in use (its decision is a barrier between the integer
+    /// pass of all heads and any fractional work; without it the two stream together).
+    pub head_pruning: bool,
     /// Heads.
     pub heads: Vec<HeadWork>,
 }
@@ -69,6 +72,9 @@ fn row_work(valid: &BlockMask, kept: &BlockMask, r: usize, n: usize, bs: usize) 
 impl Workload {
     /// From a trace (`hdp attention --trace`, `hdp eval --trace`).
     pub fn from_trace(t: &Trace) -> Workload {
+        let policy_on = t.config["head_pruning"]["kind"]
+            .as_str()
+            .is_some_and(|k| k != "off");
         let mut layers = Vec::new();
         for l in &t.layers {
             let (n, bs) = (l.seq_len, l.block_size);
@@ -96,6 +102,7 @@ impl Workload {
                     })
                     .collect();
                 layers.push(LayerWork {
+                    head_pruning: policy_on || s.heads.iter().any(|h| h.pruned),
                     valid_tokens: s.valid_tokens as u64,
                     head_dim: l.head_dim as u64,
                     qk_bits: l.q_format.bits as u64,
@@ -147,6 +154,7 @@ impl Workload {
             .map(|r| row_work(&valid, &kept, r, seq_len, block_size))
             .collect();
         let layer = LayerWork {
+            head_pruning: head_sparsity > 0.0,
             valid_tokens: seq_len as u64,
             head_dim: shape.head_dim as u64,
             qk_bits: 8,
