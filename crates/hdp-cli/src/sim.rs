@@ -8,9 +8,53 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// `hdp sim sweep`: a design-space sweep.
+#[derive(clap::Subcommand, Debug)]
+pub enum SimCommand {
+    /// Sweep hardware and workload parameters (cartesian product); Pareto front of latency vs
+    /// energy. Uses the parent's --preset and workload flags.
+    Sweep(SimSweepArgs),
+}
+
+/// Flags of `hdp sim sweep` (comma-separated lists).
+#[derive(Args, Debug)]
+pub struct SimSweepArgs {
+    /// Integer-engine multipliers.
+    #[arg(long, value_delimiter = ',')]
+    pub int_mults: Vec<u64>,
+    /// Fraction-engine multipliers.
+    #[arg(long, value_delimiter = ',')]
+    pub frac_mults: Vec<u64>,
+    /// S.V-engine multipliers.
+    #[arg(long, value_delimiter = ',')]
+    pub sv_mults: Vec<u64>,
+    /// Block sizes (synthetic workloads only).
+    #[arg(long, value_delimiter = ',')]
+    pub block_sizes: Vec<usize>,
+    /// Q/K code widths in bits (traffic; integer-MAC energy scales with bits^2).
+    #[arg(long, value_delimiter = ',')]
+    pub bits: Vec<u64>,
+    /// K and V buffer sizes, KiB.
+    #[arg(long, value_delimiter = ',')]
+    pub sram_kib: Vec<f64>,
+    /// DRAM bandwidths, GB/s.
+    #[arg(long, value_delimiter = ',')]
+    pub dram_gbps: Vec<f64>,
+    /// Write every point as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Pareto plot of latency vs energy (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
 /// Flags of `hdp sim`.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = false)]
 pub struct SimArgs {
+    /// Design-space sweep instead of one simulation.
+    #[command(subcommand)]
+    pub command: Option<SimCommand>,
     /// Hardware: edge, server, or a preset TOML file (see presets/).
     #[arg(long, default_value = "edge")]
     pub preset: String,
@@ -41,13 +85,187 @@ pub struct SimArgs {
     /// Stacked-bar plot of busy cycles per unit, HDPA vs dense (SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Compare with published accelerators, normalized to 128 multipliers at 1 GHz
+    /// (presets/peers.toml, or --peers-file).
+    #[arg(long)]
+    pub peers: bool,
+    /// A peers table in the format of presets/peers.toml.
+    #[arg(long)]
+    pub peers_file: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
+fn workload_of(a: &SimArgs, block_size: usize) -> Result<(Workload, String)> {
+    Ok(match (&a.trace, &a.model_shape) {
+        (Some(p), _) => {
+            let t = hdp_core::Trace::read(p)?;
+            (Workload::from_trace(&t), format!("trace {}", p.display()))
+        }
+        (None, Some(shape)) => (
+            Workload::synthetic(
+                &ModelShape::named(shape)?,
+                a.seq_len,
+                block_size,
+                a.block_sparsity,
+                a.head_sparsity,
+            )?,
+            format!(
+                "synthetic {shape}, N {}, b {block_size}, block sparsity {}, head sparsity {}",
+                a.seq_len, a.block_sparsity, a.head_sparsity
+            ),
+        ),
+        (None, None) => {
+            bail!("give a workload: --trace FILE or --model-shape NAME (e.g. bert-base)")
+        }
+    })
+}
+
+fn or<T: Clone>(v: &[T], default: T) -> Vec<T> {
+    if v.is_empty() {
+        vec![default]
+    } else {
+        v.to_vec()
+    }
+}
+
+/// Runs `hdp sim sweep`.
+fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
+    let (base, energy) = load_preset(&a.preset)?;
+    if a.trace.is_some() && !s.block_sizes.is_empty() {
+        bail!("--block-sizes needs a synthetic workload (--model-shape): a trace fixes its block size");
+    }
+    let mut points = Vec::new();
+    let combos: Vec<_> = or(&s.int_mults, base.int_engine.multipliers)
+        .into_iter()
+        .flat_map(|i| {
+            or(&s.frac_mults, base.frac_engine.multipliers)
+                .into_iter()
+                .map(move |f| (i, f))
+        })
+        .flat_map(|(i, f)| {
+            or(&s.sv_mults, base.sv_engine.multipliers)
+                .into_iter()
+                .map(move |v| (i, f, v))
+        })
+        .flat_map(|c| {
+            or(&s.block_sizes, a.block_size)
+                .into_iter()
+                .map(move |b| (c, b))
+        })
+        .flat_map(|(c, b)| or(&s.bits, 8).into_iter().map(move |bits| (c, b, bits)))
+        .flat_map(|x| {
+            or(&s.sram_kib, base.sram.k_kib)
+                .into_iter()
+                .map(move |k| (x, k))
+        })
+        .flat_map(|(x, k)| {
+            or(&s.dram_gbps, base.dram.gb_per_s)
+                .into_iter()
+                .map(move |g| (x, k, g))
+        })
+        .collect();
+    let pb = indicatif::ProgressBar::new(combos.len() as u64);
+    let mut cache: Option<(usize, Workload)> = None;
+    for (((int, frac, sv), b, bits), kib, gbps) in combos {
+        let mut hw = base.clone();
+        hw.int_engine.multipliers = int;
+        hw.frac_engine.multipliers = frac;
+        hw.sv_engine.multipliers = sv;
+        hw.sram.k_kib = kib;
+        hw.sram.v_kib = kib;
+        hw.dram.gb_per_s = gbps;
+        hw.validate()
+            .map_err(|e| anyhow::anyhow!("sweep point: {e}"))?;
+        if cache.as_ref().map(|c| c.0) != Some(b) {
+            cache = Some((b, workload_of(a, b)?.0));
+        }
+        let mut w = cache.as_ref().map(|c| c.1.clone()).unwrap_or_default();
+        w.layers.iter_mut().for_each(|l| l.qk_bits = bits);
+        let mut e = energy.clone();
+        e.int_mac_pj *= (bits as f64 / 8.0).powi(2);
+        let r = simulate(&hw, &e, &w);
+        points.push(json!({
+            "int_mults": int, "frac_mults": frac, "sv_mults": sv, "block_size": b, "bits": bits, "kv_sram_kib": kib,
+            "dram_gbps": gbps, "cycles": r.cycles, "latency_us": r.latency_us, "energy_uj": r.energy_uj,
+            "throughput_gops": r.throughput_gops, "mac_efficiency": r.mac_efficiency,
+            "memory_bound": r.memory_bound_cycles / r.cycles,
+        }));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    // Lower is better for both: negate for the maximizing Pareto helper.
+    let xy: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                -p["latency_us"].as_f64().unwrap_or(0.0),
+                -p["energy_uj"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let front = hdp_plot::pareto_front(&xy);
+    println!(
+        "{:>6} {:>6} {:>6} {:>4} {:>4} {:>8} {:>8} {:>12} {:>12} {:>8}  pareto",
+        "int", "frac", "sv", "b", "bits", "KiB", "GB/s", "latency us", "energy uJ", "mem%"
+    );
+    for (i, p) in points.iter().enumerate() {
+        println!(
+            "{:>6} {:>6} {:>6} {:>4} {:>4} {:>8} {:>8} {:>12.1} {:>12.1} {:>7.1}%  {}",
+            p["int_mults"].to_string(),
+            p["frac_mults"].to_string(),
+            p["sv_mults"].to_string(),
+            p["block_size"].to_string(),
+            p["bits"].to_string(),
+            p["kv_sram_kib"].to_string(),
+            p["dram_gbps"].to_string(),
+            p["latency_us"].as_f64().unwrap_or(0.0),
+            p["energy_uj"].as_f64().unwrap_or(0.0),
+            100.0 * p["memory_bound"].as_f64().unwrap_or(0.0),
+            if front.contains(&i) { "*" } else { "" }
+        );
+    }
+    if let Some(p) = &s.out {
+        let out = json!({"preset": base.name, "points": points, "pareto_front": front});
+        std::fs::write(p, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &s.plot {
+        let all: Vec<(f64, f64)> = xy.iter().map(|&(x, y)| (-x, -y)).collect();
+        let mut f: Vec<(f64, f64)> = front.iter().map(|&i| all[i]).collect();
+        f.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let series = [
+            hdp_plot::Series {
+                name: "design points".into(),
+                points: all,
+                line: false,
+                color: "#1f77b4".into(),
+            },
+            hdp_plot::Series {
+                name: "Pareto front".into(),
+                points: f,
+                line: true,
+                color: "#333".into(),
+            },
+        ];
+        let svg = hdp_plot::xy_chart_svg(
+            &format!("{}: latency vs energy", base.name),
+            "latency (us)",
+            "energy (uJ)",
+            &series,
+            None,
+        );
+        std::fs::write(p, svg).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs the command.
 pub fn run(a: &SimArgs) -> Result<()> {
+    if let Some(SimCommand::Sweep(s)) = &a.command {
+        return run_sweep(a, s);
+    }
     let (hw, energy) = load_preset(&a.preset)?;
     let dense_name = a
         .dense_preset
@@ -57,28 +275,7 @@ pub fn run(a: &SimArgs) -> Result<()> {
             _ => "dense-edge".into(),
         });
     let (dense_hw, dense_energy) = load_preset(&dense_name)?;
-    let (workload, source) = match (&a.trace, &a.model_shape) {
-        (Some(p), _) => {
-            let t = hdp_core::Trace::read(p)?;
-            (Workload::from_trace(&t), format!("trace {}", p.display()))
-        }
-        (None, Some(shape)) => (
-            Workload::synthetic(
-                &ModelShape::named(shape)?,
-                a.seq_len,
-                a.block_size,
-                a.block_sparsity,
-                a.head_sparsity,
-            )?,
-            format!(
-                "synthetic {shape}, N {}, b {}, block sparsity {}, head sparsity {}",
-                a.seq_len, a.block_size, a.block_sparsity, a.head_sparsity
-            ),
-        ),
-        (None, None) => {
-            bail!("give a workload: --trace FILE or --model-shape NAME (e.g. bert-base)")
-        }
-    };
+    let (workload, source) = workload_of(a, a.block_size)?;
     if workload.layers.is_empty() {
         bail!("the workload is empty (a trace with no layers?)");
     }
@@ -88,6 +285,21 @@ pub fn run(a: &SimArgs) -> Result<()> {
     let sim_s = t0.elapsed().as_secs_f64();
     let cpu = if a.cpu {
         Some(cpu_ms(&workload)?)
+    } else {
+        None
+    };
+    let peers = if a.peers || a.peers_file.is_some() {
+        let norm = hdp_sim::normalized_gops_128(hdpa.throughput_gops, &hw);
+        let rows: Vec<serde_json::Value> = hdp_sim::load_peers(a.peers_file.as_deref())?
+            .into_iter()
+            .map(|p| {
+                json!({"name": p.name, "published_gops_128": p.throughput_gops_128, "published_gops_per_w": p.gops_per_w,
+                    "hdpa_throughput_ratio": p.throughput_gops_128.map(|g| norm / g), "source": p.source})
+            })
+            .collect();
+        Some(
+            json!({"hdpa_gops_128": norm, "normalization": "throughput x 128 / multipliers x 1000 / clock_MHz", "peers": rows}),
+        )
     } else {
         None
     };
@@ -132,6 +344,9 @@ pub fn run(a: &SimArgs) -> Result<()> {
             "hdpa": hdpa, "dense": dense, "speedup_vs_dense": speedup,
             "energy_ratio_dense_over_hdpa": dense.energy_uj / hdpa.energy_uj,
         });
+        if let Some(p) = &peers {
+            out["peers"] = p.clone();
+        }
         if let Some(ms) = cpu {
             out["cpu_measured"] = json!({"what": "our fast dense attention kernel on this machine, all layers, median of 3", "ms": ms,
                 "hdpa_speedup_vs_cpu": ms * 1e3 / hdpa.latency_us});
@@ -175,6 +390,30 @@ pub fn run(a: &SimArgs) -> Result<()> {
             100.0 * u.utilization,
             u.energy_pj * 1e-6
         );
+    }
+    if let Some(p) = &peers {
+        println!(
+            "published peers (their numbers), normalized to 128 multipliers @ 1 GHz; HDPA {:.1} GOP/s on the same scale (simulated, dense-equivalent)",
+            p["hdpa_gops_128"].as_f64().unwrap_or(0.0)
+        );
+        for r in p["peers"].as_array().into_iter().flatten() {
+            match (
+                r["published_gops_128"].as_f64(),
+                r["hdpa_throughput_ratio"].as_f64(),
+            ) {
+                (Some(g), Some(x)) => println!(
+                    "  {:<20} {g:>8.1} GOP/s   HDPA {x:.2}x   ({})",
+                    r["name"].as_str().unwrap_or(""),
+                    r["source"].as_str().unwrap_or("")
+                ),
+                _ => println!(
+                    "  {:<20} {:>8}         ({})",
+                    r["name"].as_str().unwrap_or(""),
+                    "-",
+                    r["source"].as_str().unwrap_or("")
+                ),
+            }
+        }
     }
     if let Some(ms) = cpu {
         println!(

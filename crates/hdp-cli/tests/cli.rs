@@ -347,3 +347,39 @@ fn sim_on_a_trace_and_a_model_shape() {
         "outside",
     );
 }
+
+#[test]
+fn sim_sweep_and_peers() {
+    let out_json = tmp("dse.json");
+    let out = hdp(&[
+        "sim",
+        "--model-shape",
+        "minilm-l6",
+        "--seq-len",
+        "64",
+        "sweep",
+        "--int-mults",
+        "64,128",
+        "--dram-gbps",
+        "1,10",
+        "--out",
+        out_json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    assert_eq!(v["points"].as_array().unwrap().len(), 4);
+    assert!(!v["pareto_front"].as_array().unwrap().is_empty());
+    let out = hdp(&["sim", "--model-shape", "bert-base", "--peers", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["peers"]["hdpa_gops_128"].as_f64().unwrap() > 0.0);
+    assert!(v["peers"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"].as_str().unwrap().starts_with("SpAtten")));
+}

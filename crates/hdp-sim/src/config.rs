@@ -277,3 +277,45 @@ mod tests {
         assert!(load_preset("nonexistent-preset").is_err());
     }
 }
+
+/// A published accelerator figure (`presets/peers.toml`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Design and venue.
+    pub name: String,
+    /// Published throughput normalized to 128 multipliers at 1 GHz, GOP/s.
+    pub throughput_gops_128: Option<f64>,
+    /// Published energy efficiency, GOP/s per W.
+    pub gops_per_w: Option<f64>,
+    /// Where the figure comes from.
+    pub source: String,
+}
+
+#[derive(Deserialize)]
+struct PeerFile {
+    peer: Vec<Peer>,
+}
+
+/// The built-in peers table, or one read from `path`.
+pub fn load_peers(path: Option<&Path>) -> Result<Vec<Peer>> {
+    let (text, origin) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| Error::Config {
+                path: p.into(),
+                reason: e.to_string(),
+            })?,
+            p.to_path_buf(),
+        ),
+        None => (
+            include_str!("../../../presets/peers.toml").to_string(),
+            PathBuf::from("<built-in peers>"),
+        ),
+    };
+    Ok(parse::<PeerFile>(&text, &origin)?.peer)
+}
+
+/// Throughput scaled to 128 multipliers at 1 GHz (the peers' normalization).
+pub fn normalized_gops_128(gops: f64, hw: &HwConfig) -> f64 {
+    gops * 128.0 / hw.total_multipliers() as f64 * 1000.0 / hw.clock_mhz
+}

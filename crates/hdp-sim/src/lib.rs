@@ -9,7 +9,7 @@ pub mod config;
 pub mod sim;
 pub mod workload;
 
-pub use config::{load_preset, EnergyTable, HwConfig};
+pub use config::{load_peers, load_preset, normalized_gops_128, EnergyTable, HwConfig, Peer};
 pub use sim::{simulate, Report};
 pub use workload::{ModelShape, Workload};
 
