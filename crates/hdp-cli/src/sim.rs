@@ -374,6 +374,9 @@ pub fn run(a: &SimArgs) -> Result<()> {
         format!("{:.1}%", 100.0 * r.memory_bound_cycles / r.cycles)
     });
     row("DRAM (MB)", &|r| format!("{:.2}", r.dram_bytes / 1e6));
+    row("area (mm^2, arrays+SRAM)", &|r| {
+        format!("{:.2}", r.area_mm2)
+    });
     println!(
         "speedup vs dense {speedup:.2}x, energy {:.2}x less",
         dense.energy_uj / hdpa.energy_uj

@@ -123,6 +123,18 @@ pub struct EnergyTable {
     pub sram_pj_per_64b_8kib: f64,
     /// DRAM access per 64 bits.
     pub dram_pj_per_64b: f64,
+    /// Area of one integer-engine MAC lane, um^2.
+    pub int_mac_um2: f64,
+    /// Area of one fraction-engine MAC lane, um^2.
+    pub frac_mac_um2: f64,
+    /// Area of one S.V MAC lane, um^2.
+    pub sv_mac_um2: f64,
+    /// Area of one exponential unit, um^2.
+    pub exp_unit_um2: f64,
+    /// Area of one pruning-unit lane, um^2.
+    pub prune_lane_um2: f64,
+    /// SRAM area per bit, um^2.
+    pub sram_um2_per_bit: f64,
 }
 
 impl EnergyTable {
@@ -194,6 +206,17 @@ impl HwConfig {
     /// Multipliers of all arrays together.
     pub fn total_multipliers(&self) -> u64 {
         self.int_engine.multipliers + self.frac_engine.multipliers + self.sv_engine.multipliers
+    }
+
+    /// Silicon area of the arrays, units and buffers, mm^2 (no DRAM controller or wiring).
+    pub fn area_mm2(&self, e: &EnergyTable) -> f64 {
+        let um2 = self.int_engine.multipliers as f64 * e.int_mac_um2
+            + self.frac_engine.multipliers as f64 * e.frac_mac_um2
+            + self.sv_engine.multipliers as f64 * e.sv_mac_um2
+            + self.softmax_unit.exps_per_cycle as f64 * e.exp_unit_um2
+            + self.pruning_unit.blocks_per_cycle as f64 * e.prune_lane_um2
+            + (self.sram.q_kib + self.sram.k_kib + self.sram.v_kib) * 8192.0 * e.sram_um2_per_bit;
+        um2 * 1e-6
     }
 
     /// DRAM bytes per clock cycle.

@@ -119,6 +119,8 @@ pub struct Report {
     pub dram_bytes: f64,
     /// Static energy, microjoules.
     pub static_energy_uj: f64,
+    /// Silicon area from the energy/area table, mm^2.
+    pub area_mm2: f64,
     /// Per unit.
     pub units: Vec<UnitReport>,
 }
@@ -358,6 +360,7 @@ pub fn simulate(hw: &HwConfig, e: &EnergyTable, w: &Workload) -> Report {
         overhead_cycles: overhead,
         dram_bytes,
         static_energy_uj: static_pj * 1e-6,
+        area_mm2: hw.area_mm2(e),
         units: units
             .iter()
             .enumerate()
