@@ -261,14 +261,22 @@ fn fmt_count(x: u64) -> String {
 }
 
 /// Heatmap of kept blocks per head of the first sequence of the first layer.
-fn write_plot(path: &std::path::Path, trace: &Trace) -> Result<()> {
-    let layer = &trace.layers[0];
-    let seq = &layer.sequences[0];
-    let nb = seq.valid.rows();
-    let panels: Vec<hdp_plot::Heatmap> = seq
-        .heads
-        .iter()
-        .map(|h| {
+/// Kept-block masks of every head of every layer of the trace's first sequence, one panel per
+/// (layer, head), a row of panels per layer.
+pub fn write_plot(path: &std::path::Path, trace: &Trace) -> Result<()> {
+    let mut panels = Vec::new();
+    let mut columns = 4;
+    for layer in &trace.layers {
+        let Some(seq) = layer.sequences.first() else {
+            continue;
+        };
+        let nb = seq.valid.rows();
+        columns = if trace.layers.len() > 1 {
+            layer.heads
+        } else {
+            4
+        };
+        for h in &seq.heads {
             let mut values = vec![f32::NAN; nb * nb];
             for r in 0..nb {
                 for c in 0..nb {
@@ -278,9 +286,14 @@ fn write_plot(path: &std::path::Path, trace: &Trace) -> Result<()> {
                 }
             }
             let kept = h.kept.count() as f64 / seq.valid.count().max(1) as f64;
-            hdp_plot::Heatmap {
+            let prefix = if trace.layers.len() > 1 {
+                format!("L{} ", layer.layer)
+            } else {
+                String::new()
+            };
+            panels.push(hdp_plot::Heatmap {
                 title: format!(
-                    "head {}: {:.0}% kept{}",
+                    "{prefix}head {}: {:.0}% kept{}",
                     h.head,
                     100.0 * kept,
                     if h.pruned { ", PRUNED" } else { "" }
@@ -288,17 +301,20 @@ fn write_plot(path: &std::path::Path, trace: &Trace) -> Result<()> {
                 rows: nb,
                 cols: nb,
                 values,
-            }
-        })
-        .collect();
+            });
+        }
+    }
+    let first = trace.layers.first().context("the trace has no layers")?;
     let svg = hdp_plot::heatmap_grid_svg(
         &format!(
-            "Kept blocks per head (N={}, b={}, {} block-rows)",
-            layer.seq_len, layer.block_size, nb
+            "Kept blocks per {} (N={}, b={})",
+            if trace.layers.len() > 1 { "layer (rows) and head" } else { "head" },
+            first.seq_len,
+            first.block_size
         ),
-        "dark = kept, white = pruned, grey = masked; rows = query blocks, columns = key blocks",
+        "dark = kept, white = pruned, grey = masked; in each panel rows = query blocks, columns = key blocks",
         &panels,
-        4,
+        columns,
     );
     std::fs::write(path, svg).with_context(|| format!("cannot write plot {}", path.display()))
 }

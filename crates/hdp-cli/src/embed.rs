@@ -62,6 +62,10 @@ pub struct EmbedArgs {
     /// Write to this file instead of standard output.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// With --attention hdp, an SVG: for a single text, the kept-block mask of every head of
+    /// every layer; for several, a layers x heads heatmap of kept and pruned fractions.
+    #[arg(long)]
+    pub heatmap: Option<PathBuf>,
 }
 
 fn lines_of(reader: impl Read, origin: &str) -> Result<Vec<String>> {
@@ -156,7 +160,11 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut hdp = match a.attention {
-        AttentionArg::Hdp => Some(HdpBackend::new(a.hdp.config()?, 0)?),
+        // One text with --heatmap: keep its full trace for the per-layer, per-head masks.
+        AttentionArg::Hdp => Some(HdpBackend::new(
+            a.hdp.config()?,
+            usize::from(texts.len() == 1 && a.heatmap.is_some()),
+        )?),
         AttentionArg::Dense => None,
     };
     let backend: &mut dyn AttentionBackend = match &mut hdp {
@@ -165,6 +173,17 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     };
     let emb = model.embed_encoded(&enc, backend, a.batch_size, normalize, &mut |_| {})?;
     let secs = t0.elapsed().as_secs_f64();
+    if let Some(path) = &a.heatmap {
+        let h = hdp.as_ref().context("--heatmap needs --attention hdp")?;
+        match &h.trace {
+            Some(trace) => crate::attention::write_plot(path, trace)?,
+            None => crate::eval::write_heatmap(
+                path,
+                &format!("{} texts from hdp embed", texts.len()),
+                h,
+            )?,
+        }
+    }
 
     let mut sink: Box<dyn Write> = match &a.output {
         Some(p) if a.format != FormatArg::Npy => Box::new(std::io::BufWriter::new(

@@ -154,7 +154,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         trace.write(path)?;
     }
     if let Some(path) = &a.heatmap {
-        write_heatmap(path, &ev, &backend)?;
+        write_heatmap(
+            path,
+            &format!("{}, {} texts", ev.task, ev.texts()),
+            &backend,
+        )?;
     }
     let dense_metric = ev.dense_metrics["metric"];
     let hdp_metric = r.metrics["metric"];
@@ -217,7 +221,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_heatmap(path: &Path, ev: &Evaluation, backend: &HdpBackend) -> Result<()> {
+/// Layers x heads heatmaps (kept-block fraction, head-pruned fraction) of an HDP run over
+/// `what` (a task or the user's texts).
+pub fn write_heatmap(path: &Path, what: &str, backend: &HdpBackend) -> Result<()> {
     let layers = backend.head_stats.len();
     let heads = backend.head_stats.first().map_or(0, Vec::len);
     let mut kept = Vec::with_capacity(layers * heads);
@@ -243,7 +249,7 @@ fn write_heatmap(path: &Path, ev: &Evaluation, backend: &HdpBackend) -> Result<(
         values,
     };
     let svg = hdp_plot::heatmap_grid_svg(
-        &format!("HDP per layer (rows) and head (columns): {} , {} texts", ev.task, ev.texts()),
+        &format!("HDP per layer (rows) and head (columns): {what}"),
         "left: fraction of valid blocks kept (dark = keeps more); right: fraction of texts where the head was pruned",
         &[panel("kept-block fraction", kept), panel("head pruned fraction", pruned)],
         2,

@@ -204,3 +204,56 @@ fn inputs_outputs_and_bad_input() {
         "config",
     );
 }
+
+#[test]
+fn heatmaps_for_one_text_and_many() {
+    let dir = std::env::temp_dir().join(format!("hdp-embed-heat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = dir.join("one.svg");
+    let out = hdp(&[
+        "embed",
+        "--attention",
+        "hdp",
+        "--heatmap",
+        one.to_str().unwrap(),
+        "a short sentence to look at",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&one).unwrap();
+    assert_eq!(
+        svg.matches("<image").count(),
+        6 * 12,
+        "one panel per layer and head"
+    );
+    let many = dir.join("many.svg");
+    let out = hdp(&[
+        "embed",
+        "--attention",
+        "hdp",
+        "--heatmap",
+        many.to_str().unwrap(),
+        "one",
+        "two",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&many)
+            .unwrap()
+            .matches("<image")
+            .count(),
+        2
+    );
+    let out = hdp(&[
+        "embed",
+        "--heatmap",
+        many.to_str().unwrap(),
+        "dense has no heatmap",
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--attention hdp")
+    );
+}
