@@ -136,12 +136,20 @@ fn transpose(x: &[f32], n: usize, d: usize, out: &mut [f32]) {
     }
 }
 
-/// Rows `i` of `s = scale * q_i K^T` for all keys, from the transposed keys `kt` (`d x n`).
+/// Query rows processed together by the row-group kernels.
+const ROWS: usize = 4;
+
+/// `s[r] = scale * q_r K^T` for the (at most [`ROWS`]) rows of `q` (`r x d`), from the
+/// transposed keys `kt` (`d x n`); `s` holds `r x n`. Each K^T row is loaded once per group.
 #[inline(always)]
-fn score_row(q: &[f32], kt: &[f32], n: usize, scale: f32, s: &mut [f32]) {
+fn scores_rows(q: &[f32], kt: &[f32], n: usize, d: usize, scale: f32, s: &mut [f32]) {
+    let r = q.len() / d;
     s.fill(0.0);
-    for (m, &qm) in q.iter().enumerate() {
-        axpy(qm * scale, &kt[m * n..(m + 1) * n], s);
+    for m in 0..d {
+        let ktm = &kt[m * n..(m + 1) * n];
+        for rr in 0..r {
+            axpy(q[rr * d + m] * scale, ktm, &mut s[rr * n..(rr + 1) * n]);
+        }
     }
 }
 
@@ -164,25 +172,31 @@ fn dense_head_body(
 ) {
     transpose(k, n, d, kt);
     let scale = 1.0 / (d as f32).sqrt();
-    for i in 0..n {
-        let o = &mut out[i * d..(i + 1) * d];
-        o.fill(0.0);
-        if !valid[i] {
-            continue;
+    ok.copy_from_slice(valid);
+    // Groups of ROWS query rows share every load of a K^T row and of a V row (L1 reuse instead
+    // of streaming K and V from L2 once per query row).
+    let mut i0 = 0;
+    while i0 < n {
+        let r = ROWS.min(n - i0);
+        scores_rows(&q[i0 * d..(i0 + r) * d], kt, n, d, scale, &mut s[..r * n]);
+        let mut live = [false; ROWS];
+        for (rr, l) in live.iter_mut().enumerate().take(r) {
+            let i = i0 + rr;
+            out[i * d..(i + 1) * d].fill(0.0);
+            let end = if causal { i + 1 } else { n };
+            *l = valid[i] && softmax_masked(&mut s[rr * n..rr * n + end], &ok[..end]);
         }
-        let end = if causal { i + 1 } else { n };
-        for j in 0..n {
-            ok[j] = j < end && valid[j];
-        }
-        score_row(&q[i * d..(i + 1) * d], kt, n, scale, s);
-        if !softmax_masked(s, ok) {
-            continue;
-        }
-        for j in 0..end {
-            if s[j] != 0.0 {
-                axpy(s[j], &v[j * d..(j + 1) * d], o);
+        let end_max = if causal { i0 + r } else { n };
+        for j in 0..end_max {
+            let vj = &v[j * d..(j + 1) * d];
+            for rr in (0..r).filter(|&rr| live[rr] && (!causal || j <= i0 + rr)) {
+                let p = s[rr * n + j];
+                if p != 0.0 {
+                    axpy(p, vj, &mut out[(i0 + rr) * d..(i0 + rr + 1) * d]);
+                }
             }
         }
+        i0 += r;
     }
 }
 
@@ -214,7 +228,7 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
         .par_chunks_mut(n * d)
         .enumerate()
         .for_each_init(
-            || (vec![0.0f32; n * d], vec![0.0f32; n], vec![false; n]),
+            || (vec![0.0f32; n * d], vec![0.0f32; ROWS * n], vec![false; n]),
             |(kt, s, ok), (bh, o)| {
                 let b = bh / heads;
                 let off = bh * n * d;
@@ -239,11 +253,17 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
 
 /// Per-head inputs of the HDP kernel, all exact small integers held as f32.
 struct HeadCodes {
+    /// `Q_int`, `n x d` (integer pass).
     q_int: Vec<f32>,
-    q_frac: Vec<f32>,
+    /// `K_int`, `n x d` (integer pass).
     k_int: Vec<f32>,
-    k_code: Vec<f32>,
-    k_frac: Vec<f32>,
+    /// Per query, the left operand of the score as one dot product, `n x w`:
+    /// approx `[2^f Q_int, 2^f Q_frac]` (w = 2d), exact `[2^f Q_int, 2^f Q_frac, Q_frac]` (3d).
+    qq: Vec<f32>,
+    /// Per key, the right operand: approx `[K, K_int]`, exact `[K, K_int, K_frac]`.
+    kk: Vec<f32>,
+    /// Width of `qq`/`kk` rows (0 in float mode, which uses the float Q and K).
+    w: usize,
 }
 
 /// Integer pass of one head (step 2-3): block importances, row-major `nb x nb`.
@@ -263,22 +283,36 @@ fn integer_pass_body(
     let nb = n.div_ceil(bs);
     transpose(&c.k_int, n, d, kt);
     let mut imp: Vec<Option<i64>> = vec![None; nb * nb];
-    for i in 0..n {
-        if !valid_tok[i] {
-            continue;
+    let mut i0 = 0;
+    while i0 < n {
+        let r = ROWS.min(n - i0);
+        scores_rows(
+            &c.q_int[i0 * d..(i0 + r) * d],
+            kt,
+            n,
+            d,
+            1.0,
+            &mut s[..r * n],
+        );
+        for rr in 0..r {
+            let i = i0 + rr;
+            if !valid_tok[i] {
+                continue;
+            }
+            let row = &s[rr * n..(rr + 1) * n];
+            let end = if causal { i + 1 } else { n };
+            let br = i / bs;
+            for j in (0..end).filter(|&j| valid_tok[j]) {
+                let v = row[j] as i64; // exact: |s| < 2^24 is checked by the caller
+                let slot = &mut imp[br * nb + j / bs];
+                *slot = Some(match (importance, *slot) {
+                    (BlockImportance::Sum, acc) => acc.unwrap_or(0) + v,
+                    (BlockImportance::AbsSum, acc) => acc.unwrap_or(0) + v.abs(),
+                    (BlockImportance::Max, acc) => acc.map_or(v, |a| a.max(v)),
+                });
+            }
         }
-        score_row(&c.q_int[i * d..(i + 1) * d], kt, n, 1.0, s);
-        let end = if causal { i + 1 } else { n };
-        let r = i / bs;
-        for j in (0..end).filter(|&j| valid_tok[j]) {
-            let v = s[j] as i64; // exact: |s| < 2^24 is checked by the caller
-            let slot = &mut imp[r * nb + j / bs];
-            *slot = Some(match (importance, *slot) {
-                (BlockImportance::Sum, acc) => acc.unwrap_or(0) + v,
-                (BlockImportance::AbsSum, acc) => acc.unwrap_or(0) + v.abs(),
-                (BlockImportance::Max, acc) => acc.map_or(v, |a| a.max(v)),
-            });
-        }
+        i0 += r;
     }
     imp
 }
@@ -298,7 +332,6 @@ fn sparse_attend_body(
     d: usize,
     bs: usize,
     mode: ScoreMode,
-    one: f32,
     score_scale: f32,
     out: &mut [f32],
     idx: &mut Vec<usize>,
@@ -316,26 +349,14 @@ fn sparse_attend_body(
         idx.clear();
         sc.clear();
         let r = i / bs;
-        let (qi, qfr, qfl) = (
-            &c.q_int[i * d..(i + 1) * d],
-            &c.q_frac[i * d..(i + 1) * d],
-            &qf[i * d..(i + 1) * d],
-        );
+        let (qrow, krows, w, scale) = match mode {
+            ScoreMode::Float => (&qf[i * d..(i + 1) * d], kf, d, inv_sqrt_d),
+            _ => (&c.qq[i * c.w..(i + 1) * c.w], &c.kk[..], c.w, score_scale),
+        };
         for blk in (0..nb).filter(|&blk| kept.get(r, blk)) {
             for j in (blk * bs..((blk + 1) * bs).min(end)).filter(|&j| valid_tok[j]) {
-                let kj = j * d..(j + 1) * d;
-                let score = match mode {
-                    ScoreMode::Approx => {
-                        one * (dot(qi, &c.k_code[kj.clone()]) + dot(qfr, &c.k_int[kj]))
-                            * score_scale
-                    }
-                    ScoreMode::Exact => {
-                        (one * (dot(qi, &c.k_code[kj.clone()]) + dot(qfr, &c.k_int[kj.clone()]))
-                            + dot(qfr, &c.k_frac[kj]))
-                            * score_scale
-                    }
-                    ScoreMode::Float => dot(qfl, &kf[kj]) * inv_sqrt_d,
-                };
+                // One dot product: 2^f (Q_int.K + Q_frac.K_int) [+ Q_frac.K_frac] (hdp.md step 6).
+                let score = dot(qrow, &krows[j * w..(j + 1) * w]) * scale;
                 idx.push(j);
                 sc.push(score);
             }
@@ -388,7 +409,6 @@ unsafe fn sparse_attend_avx2(
     d: usize,
     bs: usize,
     mode: ScoreMode,
-    one: f32,
     score_scale: f32,
     out: &mut [f32],
     idx: &mut Vec<usize>,
@@ -406,7 +426,6 @@ unsafe fn sparse_attend_avx2(
         d,
         bs,
         mode,
-        one,
         score_scale,
         out,
         idx,
@@ -421,7 +440,9 @@ pub fn f32_exact(cfg: &HdpConfig, d: usize) -> bool {
     let max_int = (max_code / f.one() as f64).ceil();
     let max_frac = (f.one() - 1) as f64;
     let bound = d as f64 * (max_int * max_code + max_frac * max_int + max_frac * max_frac);
-    bound < (1u64 << 24) as f64
+    // The fused score is the full code product in the worst case: d * max_code^2.
+    let fused = d as f64 * max_code * max_code;
+    bound.max(fused) < (1u64 << 24) as f64
 }
 
 /// Fast HDP attention, same decisions and trace as [`crate::hdp::attention`]. Falls back to
@@ -457,6 +478,7 @@ pub fn hdp_attention(
         let (eq, ek) = hdp::prescale_exponents(p, cfg, b, heads, n, d);
         let (qc, q_sat) = hdp::quantize_sequence(p, &p.q, fmt, eq, b);
         let (kc, k_sat) = hdp::quantize_sequence(p, &p.k, fmt, ek, b);
+        let one = fmt.one() as f32;
         let codes: Vec<HeadCodes> = (0..heads)
             .map(|h| {
                 let r = h * n * d..(h + 1) * n * d;
@@ -476,12 +498,32 @@ pub fn hdp_attention(
                 };
                 let (q_int, q_frac, _) = split(&qc[r.clone()]);
                 let (k_int, k_frac, k_code) = split(&kc[r]);
+                let w = match cfg.score_mode {
+                    ScoreMode::Approx => 2 * d,
+                    ScoreMode::Exact => 3 * d,
+                    ScoreMode::Float => 0,
+                };
+                let (mut qq, mut kk) = (Vec::with_capacity(n * w), Vec::with_capacity(n * w));
+                for t in 0..n {
+                    if w == 0 {
+                        break;
+                    }
+                    let row = t * d..(t + 1) * d;
+                    qq.extend(q_int[row.clone()].iter().map(|x| x * one));
+                    qq.extend(q_frac[row.clone()].iter().map(|x| x * one));
+                    kk.extend_from_slice(&k_code[row.clone()]);
+                    kk.extend_from_slice(&k_int[row.clone()]);
+                    if w == 3 * d {
+                        qq.extend_from_slice(&q_frac[row.clone()]);
+                        kk.extend_from_slice(&k_frac[row]);
+                    }
+                }
                 HeadCodes {
                     q_int,
-                    q_frac,
                     k_int,
-                    k_code,
-                    k_frac,
+                    qq,
+                    kk,
+                    w,
                 }
             })
             .collect();
@@ -489,7 +531,7 @@ pub fn hdp_attention(
         let decided: Vec<(BlockMask, f64)> = codes
             .par_iter()
             .map_init(
-                || (vec![0.0f32; d * n], vec![0.0f32; n]),
+                || (vec![0.0f32; d * n], vec![0.0f32; ROWS * n]),
                 |(kt, s), c| {
                     let imp = match isa {
                         #[cfg(target_arch = "x86_64")]
@@ -525,7 +567,6 @@ pub fn hdp_attention(
             .collect();
         let head_imp: Vec<f64> = decided.iter().map(|x| x.1).collect();
         let pruned = prune_heads(&head_imp, cfg.head_pruning);
-        let one = fmt.one() as f32;
         let score_scale =
             ((2f64).powi(-(2 * fmt.frac_bits as i32 + eq + ek)) / (d as f64).sqrt()) as f32;
         let seq_off = p.row_offset(b, 0, 0);
@@ -560,7 +601,6 @@ pub fn hdp_attention(
                             d,
                             bs,
                             cfg.score_mode,
-                            one,
                             score_scale,
                             o,
                             idx,
@@ -579,7 +619,6 @@ pub fn hdp_attention(
                         d,
                         bs,
                         cfg.score_mode,
-                        one,
                         score_scale,
                         o,
                         idx,

@@ -33,6 +33,11 @@ const TOPK_EPS: f64 = 1e-9;
 /// Indices of the blocks a block-row keeps (step 4), given `(column, importance)` of its valid
 /// blocks in column order. Never empty when `row` is not; the result is sorted by column.
 pub fn select_blocks(row: &[(usize, i64)], threshold: RowThreshold) -> Vec<usize> {
+    select_blocks_owned(row.to_vec(), threshold)
+}
+
+/// [`select_blocks`] on a row the caller no longer needs (no copy).
+fn select_blocks_owned(row: Vec<(usize, i64)>, threshold: RowThreshold) -> Vec<usize> {
     if row.is_empty() {
         return Vec::new();
     }
@@ -50,11 +55,16 @@ pub fn select_blocks(row: &[(usize, i64)], threshold: RowThreshold) -> Vec<usize
         }
         RowThreshold::TopK { keep } => {
             let k = ((keep * row.len() as f64 - TOPK_EPS).ceil() as usize).clamp(1, row.len());
-            let mut order: Vec<(usize, i64)> = row.to_vec();
-            // Most important first; ties go to the lower column so the choice is deterministic
-            // and nested in `keep`.
-            order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            order.into_iter().take(k).map(|(c, _)| c).collect()
+            let mut order = row;
+            // Most important first; ties go to the lower column, a total order, so the chosen set
+            // is deterministic and nested in `keep`. Selection (O(n)) picks the same set as a
+            // full sort would.
+            let by_rank = |a: &(usize, i64), b: &(usize, i64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+            if k < order.len() {
+                order.select_nth_unstable_by(k - 1, by_rank);
+            }
+            order.truncate(k);
+            order.into_iter().map(|(c, _)| c).collect()
         }
     };
     kept.sort_unstable();
@@ -176,18 +186,18 @@ pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> 
         if row_imp.is_empty() {
             continue;
         }
-        for c in select_blocks(&row_imp, cfg.threshold) {
-            kept.set(r, c, true);
-            let v = imp[r * nb + c].unwrap_or(0) as f64;
-            kept_sum += v;
-            kept_pos += v.max(0.0);
-        }
         let vals = row_imp.iter().map(|&(_, v)| v as f64);
         let sum: f64 = vals.clone().sum();
         let max = vals.fold(f64::NEG_INFINITY, f64::max);
         all_sum += sum;
         peak += max - sum / row_imp.len() as f64;
         rows_with_blocks += 1;
+        for c in select_blocks_owned(row_imp, cfg.threshold) {
+            kept.set(r, c, true);
+            let v = imp[r * nb + c].unwrap_or(0) as f64;
+            kept_sum += v;
+            kept_pos += v.max(0.0);
+        }
     }
     let importance = match cfg.head_importance {
         HeadImportance::KeptSum => kept_sum,
