@@ -14,7 +14,7 @@
 //! only by f32 rounding of softmax and P.V (tolerance `FAST_VS_REFERENCE_ABS`).
 
 use crate::config::{BlockImportance, HdpConfig, PrunedHeadOutput};
-use crate::hdp::{self, decide_blocks, head_counts, prune_heads, HdpOutput};
+use crate::hdp::{self, head_counts, prune_heads, HdpOutput, HeadDecider};
 use crate::problem::AttentionProblem;
 use hdp_core::trace::{HeadTrace, LayerTrace, SequenceTrace};
 use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
@@ -266,7 +266,8 @@ struct HeadCodes {
     w: usize,
 }
 
-/// Integer pass of one head (step 2-3): block importances, row-major `nb x nb`.
+/// Integer pass of one head (steps 2-4): each block-row's importances are reduced from exact
+/// integer scores and decided at once (the kept mask and the head importance come back).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn integer_pass_body(
@@ -275,46 +276,51 @@ fn integer_pass_body(
     causal: bool,
     n: usize,
     d: usize,
-    bs: usize,
-    importance: BlockImportance,
+    cfg: &HdpConfig,
     kt: &mut [f32],
     s: &mut [f32],
-) -> Vec<Option<i64>> {
+) -> (BlockMask, f64) {
+    let bs = cfg.block_size;
     let nb = n.div_ceil(bs);
     transpose(&c.k_int, n, d, kt);
-    let mut imp: Vec<Option<i64>> = vec![None; nb * nb];
-    let mut i0 = 0;
-    while i0 < n {
-        let r = ROWS.min(n - i0);
-        scores_rows(
-            &c.q_int[i0 * d..(i0 + r) * d],
-            kt,
-            n,
-            d,
-            1.0,
-            &mut s[..r * n],
-        );
-        for rr in 0..r {
-            let i = i0 + rr;
-            if !valid_tok[i] {
-                continue;
+    let mut decider = HeadDecider::new(nb, cfg);
+    let mut acc: Vec<Option<i64>> = vec![None; nb];
+    for br in 0..nb {
+        acc.fill(None);
+        let rows_end = ((br + 1) * bs).min(n);
+        let mut i0 = br * bs;
+        while i0 < rows_end {
+            let r = ROWS.min(rows_end - i0);
+            scores_rows(
+                &c.q_int[i0 * d..(i0 + r) * d],
+                kt,
+                n,
+                d,
+                1.0,
+                &mut s[..r * n],
+            );
+            for rr in 0..r {
+                let i = i0 + rr;
+                if !valid_tok[i] {
+                    continue;
+                }
+                let row = &s[rr * n..(rr + 1) * n];
+                let end = if causal { i + 1 } else { n };
+                for j in (0..end).filter(|&j| valid_tok[j]) {
+                    let v = row[j] as i64; // exact: |s| < 2^24 is checked by the caller
+                    let slot = &mut acc[j / bs];
+                    *slot = Some(match (cfg.importance, *slot) {
+                        (BlockImportance::Sum, a) => a.unwrap_or(0) + v,
+                        (BlockImportance::AbsSum, a) => a.unwrap_or(0) + v.abs(),
+                        (BlockImportance::Max, a) => a.map_or(v, |x| x.max(v)),
+                    });
+                }
             }
-            let row = &s[rr * n..(rr + 1) * n];
-            let end = if causal { i + 1 } else { n };
-            let br = i / bs;
-            for j in (0..end).filter(|&j| valid_tok[j]) {
-                let v = row[j] as i64; // exact: |s| < 2^24 is checked by the caller
-                let slot = &mut imp[br * nb + j / bs];
-                *slot = Some(match (importance, *slot) {
-                    (BlockImportance::Sum, acc) => acc.unwrap_or(0) + v,
-                    (BlockImportance::AbsSum, acc) => acc.unwrap_or(0) + v.abs(),
-                    (BlockImportance::Max, acc) => acc.map_or(v, |a| a.max(v)),
-                });
-            }
+            i0 += r;
         }
-        i0 += r;
+        decider.row(br, &acc);
     }
-    imp
+    decider.finish()
 }
 
 /// Steps 6-7 for one surviving head: scores of kept entries, sparse softmax, sparse P.V.
@@ -386,12 +392,11 @@ unsafe fn integer_pass_avx2(
     causal: bool,
     n: usize,
     d: usize,
-    bs: usize,
-    importance: BlockImportance,
+    cfg: &HdpConfig,
     kt: &mut [f32],
     s: &mut [f32],
-) -> Vec<Option<i64>> {
-    integer_pass_body(c, valid_tok, causal, n, d, bs, importance, kt, s)
+) -> (BlockMask, f64) {
+    integer_pass_body(c, valid_tok, causal, n, d, cfg, kt, s)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -532,36 +537,13 @@ pub fn hdp_attention(
             .par_iter()
             .map_init(
                 || (vec![0.0f32; d * n], vec![0.0f32; ROWS * n]),
-                |(kt, s), c| {
-                    let imp = match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                        Isa::Avx2 => unsafe {
-                            integer_pass_avx2(
-                                c,
-                                &valid_tok,
-                                p.causal,
-                                n,
-                                d,
-                                bs,
-                                cfg.importance,
-                                kt,
-                                s,
-                            )
-                        },
-                        _ => integer_pass_body(
-                            c,
-                            &valid_tok,
-                            p.causal,
-                            n,
-                            d,
-                            bs,
-                            cfg.importance,
-                            kt,
-                            s,
-                        ),
-                    };
-                    decide_blocks(&imp, n.div_ceil(bs), cfg)
+                |(kt, s), c| match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                    Isa::Avx2 => unsafe {
+                        integer_pass_avx2(c, &valid_tok, p.causal, n, d, cfg, kt, s)
+                    },
+                    _ => integer_pass_body(c, &valid_tok, p.causal, n, d, cfg, kt, s),
                 },
             )
             .collect();

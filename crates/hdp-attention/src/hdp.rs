@@ -173,39 +173,77 @@ pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockM
     (valid, (0..n).filter(|&i| p.token_is_valid(b, i)).count())
 }
 
-/// Steps 4 and 5 (first half) for one head: the kept blocks of every block-row and the head's
-/// importance, from block importances (`None` = fully masked block), row-major `nb x nb`.
-pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> (BlockMask, f64) {
-    let mut kept = BlockMask::new(nb, nb);
-    let (mut kept_sum, mut kept_pos, mut all_sum, mut peak) = (0.0, 0.0, 0.0, 0.0);
-    let mut rows_with_blocks = 0usize;
-    for r in 0..nb {
-        let row_imp: Vec<(usize, i64)> = (0..nb)
-            .filter_map(|c| imp[r * nb + c].map(|v| (c, v)))
+/// Steps 4 and 5 (first half) for one head, one block-row at a time, so that an
+/// implementation can decide a block-row as soon as its importances exist (no `nb x nb` store).
+pub(crate) struct HeadDecider {
+    kept: BlockMask,
+    threshold: RowThreshold,
+    head_importance: HeadImportance,
+    kept_sum: f64,
+    kept_pos: f64,
+    all_sum: f64,
+    peak: f64,
+    rows_with_blocks: usize,
+}
+
+impl HeadDecider {
+    /// A decider for `nb x nb` blocks.
+    pub(crate) fn new(nb: usize, cfg: &HdpConfig) -> Self {
+        HeadDecider {
+            kept: BlockMask::new(nb, nb),
+            threshold: cfg.threshold,
+            head_importance: cfg.head_importance,
+            kept_sum: 0.0,
+            kept_pos: 0.0,
+            all_sum: 0.0,
+            peak: 0.0,
+            rows_with_blocks: 0,
+        }
+    }
+
+    /// Decides block-row `r` from its block importances (`None` = fully masked block).
+    pub(crate) fn row(&mut self, r: usize, imp: &[Option<i64>]) {
+        let row_imp: Vec<(usize, i64)> = imp
+            .iter()
+            .enumerate()
+            .filter_map(|(c, v)| v.map(|v| (c, v)))
             .collect();
         if row_imp.is_empty() {
-            continue;
+            return;
         }
         let vals = row_imp.iter().map(|&(_, v)| v as f64);
         let sum: f64 = vals.clone().sum();
         let max = vals.fold(f64::NEG_INFINITY, f64::max);
-        all_sum += sum;
-        peak += max - sum / row_imp.len() as f64;
-        rows_with_blocks += 1;
-        for c in select_blocks_owned(row_imp, cfg.threshold) {
-            kept.set(r, c, true);
-            let v = imp[r * nb + c].unwrap_or(0) as f64;
-            kept_sum += v;
-            kept_pos += v.max(0.0);
+        self.all_sum += sum;
+        self.peak += max - sum / row_imp.len() as f64;
+        self.rows_with_blocks += 1;
+        for c in select_blocks_owned(row_imp, self.threshold) {
+            self.kept.set(r, c, true);
+            let v = imp[c].unwrap_or(0) as f64;
+            self.kept_sum += v;
+            self.kept_pos += v.max(0.0);
         }
     }
-    let importance = match cfg.head_importance {
-        HeadImportance::KeptSum => kept_sum,
-        HeadImportance::KeptPosSum => kept_pos,
-        HeadImportance::AllSum => all_sum,
-        HeadImportance::Peakedness => peak / rows_with_blocks.max(1) as f64,
-    };
-    (kept, importance)
+
+    /// The kept blocks and the head's importance.
+    pub(crate) fn finish(self) -> (BlockMask, f64) {
+        let importance = match self.head_importance {
+            HeadImportance::KeptSum => self.kept_sum,
+            HeadImportance::KeptPosSum => self.kept_pos,
+            HeadImportance::AllSum => self.all_sum,
+            HeadImportance::Peakedness => self.peak / self.rows_with_blocks.max(1) as f64,
+        };
+        (self.kept, importance)
+    }
+}
+
+/// [`HeadDecider`] over a whole `nb x nb` importance matrix (row-major).
+pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> (BlockMask, f64) {
+    let mut d = HeadDecider::new(nb, cfg);
+    for r in 0..nb {
+        d.row(r, &imp[r * nb..(r + 1) * nb]);
+    }
+    d.finish()
 }
 
 /// Work of one head under the trace's counting convention (`docs/trace-format.md`).
