@@ -16,7 +16,7 @@
 use crate::config::{BlockImportance, HdpConfig, PrunedHeadOutput};
 use crate::hdp::{self, head_counts, prune_heads, HdpOutput, HeadDecider};
 use crate::problem::AttentionProblem;
-use hdp_core::trace::{HeadTrace, LayerTrace, SequenceTrace};
+use hdp_core::trace::{HeadTrace, SequenceTrace};
 use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
 use rayon::prelude::*;
 
@@ -466,17 +466,7 @@ pub fn hdp_attention(
     }
     let fmt = cfg.q_format;
     let mut out = Tensor::zeros(p.q.shape().to_vec());
-    let mut trace = LayerTrace {
-        layer,
-        seq_len: n,
-        head_dim: d,
-        heads,
-        block_size: bs,
-        q_format: fmt,
-        score_mode: cfg.score_mode,
-        causal: p.causal,
-        sequences: Vec::with_capacity(dims.batch),
-    };
+    let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
     for b in 0..dims.batch {
         let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
         let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();

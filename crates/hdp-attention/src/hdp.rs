@@ -246,6 +246,26 @@ pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> 
     d.finish()
 }
 
+/// The trace of one layer before any sequence is added.
+pub(crate) fn empty_layer_trace(
+    p: &AttentionProblem,
+    cfg: &HdpConfig,
+    layer: usize,
+) -> Result<LayerTrace> {
+    let dims = p.validate()?;
+    Ok(LayerTrace {
+        layer,
+        seq_len: dims.seq_len,
+        head_dim: dims.head_dim,
+        heads: dims.heads,
+        block_size: cfg.block_size,
+        q_format: cfg.q_format,
+        score_mode: cfg.score_mode,
+        causal: p.causal,
+        sequences: Vec::with_capacity(dims.batch),
+    })
+}
+
 /// Work of one head under the trace's counting convention (`docs/trace-format.md`).
 pub(crate) fn head_counts(
     valid: &BlockMask,
@@ -314,17 +334,7 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
     let nb = n.div_ceil(bs);
     let inv_sqrt_d = 1.0 / (d as f64).sqrt();
     let mut out = Tensor::zeros(p.q.shape().to_vec());
-    let mut trace = LayerTrace {
-        layer,
-        seq_len: n,
-        head_dim: d,
-        heads,
-        block_size: bs,
-        q_format: fmt,
-        score_mode: cfg.score_mode,
-        causal: p.causal,
-        sequences: Vec::with_capacity(dims.batch),
-    };
+    let mut trace = empty_layer_trace(p, cfg, layer)?;
 
     for b in 0..dims.batch {
         let (valid, valid_tokens) = valid_blocks(p, b, bs);

@@ -88,7 +88,7 @@ fn progress_fn(pb: &ProgressBar) -> impl FnMut(&str, usize, usize) + '_ {
 }
 
 /// Loads the model and prepares the task (dense side).
-fn prepare(t: &TaskArgs) -> Result<(SentenceEmbedder, Evaluation, EvalOptions, f64)> {
+fn prepare(t: &TaskArgs) -> Result<(SentenceEmbedder, Evaluation, f64)> {
     if t.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -113,7 +113,7 @@ fn prepare(t: &TaskArgs) -> Result<(SentenceEmbedder, Evaluation, EvalOptions, f
         &mut progress_fn(&pb),
     )?;
     pb.finish_and_clear();
-    Ok((model, ev, opts, t0.elapsed().as_secs_f64()))
+    Ok((model, ev, t0.elapsed().as_secs_f64()))
 }
 
 fn run_one(
@@ -133,7 +133,7 @@ fn run_one(
 /// Runs `hdp eval`.
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let cfg = a.hdp.config()?;
-    let (model, ev, _opts, prep_s) = prepare(&a.task)?;
+    let (model, ev, prep_s) = prepare(&a.task)?;
     if let Some(path) = &a.dump_qkv {
         let (shape, data) = ev.capture_qkv(&model, ev.longest_text(), a.dump_layer)?;
         hdp_core::npy::write(path, &shape, &data)?;
@@ -351,7 +351,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
             }
         }
     }
-    let (model, ev, _opts, _) = prepare(&a.task)?;
+    let (model, ev, _) = prepare(&a.task)?;
     let dense = ev.dense_metrics["metric"];
     let mut points = Vec::new();
     let overall = ProgressBar::new(configs.len() as u64);
