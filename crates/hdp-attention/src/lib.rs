@@ -19,6 +19,9 @@ pub use hdp::HdpOutput;
 pub use hdp_core::{Error, Result};
 pub use problem::{AttentionProblem, Dims};
 
+/// Name and version written into traces produced by the fast kernels.
+pub const FAST_PRODUCER: &str = concat!("hdp-attention fast ", env!("CARGO_PKG_VERSION"));
+
 /// Name and version written into traces produced by the reference implementation.
 pub const REFERENCE_PRODUCER: &str = concat!("hdp-attention reference ", env!("CARGO_PKG_VERSION"));
 

@@ -224,6 +224,11 @@ impl HdpBackend {
             }
         }
         if let Some(trace) = &mut self.trace {
+            trace.producer = match self.kernel {
+                HdpKernel::Reference => hdp_attention::REFERENCE_PRODUCER,
+                HdpKernel::Fast(_) => hdp_attention::FAST_PRODUCER,
+            }
+            .into();
             lt.sequences.retain(|s| s.sequence < self.trace_limit);
             if lt.sequences.is_empty() {
                 return;
