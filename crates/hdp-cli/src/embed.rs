@@ -13,7 +13,7 @@ use std::time::Instant;
 pub enum AttentionArg {
     /// Dense softmax attention.
     Dense,
-    /// Hybrid Dynamic Pruning (reference kernels), with the HDP flags.
+    /// Hybrid Dynamic Pruning (fast kernels), with the HDP flags.
     Hdp,
 }
 
