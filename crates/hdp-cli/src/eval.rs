@@ -189,9 +189,10 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         ev.texts()
     );
     println!("  {:<26} {:>10} {:>10} {:>10}", "", "dense", "hdp", "delta");
-    for (k, dv) in &ev.dense_metrics {
-        if let Some(hv) = r.metrics.get(k) {
-            println!("  {k:<26} {dv:>10.4} {hv:>10.4} {:>+10.4}", hv - dv);
+    for (k, dv) in ev.dense_metrics.iter().filter(|(k, _)| *k != "metric") {
+        match r.metrics.get(k) {
+            Some(hv) => println!("  {k:<26} {dv:>10.4} {hv:>10.4} {:>+10.4}", hv - dv),
+            None => println!("  {k:<26} {dv:>10.4}"),
         }
     }
     for (k, hv) in r
