@@ -138,17 +138,86 @@ fn transpose(x: &[f32], n: usize, d: usize, out: &mut [f32]) {
 
 /// Query rows processed together by the row-group kernels.
 const ROWS: usize = 4;
+/// Columns of a register tile (two AVX2 vectors).
+const TILE: usize = 16;
 
 /// `s[r] = scale * q_r K^T` for the (at most [`ROWS`]) rows of `q` (`r x d`), from the
 /// transposed keys `kt` (`d x n`); `s` holds `r x n`. Each K^T row is loaded once per group.
 #[inline(always)]
 fn scores_rows(q: &[f32], kt: &[f32], n: usize, d: usize, scale: f32, s: &mut [f32]) {
     let r = q.len() / d;
-    s.fill(0.0);
+    let full = if r == ROWS { n / TILE * TILE } else { 0 };
+    // Register tile: ROWS x TILE accumulators stay in registers across the whole d loop.
+    let mut j0 = 0;
+    while j0 < full {
+        let mut acc = [[0.0f32; TILE]; ROWS];
+        for m in 0..d {
+            let Ok(k) = <&[f32; TILE]>::try_from(&kt[m * n + j0..m * n + j0 + TILE]) else {
+                return;
+            };
+            let qs = [q[m], q[d + m], q[2 * d + m], q[3 * d + m]];
+            for (a, &qv) in acc.iter_mut().zip(&qs) {
+                for l in 0..TILE {
+                    a[l] += qv * k[l];
+                }
+            }
+        }
+        for (rr, a) in acc.iter().enumerate() {
+            for l in 0..TILE {
+                s[rr * n + j0 + l] = a[l] * scale;
+            }
+        }
+        j0 += TILE;
+    }
+    // Remaining columns (and groups of fewer than ROWS rows): K^T row streamed per row.
+    for rr in 0..r {
+        s[rr * n + full..(rr + 1) * n].fill(0.0);
+    }
     for m in 0..d {
-        let ktm = &kt[m * n..(m + 1) * n];
+        let ktm = &kt[m * n + full..(m + 1) * n];
         for rr in 0..r {
-            axpy(q[rr * d + m] * scale, ktm, &mut s[rr * n..(rr + 1) * n]);
+            axpy(
+                q[rr * d + m] * scale,
+                ktm,
+                &mut s[rr * n + full..(rr + 1) * n],
+            );
+        }
+    }
+}
+
+/// `out[r] += sum_j p[r][j] v_j` for a group of rows (`p` is `r x n`, rows of dead or causal
+/// entries already zero), over keys `0..end`.
+#[inline(always)]
+fn pv_rows(p: &[f32], v: &[f32], n: usize, d: usize, end: usize, out: &mut [f32]) {
+    let r = p.len() / n;
+    let full = if r == ROWS { d / TILE * TILE } else { 0 };
+    let mut c0 = 0;
+    while c0 < full {
+        let mut acc = [[0.0f32; TILE]; ROWS];
+        for j in 0..end {
+            let Ok(vv) = <&[f32; TILE]>::try_from(&v[j * d + c0..j * d + c0 + TILE]) else {
+                return;
+            };
+            let ps = [p[j], p[n + j], p[2 * n + j], p[3 * n + j]];
+            for (a, &pv) in acc.iter_mut().zip(&ps) {
+                for l in 0..TILE {
+                    a[l] += pv * vv[l];
+                }
+            }
+        }
+        for (rr, a) in acc.iter().enumerate() {
+            out[rr * d + c0..rr * d + c0 + TILE].copy_from_slice(a);
+        }
+        c0 += TILE;
+    }
+    for rr in 0..r {
+        let o = &mut out[rr * d + full..(rr + 1) * d];
+        o.fill(0.0);
+        for j in 0..end {
+            let pj = p[rr * n + j];
+            if pj != 0.0 {
+                axpy(pj, &v[j * d + full..(j + 1) * d], o);
+            }
         }
     }
 }
@@ -179,23 +248,25 @@ fn dense_head_body(
     while i0 < n {
         let r = ROWS.min(n - i0);
         scores_rows(&q[i0 * d..(i0 + r) * d], kt, n, d, scale, &mut s[..r * n]);
-        let mut live = [false; ROWS];
-        for (rr, l) in live.iter_mut().enumerate().take(r) {
+        for rr in 0..r {
             let i = i0 + rr;
-            out[i * d..(i + 1) * d].fill(0.0);
             let end = if causal { i + 1 } else { n };
-            *l = valid[i] && softmax_masked(&mut s[rr * n..rr * n + end], &ok[..end]);
-        }
-        let end_max = if causal { i0 + r } else { n };
-        for j in 0..end_max {
-            let vj = &v[j * d..(j + 1) * d];
-            for rr in (0..r).filter(|&rr| live[rr] && (!causal || j <= i0 + rr)) {
-                let p = s[rr * n + j];
-                if p != 0.0 {
-                    axpy(p, vj, &mut out[(i0 + rr) * d..(i0 + rr + 1) * d]);
-                }
+            let row = &mut s[rr * n..(rr + 1) * n];
+            if valid[i] && softmax_masked(&mut row[..end], &ok[..end]) {
+                row[end..].fill(0.0);
+            } else {
+                row.fill(0.0);
             }
         }
+        let end_max = if causal { i0 + r } else { n };
+        pv_rows(
+            &s[..r * n],
+            v,
+            n,
+            d,
+            end_max,
+            &mut out[i0 * d..(i0 + r) * d],
+        );
         i0 += r;
     }
 }
