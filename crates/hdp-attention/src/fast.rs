@@ -4,7 +4,8 @@
 //! Multiversioning: every kernel body is a generic `#[inline(always)]` function written with
 //! independent lanes (no float reassociation needed), instantiated twice: inside an
 //! `#[target_feature(enable = "avx2,fma")]` wrapper, where LLVM vectorizes it with 256-bit
-//! FMAs, and as plain portable code. [`Isa::detect`] picks one at run time; tests run both.
+//! FMAs, and as plain portable code (the `multiversion!` macro writes both and the dispatch).
+//! [`Isa::detect`] picks one at run time; tests run both.
 //!
 //! HDP's integer arithmetic is done in f32, which is exact while every partial sum stays below
 //! 2^24: `d * max|Q_int| * max|K_int|` for the integer pass and `d * (max|Q_int| max|K| +
@@ -271,23 +272,46 @@ fn dense_head_body(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dense_head_avx2(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    valid: &[bool],
-    causal: bool,
-    n: usize,
-    d: usize,
-    out: &mut [f32],
-    kt: &mut [f32],
-    s: &mut [f32],
-    ok: &mut [bool],
-) {
-    dense_head_body(q, k, v, valid, causal, n, d, out, kt, s, ok)
+/// Declares `$name(isa, args..)`, which runs `$body(args..)` compiled for AVX2+FMA when `isa`
+/// says the CPU has them, and the portable instantiation otherwise.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+
+multiversion! {
+    /// [`dense_head_body`] for `isa`.
+    fn dense_head => dense_head_body(q: &[f32], k: &[f32], v: &[f32], valid: &[bool], causal: bool,
+        n: usize, d: usize, out: &mut [f32], kt: &mut [f32], s: &mut [f32], ok: &mut [bool])
+}
+
+multiversion! {
+    /// [`integer_pass_body`] for `isa`.
+    fn integer_pass => integer_pass_body(c: &HeadCodes, valid_tok: &[bool], causal: bool, n: usize,
+        d: usize, cfg: &HdpConfig, kt: &mut [f32], s: &mut [f32]) -> (BlockMask, f64)
+}
+
+multiversion! {
+    /// [`sparse_attend_body`] for `isa`.
+    fn sparse_attend => sparse_attend_body(c: &HeadCodes, qf: &[f32], kf: &[f32], v: &[f32],
+        kept: &BlockMask, valid_tok: &[bool], causal: bool, n: usize, d: usize, bs: usize,
+        mode: ScoreMode, score_scale: f32, out: &mut [f32], idx: &mut Vec<usize>, sc: &mut Vec<f32>)
 }
 
 /// Fast dense attention (same semantics as [`crate::dense::attention`]).
@@ -309,14 +333,7 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
                     &p.v.data()[off..off + n * d],
                 );
                 let valid: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                    Isa::Avx2 => unsafe {
-                        dense_head_avx2(q, k, v, &valid, p.causal, n, d, o, kt, s, ok)
-                    },
-                    _ => dense_head_body(q, k, v, &valid, p.causal, n, d, o, kt, s, ok),
-                }
+                dense_head(isa, q, k, v, &valid, p.causal, n, d, o, kt, s, ok);
             },
         );
     Ok(out)
@@ -454,61 +471,6 @@ fn sparse_attend_body(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn integer_pass_avx2(
-    c: &HeadCodes,
-    valid_tok: &[bool],
-    causal: bool,
-    n: usize,
-    d: usize,
-    cfg: &HdpConfig,
-    kt: &mut [f32],
-    s: &mut [f32],
-) -> (BlockMask, f64) {
-    integer_pass_body(c, valid_tok, causal, n, d, cfg, kt, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sparse_attend_avx2(
-    c: &HeadCodes,
-    qf: &[f32],
-    kf: &[f32],
-    v: &[f32],
-    kept: &BlockMask,
-    valid_tok: &[bool],
-    causal: bool,
-    n: usize,
-    d: usize,
-    bs: usize,
-    mode: ScoreMode,
-    score_scale: f32,
-    out: &mut [f32],
-    idx: &mut Vec<usize>,
-    sc: &mut Vec<f32>,
-) {
-    sparse_attend_body(
-        c,
-        qf,
-        kf,
-        v,
-        kept,
-        valid_tok,
-        causal,
-        n,
-        d,
-        bs,
-        mode,
-        score_scale,
-        out,
-        idx,
-        sc,
-    )
-}
-
 /// Whether f32 arithmetic is exact for every integer sum of this format and head dimension.
 pub fn f32_exact(cfg: &HdpConfig, d: usize) -> bool {
     let f = cfg.q_format;
@@ -598,14 +560,7 @@ pub fn hdp_attention(
             .par_iter()
             .map_init(
                 || (vec![0.0f32; d * n], vec![0.0f32; ROWS * n]),
-                |(kt, s), c| match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                    Isa::Avx2 => unsafe {
-                        integer_pass_avx2(c, &valid_tok, p.causal, n, d, cfg, kt, s)
-                    },
-                    _ => integer_pass_body(c, &valid_tok, p.causal, n, d, cfg, kt, s),
-                },
+                |(kt, s), c| integer_pass(isa, c, &valid_tok, p.causal, n, d, cfg, kt, s),
             )
             .collect();
         let head_imp: Vec<f64> = decided.iter().map(|x| x.1).collect();
@@ -628,46 +583,24 @@ pub fn hdp_attention(
                 }
                 let c = &codes[h];
                 let kept = &decided[h].0;
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Isa::Avx2 => unsafe {
-                        sparse_attend_avx2(
-                            c,
-                            qf,
-                            kf,
-                            v,
-                            kept,
-                            &valid_tok,
-                            p.causal,
-                            n,
-                            d,
-                            bs,
-                            cfg.score_mode,
-                            score_scale,
-                            o,
-                            idx,
-                            sc,
-                        )
-                    },
-                    _ => sparse_attend_body(
-                        c,
-                        qf,
-                        kf,
-                        v,
-                        kept,
-                        &valid_tok,
-                        p.causal,
-                        n,
-                        d,
-                        bs,
-                        cfg.score_mode,
-                        score_scale,
-                        o,
-                        idx,
-                        sc,
-                    ),
-                }
+                sparse_attend(
+                    isa,
+                    c,
+                    qf,
+                    kf,
+                    v,
+                    kept,
+                    &valid_tok,
+                    p.causal,
+                    n,
+                    d,
+                    bs,
+                    cfg.score_mode,
+                    score_scale,
+                    o,
+                    idx,
+                    sc,
+                );
             },
         );
         for h in
