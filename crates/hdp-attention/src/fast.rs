@@ -61,13 +61,17 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to nearest
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits: integer arithmetic on the bits (no float to
+    // int conversion, whose saturating semantics would block vectorization).
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     p * scale
 }
 
@@ -97,9 +101,65 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Softmax in place over all of `s` (not empty), in 8 independent lanes so that the max, the
+/// exponentials and the sum vectorize.
+#[inline(always)]
+fn softmax_dense(s: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    for x in m {
+        max = max.max(x);
+    }
+    let mut sum = [0.0f32; 8];
+    let mut chunks = s.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            let e = fast_exp(c[l] - max);
+            c[l] = e;
+            sum[l] += e;
+        }
+    }
+    let mut total = 0.0f32;
+    for x in chunks.into_remainder() {
+        *x = fast_exp(*x - max);
+        total += *x;
+    }
+    total += ((sum[0] + sum[4]) + (sum[1] + sum[5])) + ((sum[2] + sum[6]) + (sum[3] + sum[7]));
+    let inv = 1.0 / total;
+    for x in s.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// [`softmax_dense`] with hand-written AVX2 when `isa` allows.
+#[inline(always)]
+pub(crate) fn softmax_row(isa: Isa, s: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+        unsafe { crate::simd::softmax_dense(s) };
+        return;
+    }
+    let _ = isa;
+    softmax_dense(s);
+}
+
 /// Softmax in place over `s[j]` where `ok[j]`; other entries become 0. False if none valid.
 #[inline(always)]
-fn softmax_masked(s: &mut [f32], ok: &[bool]) -> bool {
+fn softmax_masked(isa: Isa, s: &mut [f32], ok: &[bool]) -> bool {
+    if !s.is_empty() && ok.iter().all(|&o| o) {
+        softmax_row(isa, s);
+        return true;
+    }
     let mut max = f32::NEG_INFINITY;
     for (&v, &o) in s.iter().zip(ok) {
         if o && v > max {
@@ -253,7 +313,7 @@ fn dense_head_body(
             let i = i0 + rr;
             let end = if causal { i + 1 } else { n };
             let row = &mut s[rr * n..(rr + 1) * n];
-            if valid[i] && softmax_masked(&mut row[..end], &ok[..end]) {
+            if valid[i] && softmax_masked(Isa::Portable, &mut row[..end], &ok[..end]) {
                 row[end..].fill(0.0);
             } else {
                 row.fill(0.0);
@@ -314,7 +374,124 @@ multiversion! {
         mode: ScoreMode, score_scale: f32, out: &mut [f32], idx: &mut Vec<usize>, sc: &mut Vec<f32>)
 }
 
-/// Fast dense attention (same semantics as [`crate::dense::attention`]).
+/// Query rows per chunk of the GEMM dense kernel: the chunk's score rows (`GEMM_ROWS x n`
+/// floats, 256 KiB at n = 1024) stay in L2 between Q.K^T, softmax and P.V.
+const GEMM_ROWS: usize = 64;
+
+/// Softmax of the rows `i0..i0 + r` of one head, in place in `s` (`r x n`, columns `0..cols`
+/// computed): row `i` covers keys `0..end(i)` where `ok`; everything else becomes 0.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn softmax_chunk_body(
+    simd: Isa,
+    s: &mut [f32],
+    n: usize,
+    cols: usize,
+    i0: usize,
+    r: usize,
+    valid: &[bool],
+    causal: bool,
+) {
+    for rr in 0..r {
+        let i = i0 + rr;
+        let end = if causal { i + 1 } else { cols };
+        let row = &mut s[rr * n..rr * n + cols];
+        if valid[i] && softmax_masked(simd, &mut row[..end], &valid[..end]) {
+            row[end..].fill(0.0);
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// [`softmax_chunk_body`] for `isa`.
+    fn softmax_chunk => softmax_chunk_body(simd: Isa, s: &mut [f32], n: usize, cols: usize, i0: usize,
+        r: usize, valid: &[bool], causal: bool)
+}
+
+/// Dense attention of one head with the `gemm` crate's f32 kernels for Q.K^T and P.V (which
+/// pick their own instruction set at run time) and our SIMD softmax in between, `GEMM_ROWS`
+/// query rows at a time. `s` is scratch of `GEMM_ROWS * n` floats.
+#[allow(clippy::too_many_arguments)]
+fn dense_head_gemm(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    valid: &[bool],
+    causal: bool,
+    n: usize,
+    d: usize,
+    out: &mut [f32],
+    s: &mut [f32],
+) {
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut i0 = 0;
+    while i0 < n {
+        let r = GEMM_ROWS.min(n - i0);
+        // Keys beyond the chunk's last row are causally masked for every row of the chunk.
+        let cols = if causal { i0 + r } else { n };
+        assert!(s.len() >= r * n && out.len() >= (i0 + r) * d && q.len() >= (i0 + r) * d);
+        assert!(k.len() >= cols * d && v.len() >= cols * d);
+        // SAFETY: the pointers and strides describe in-bounds row-major matrices (asserted
+        // above): S[r x cols] (row stride n) = scale * Q[i0.., r x d] . K[cols x d]^T, then
+        // O[i0.., r x d] = P[r x cols] . V[cols x d]; the destinations do not alias the sources.
+        unsafe {
+            gemm::gemm(
+                r,
+                cols,
+                d,
+                s.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                q.as_ptr().add(i0 * d),
+                1,
+                d as isize,
+                k.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        softmax_chunk(isa, isa, s, n, cols, i0, r, valid, causal);
+        // SAFETY: as above.
+        unsafe {
+            gemm::gemm(
+                r,
+                d,
+                cols,
+                out.as_mut_ptr().add(i0 * d),
+                1,
+                d as isize,
+                false,
+                s.as_ptr(),
+                1,
+                n as isize,
+                v.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        i0 += r;
+    }
+}
+
+/// Fast dense attention (same semantics as [`crate::dense::attention`]). With a SIMD `isa`,
+/// Q.K^T and P.V run on the `gemm` crate's kernels; [`Isa::Portable`] runs our own tiled
+/// portable code.
 pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
     let dims = p.validate()?;
     let (heads, n, d) = (dims.heads, dims.seq_len, dims.head_dim);
@@ -323,7 +500,7 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
         .par_chunks_mut(n * d)
         .enumerate()
         .for_each_init(
-            || (vec![0.0f32; n * d], vec![0.0f32; ROWS * n], vec![false; n]),
+            || (Vec::new(), Vec::new(), vec![false; n]),
             |(kt, s, ok), (bh, o)| {
                 let b = bh / heads;
                 let off = bh * n * d;
@@ -333,7 +510,14 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
                     &p.v.data()[off..off + n * d],
                 );
                 let valid: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
-                dense_head(isa, q, k, v, &valid, p.causal, n, d, o, kt, s, ok);
+                if isa == Isa::Portable {
+                    kt.resize(n * d, 0.0);
+                    s.resize(ROWS * n, 0.0);
+                    dense_head(isa, q, k, v, &valid, p.causal, n, d, o, kt, s, ok);
+                } else {
+                    s.resize(GEMM_ROWS * n, 0.0);
+                    dense_head_gemm(isa, q, k, v, &valid, p.causal, n, d, o, s);
+                }
             },
         );
     Ok(out)

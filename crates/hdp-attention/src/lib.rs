@@ -9,6 +9,7 @@ pub mod dense;
 pub mod fast;
 pub mod hdp;
 pub mod problem;
+mod simd;
 pub mod synthetic;
 
 pub use config::{
