@@ -332,29 +332,6 @@ fn dense_head_body(
     }
 }
 
-/// Declares `$name(isa, args..)`, which runs `$body(args..)` compiled for AVX2+FMA when `isa`
-/// says the CPU has them, and the portable instantiation otherwise.
-macro_rules! multiversion {
-    ($(#[$m:meta])* fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
-        $(#[$m])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name(isa: Isa, $($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                $body($($arg),*)
-            }
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                Isa::Avx2 => unsafe { avx2($($arg),*) },
-                _ => $body($($arg),*),
-            }
-        }
-    };
-}
-
 multiversion! {
     /// [`dense_head_body`] for `isa`.
     fn dense_head => dense_head_body(q: &[f32], k: &[f32], v: &[f32], valid: &[bool], causal: bool,
@@ -678,6 +655,9 @@ pub fn hdp_attention(
     let dims = p.validate()?;
     cfg.validate()?;
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
+    if crate::int8::supported(cfg, d) {
+        return crate::int8::hdp_attention(p, cfg, layer, isa);
+    }
     if !f32_exact(cfg, d) {
         return hdp::attention(p, cfg, layer);
     }

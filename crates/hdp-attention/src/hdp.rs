@@ -225,6 +225,100 @@ impl HeadDecider {
         }
     }
 
+    /// [`HeadDecider::row`] for the fast kernels: the same decision and head-importance updates
+    /// (tested equal), from dense importances `imp` with `ok[c]` = block `c` has a valid entry,
+    /// without allocation. Top-k finds its threshold with a counting pass when the row's value
+    /// range is small (integer scores usually are) and by selection on `scratch` otherwise.
+    pub(crate) fn row_fast(
+        &mut self,
+        r: usize,
+        imp: &[i64],
+        ok: &[bool],
+        scratch: &mut RowScratch,
+    ) {
+        let (mut len, mut sum, mut max, mut min) = (0usize, 0i64, i64::MIN, i64::MAX);
+        for (&v, &o) in imp.iter().zip(ok) {
+            if o {
+                len += 1;
+                sum += v;
+                max = max.max(v);
+                min = min.min(v);
+            }
+        }
+        if len == 0 {
+            return;
+        }
+        // Integer sums below 2^53 are exact in f64 in any order, as in `row`.
+        let (sum_f, max_f) = (sum as f64, max as f64);
+        self.all_sum += sum_f;
+        self.peak += max_f - sum_f / len as f64;
+        self.rows_with_blocks += 1;
+        // Kept = v > gt, plus the first `eq_left` valid columns with v == eq (top-k ties go to
+        // the lower column), or v as f64 >= t (mean-max).
+        enum Rule {
+            All,
+            Above(f64, f64),
+            Rank { gt: i64, eq_left: usize },
+        }
+        let rule = match self.threshold {
+            RowThreshold::KeepAll => Rule::All,
+            RowThreshold::MeanMax { rho } => {
+                let mean = sum_f / len as f64;
+                Rule::Above(mean + rho * (max_f - mean), max_f)
+            }
+            RowThreshold::TopK { keep } => {
+                let k = ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len);
+                let t = kth_largest(imp, ok, k, min, max, len, scratch);
+                let above = imp.iter().zip(ok).filter(|&(&v, &o)| o && v > t).count();
+                Rule::Rank {
+                    gt: t,
+                    eq_left: k - above,
+                }
+            }
+        };
+        let mut eq_left = match rule {
+            Rule::Rank { eq_left, .. } => eq_left,
+            _ => 0,
+        };
+        for (c, (&v, &o)) in imp.iter().zip(ok).enumerate() {
+            if !o {
+                continue;
+            }
+            let keep = match rule {
+                Rule::All => true,
+                Rule::Above(t, m) => v as f64 >= t || v as f64 == m,
+                Rule::Rank { gt, .. } => {
+                    v > gt || (v == gt && eq_left > 0 && {
+                        eq_left -= 1;
+                        true
+                    })
+                }
+            };
+            if keep {
+                self.kept.set(r, c, true);
+                self.kept_sum += v as f64;
+                self.kept_pos += (v as f64).max(0.0);
+            }
+        }
+    }
+
+    /// Records block-row `r` decided elsewhere from the same rules (the fast kernels' one-block
+    /// rows): `len` valid blocks with importance sum `sum` and maximum `max`, the kept columns
+    /// as words, and the sums of the kept importances and of their positive parts. The same
+    /// f64 updates as [`HeadDecider::row`] (integer sums below 2^53 are exact in any order).
+    pub(crate) fn row_decided(&mut self, r: usize, stats: &RowStats, kept: &[u64]) {
+        if stats.len == 0 {
+            return;
+        }
+        let (sum_f, max_f) = (stats.sum as f64, stats.max as f64);
+        self.all_sum += sum_f;
+        self.peak += max_f - sum_f / stats.len as f64;
+        self.rows_with_blocks += 1;
+        self.kept.or_row_from(r, kept);
+        self.kept_sum += stats.kept_sum as f64;
+        self.kept_pos += stats.kept_pos as f64;
+    }
+
     /// The kept blocks and the head's importance.
     pub(crate) fn finish(self) -> (BlockMask, f64) {
         let importance = match self.head_importance {
@@ -234,6 +328,67 @@ impl HeadDecider {
             HeadImportance::Peakedness => self.peak / self.rows_with_blocks.max(1) as f64,
         };
         (self.kept, importance)
+    }
+}
+
+/// Aggregates of one decided block-row, for [`HeadDecider::row_decided`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RowStats {
+    /// Valid blocks.
+    pub len: usize,
+    /// Sum and maximum of their importances.
+    pub sum: i64,
+    pub max: i64,
+    /// Sum of the kept importances and of their positive parts.
+    pub kept_sum: i64,
+    pub kept_pos: i64,
+}
+
+/// Reusable buffers of [`HeadDecider::row_fast`].
+#[derive(Default)]
+pub(crate) struct RowScratch {
+    counts: Vec<u32>,
+    values: Vec<i64>,
+}
+
+/// Value ranges up to this many distinct integers are counted instead of selected.
+const COUNTING_RANGE: i64 = 1 << 14;
+
+/// The `k`-th largest (1-based, with multiplicity) of the valid values of a row whose valid
+/// values lie in `min..=max` (`len` of them, `1 <= k <= len`).
+fn kth_largest(
+    imp: &[i64],
+    ok: &[bool],
+    k: usize,
+    min: i64,
+    max: i64,
+    len: usize,
+    scratch: &mut RowScratch,
+) -> i64 {
+    let range = max.saturating_sub(min);
+    if range < COUNTING_RANGE && range as usize <= 4 * len + 64 {
+        let counts = &mut scratch.counts;
+        counts.clear();
+        counts.resize(range as usize + 1, 0);
+        for (&v, &o) in imp.iter().zip(ok) {
+            if o {
+                counts[(v - min) as usize] += 1;
+            }
+        }
+        let mut seen = 0usize;
+        for (x, &c) in counts.iter().enumerate().rev() {
+            seen += c as usize;
+            if seen >= k {
+                return min + x as i64;
+            }
+        }
+        min
+    } else {
+        let values = &mut scratch.values;
+        values.clear();
+        values.extend(imp.iter().zip(ok).filter(|x| *x.1).map(|x| *x.0));
+        let (_, t, _) = values.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        *t
     }
 }
 

@@ -4,10 +4,14 @@
 
 #![warn(missing_docs)]
 
+#[macro_use]
+mod macros;
+
 pub mod config;
 pub mod dense;
 pub mod fast;
 pub mod hdp;
+pub mod int8;
 pub mod problem;
 mod simd;
 pub mod synthetic;

@@ -99,3 +99,20 @@ pub(crate) fn softmax_dense(s: &mut [f32]) {
         *x *= inv;
     }
 }
+
+/// Bits of `v > e` and `v == e` for exactly 64 entries (`chunk.len() == 64`).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn compare_word64(chunk: &[i32], e: i32) -> (u64, u64) {
+    assert_eq!(chunk.len(), 64);
+    let ev = _mm256_set1_epi32(e);
+    let (mut gt, mut eq) = (0u64, 0u64);
+    for (t, c) in chunk.chunks_exact(8).enumerate() {
+        // SAFETY: `c` holds exactly 8 i32.
+        let v = unsafe { _mm256_loadu_si256(c.as_ptr() as *const __m256i) };
+        let g = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(v, ev))) as u8;
+        let q = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, ev))) as u8;
+        gt |= (g as u64) << (8 * t);
+        eq |= (q as u64) << (8 * t);
+    }
+    (gt, eq)
+}

@@ -95,6 +95,28 @@ impl BlockMask {
         }
     }
 
+    /// Block-row `r` as 64-bit words (bit `c % 64` of word `c / 64` is column `c`).
+    pub fn row_words(&self, r: usize) -> &[u64] {
+        &self.bits[r * self.words_per_row..(r + 1) * self.words_per_row]
+    }
+
+    /// Sets the columns of block-row `r` that are set in `words` (same layout as
+    /// [`BlockMask::row_words`]; bits at or beyond `cols` must be clear).
+    pub fn or_row_from(&mut self, r: usize, words: &[u64]) {
+        debug_assert!(
+            words.len() <= self.words_per_row
+                && (self.cols % 64 == 0
+                    || words.len() < self.words_per_row
+                    || words[self.words_per_row - 1] >> (self.cols % 64) == 0)
+        );
+        for (a, w) in self.bits[r * self.words_per_row..(r + 1) * self.words_per_row]
+            .iter_mut()
+            .zip(words)
+        {
+            *a |= w;
+        }
+    }
+
     /// Number of set blocks.
     pub fn count(&self) -> usize {
         self.bits.iter().map(|w| w.count_ones() as usize).sum()
