@@ -401,11 +401,17 @@ multiversion! {
         words: &mut [u64]) -> RowStats
 }
 
-/// `row[j] -= bias[j]`, then [`MASKED`] at invalid keys (`valid` = None: all valid).
+/// `row[j] -= bias[j]` (then `|row[j]|` when `abs`), then [`MASKED`] at invalid keys
+/// (`valid` = None: all valid).
 #[inline(always)]
-fn finish_row_body(row: &mut [i32], bias: &[i32], valid: Option<&[bool]>) {
+fn finish_row_body(row: &mut [i32], bias: &[i32], abs: bool, valid: Option<&[bool]>) {
     for (v, &b) in row.iter_mut().zip(bias) {
         *v -= b;
+    }
+    if abs {
+        for v in row.iter_mut() {
+            *v = v.abs();
+        }
     }
     if let Some(valid) = valid {
         for (v, &ok) in row.iter_mut().zip(valid) {
@@ -418,7 +424,8 @@ fn finish_row_body(row: &mut [i32], bias: &[i32], valid: Option<&[bool]>) {
 
 multiversion! {
     /// [`finish_row_body`] for `isa`.
-    fn finish_row => finish_row_body(row: &mut [i32], bias: &[i32], valid: Option<&[bool]>)
+    fn finish_row => finish_row_body(row: &mut [i32], bias: &[i32], abs: bool,
+        valid: Option<&[bool]>)
 }
 
 /// Steps 2-5 for one head: exact `S_int` by tiles of [`TR`] rows, block importances, the
@@ -470,7 +477,9 @@ fn integer_pass(
                 let end = if causal { i + 1 } else { n };
                 let row = &mut sc.s[r * n_pad..][..end];
                 let valid = (!all_valid).then_some(&valid_tok[..end]);
-                finish_row(isa, row, &sc.bias[..end], valid);
+                // One-entry blocks: sum and max are the entry itself, abs-sum its magnitude.
+                let abs = cfg.importance == BlockImportance::AbsSum;
+                finish_row(isa, row, &sc.bias[..end], abs, valid);
                 let words = &mut sc.words[..end.div_ceil(64)];
                 let stats = decide_b1(isa, isa, row, cfg.threshold, words);
                 decider.row_decided(i, &stats, words);
