@@ -21,7 +21,7 @@
 //! (and with them every decision) equal the reference's exactly.
 
 use crate::config::{BlockImportance, HdpConfig, PrunedHeadOutput, RowThreshold};
-use crate::fast::{softmax_row, Isa};
+use crate::fast::{fast_exp, Isa};
 use crate::hdp::{self, head_counts, prune_heads, HdpOutput, HeadDecider, RowScratch, RowStats};
 use crate::problem::AttentionProblem;
 use hdp_core::trace::{HeadTrace, SequenceTrace};
@@ -56,18 +56,19 @@ fn offset(f: QFormat) -> i32 {
 struct HeadData {
     /// `Q_int + A`, `rows_pad x dp` (rows padded to a multiple of [`TR`] with zeros).
     qu: Vec<u8>,
-    /// `K_int`, row-major `n x dp` (portable kernel).
+    /// `K_int` row-major `n x dp` while building, then emptied.
     k_int: Vec<i8>,
-    /// `K_int` packed for the SIMD tile (empty for the portable kernel):
-    /// `[key block of 8][dimension group of 4][8 keys][4 dims]`, keys padded to [`TC`].
+    /// `K_int` packed by [`pack_keys`].
     k_pack: Vec<i8>,
     /// Per key, `sum_k K_int`.
     k_int_sum: Vec<i32>,
-    /// Per query, `[Q_int + A, Q_frac]`, `n x w`.
+    /// Per query, `[Q_int + A, Q_frac]`, `rows_pad x w`.
     qz: Vec<u8>,
-    /// Per key, `[K, K_int]`, `n x w`.
+    /// Per key, `[K, K_int]`, row-major `n x w` while building, then emptied.
     kz: Vec<i8>,
-    /// Per key, `sum_k K`.
+    /// `[K, K_int]` packed by [`pack_keys`].
+    kz_pack: Vec<i8>,
+    /// Per key, `sum_k K` (zero for the padding keys up to `n_pad`).
     k_sum: Vec<i32>,
     q_sat: u64,
     k_sat: u64,
@@ -86,18 +87,27 @@ struct Dims {
     n_pad: usize,
     /// Query rows rounded up to a multiple of [`TR`].
     rows_pad: usize,
+    /// [`i16_run`] of the integer pass (`Q_int + A` times `K_int`).
+    run_int: usize,
+    /// [`i16_run`] of `Z` (`Q_int + A` times `K`, `Q_frac` times `K_int`).
+    run_z: usize,
 }
 
 impl Dims {
-    fn new(n: usize, d: usize) -> Dims {
+    fn new(n: usize, d: usize, fmt: QFormat) -> Dims {
         let dp = d.div_ceil(4) * 4;
+        let n_pad = n.div_ceil(TC) * TC;
+        let a = offset(fmt) as i64;
+        let (max_code, max_frac) = (1i64 << (fmt.bits - 1), fmt.one() as i64 - 1);
         Dims {
             n,
             d,
             dp,
             w: (2 * dp).div_ceil(32) * 32,
-            n_pad: n.div_ceil(TC) * TC,
+            n_pad,
             rows_pad: n.div_ceil(TR) * TR,
+            run_int: i16_run(2 * (2 * a - 1) * a),
+            run_z: i16_run((2 * (2 * a - 1) * max_code).max(2 * max_frac * a)),
         }
     }
 }
@@ -107,7 +117,11 @@ impl Dims {
 /// whether it saturated.
 #[inline(always)]
 fn quantize(x: f32, s: f32, one: f32, min: i32, max: i32) -> (i32, bool) {
-    let y = ((x * s) * one).round();
+    // Round half away from zero like `f32::round`, in a form that vectorizes: the fractional
+    // part `y - trunc(y)` is exact in f32.
+    let y = (x * s) * one;
+    let t = y.trunc();
+    let y = if (y - t).abs() >= 0.5 { t + 1f32.copysign(y) } else { t };
     if y > max as f32 {
         (max, true)
     } else if y < min as f32 {
@@ -126,7 +140,6 @@ fn prepare_head(
     h: usize,
     dm: Dims,
     valid_tok: &[bool],
-    simd: bool,
 ) -> HeadData {
     let Dims {
         n,
@@ -135,6 +148,7 @@ fn prepare_head(
         w,
         n_pad,
         rows_pad,
+        ..
     } = dm;
     let a = offset(fmt);
     let (one, min, max) = (fmt.one() as f32, fmt.min_code(), fmt.max_code());
@@ -146,9 +160,10 @@ fn prepare_head(
         k_int: vec![0; n * dp],
         k_pack: Vec::new(),
         k_int_sum: vec![0; n],
-        qz: vec![0; n * w],
+        qz: vec![0; rows_pad * w],
         kz: vec![0; n * w],
-        k_sum: vec![0; n],
+        kz_pack: Vec::new(),
+        k_sum: vec![0; n_pad],
         q_sat: 0,
         k_sat: 0,
     };
@@ -186,81 +201,141 @@ fn prepare_head(
         hd.k_int_sum[i] = sum_int;
         hd.k_sum[i] = sum;
     }
-    if simd {
-        let groups = dp / 4;
-        hd.k_pack = vec![0; n_pad * dp];
-        for j in 0..n {
-            let (cb, c) = (j / 8, j % 8);
-            for g in 0..groups {
-                let dst = (cb * groups + g) * 32 + c * 4;
-                hd.k_pack[dst..dst + 4].copy_from_slice(&hd.k_int[j * dp + 4 * g..][..4]);
-            }
-        }
-    }
+    pack_keys(&mut hd.k_pack, hd.k_int.chunks_exact(dp), n, dp);
+    pack_keys(&mut hd.kz_pack, hd.kz.chunks_exact(w), n, w);
+    hd.k_int = Vec::new();
+    hd.kz = Vec::new();
     hd
 }
 
-/// `out[r * n_pad + j] = (Q_int + A)_{i0+r} . K_int_j` for `r < TR` and keys `j < cols`
-/// (`cols` a multiple of [`TC`] within `n_pad`), portable.
-fn int_rows_portable(hd: &HeadData, dm: Dims, i0: usize, cols: usize, out: &mut [i32]) {
-    let dp = dm.dp;
-    for r in 0..TR {
-        let q = &hd.qu[(i0 + r) * dp..][..dp];
-        for j in 0..cols.min(dm.n) {
-            let k = &hd.k_int[j * dp..][..dp];
-            let mut acc = 0i32;
-            for (&x, &y) in q.iter().zip(k) {
-                acc += x as i32 * y as i32;
-            }
-            out[r * dm.n_pad + j] = acc;
+/// Packs `m` key rows of `depth` bytes (a multiple of 4) for [`tile_rows`]:
+/// `[key block of 8][dimension group of 4][8 keys][4 bytes]`, keys padded with zeros to a
+/// multiple of [`TC`], plus one all-zero key block at the end ([`zero_block`]) that pads odd
+/// block lists.
+fn pack_keys<'a>(out: &mut Vec<i8>, rows: impl Iterator<Item = &'a [i8]>, m: usize, depth: usize) {
+    let groups = depth / 4;
+    out.clear();
+    out.resize((m.div_ceil(TC) * TC + 8) * depth, 0);
+    for (j, row) in rows.enumerate() {
+        let (cb, c) = (j / 8, j % 8);
+        for (g, quad) in row.chunks_exact(4).enumerate().take(groups) {
+            let dst = (cb * groups + g) * 32 + c * 4;
+            out[dst..dst + 4].copy_from_slice(quad);
         }
     }
 }
 
-/// AVX2 twin of [`int_rows_portable`]: `vpmaddubsw` + `vpmaddwd` into 4 x 16 i32 tiles.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn int_rows_avx2(hd: &HeadData, dm: Dims, i0: usize, cols: usize, out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let (dp, groups, n_pad) = (dm.dp, dm.dp / 4, dm.n_pad);
-    assert!(hd.qu.len() >= (i0 + TR) * dp && cols <= n_pad && cols % TC == 0);
-    assert!(hd.k_pack.len() >= cols * dp && out.len() >= TR * n_pad);
-    let ones = _mm256_set1_epi16(1);
-    let q = hd.qu[i0 * dp..].as_ptr();
-    let mut t = 0;
-    while t < cols {
-        let kb = hd.k_pack[t * dp..].as_ptr();
-        let mut acc = [[_mm256_setzero_si256(); 2]; TR];
-        for g in 0..groups {
-            // SAFETY: key blocks t/8 and t/8 + 1 hold `groups` 32-byte groups each, and the
-            // TR query rows hold dp bytes each (asserted above).
-            unsafe {
-                let k0 = _mm256_loadu_si256(kb.add(g * 32) as *const __m256i);
-                let k1 = _mm256_loadu_si256(kb.add((groups + g) * 32) as *const __m256i);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let qv = _mm256_set1_epi32(
-                        (q.add(r * dp + 4 * g) as *const i32).read_unaligned(),
-                    );
-                    a[0] = _mm256_add_epi32(
-                        a[0],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(qv, k0), ones),
-                    );
-                    a[1] = _mm256_add_epi32(
-                        a[1],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(qv, k1), ones),
-                    );
+/// Index of the all-zero key block of keys packed for `m` keys.
+fn zero_block(m: usize) -> u32 {
+    (m.div_ceil(TC) * TC / 8) as u32
+}
+
+/// How many 4-byte groups of `vpmaddubsw` pair sums (each at most `pair_max` in magnitude)
+/// can be added in i16 before widening to i32 without overflow.
+fn i16_run(pair_max: i64) -> usize {
+    (i16::MAX as i64 / pair_max.max(1)).clamp(1, 64) as usize
+}
+
+/// `out[r * out_stride + 8 t + c] = q_r . K_(8 blocks[t] + c)` (u8 x i8, exact i32) for the
+/// [`TR`] query rows `q[r * q_stride..][..depth]` and the packed key blocks `blocks` (an even
+/// number of them). `run` = [`i16_run`] of the operands.
+#[allow(clippy::too_many_arguments)]
+fn tile_rows(
+    isa: Isa,
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    run: usize,
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    let cols = blocks.len() * 8;
+    assert!(depth % 4 == 0 && blocks.len() % 2 == 0 && cols <= out_stride && run >= 1);
+    assert!(q.len() >= (TR - 1) * q_stride + depth);
+    assert!(blocks.iter().all(|&b| (b as usize + 1) * 8 * depth <= kpack.len()));
+    assert!(out.len() >= (TR - 1) * out_stride + cols);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma; bounds asserted.
+        Isa::Avx2 => unsafe { tile_rows_avx2(q, q_stride, depth, kpack, blocks, run, out, out_stride) },
+        _ => {
+            let groups = depth / 4;
+            for r in 0..TR {
+                let qr = &q[r * q_stride..][..depth];
+                for (t, &cb) in blocks.iter().enumerate() {
+                    for c in 0..8 {
+                        let mut acc = 0i32;
+                        for g in 0..groups {
+                            let k = &kpack[(cb as usize * groups + g) * 32 + c * 4..][..4];
+                            for u in 0..4 {
+                                acc += qr[4 * g + u] as i32 * k[u] as i32;
+                            }
+                        }
+                        out[r * out_stride + 8 * t + c] = acc;
+                    }
                 }
             }
         }
+    }
+}
+
+/// AVX2 body of [`tile_rows`]: 4 x 16 register tiles; `vpmaddubsw` pair sums are added in
+/// i16 for `run` groups, then widened by `vpmaddwd` into the i32 accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows_avx2(
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    run: usize,
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let groups = depth / 4;
+    let ones = _mm256_set1_epi16(1);
+    let qp = q.as_ptr();
+    for (t, pair) in blocks.chunks_exact(2).enumerate() {
+        // SAFETY (whole loop): the caller asserted that the TR rows of q hold depth bytes, that
+        // every listed key block lies inside kpack and that out's rows hold the columns.
+        let kb0 = unsafe { kpack.as_ptr().add(pair[0] as usize * 8 * depth) };
+        let kb1 = unsafe { kpack.as_ptr().add(pair[1] as usize * 8 * depth) };
+        let mut acc = [[_mm256_setzero_si256(); 2]; TR];
+        let mut g0 = 0;
+        while g0 < groups {
+            let g1 = (g0 + run).min(groups);
+            let mut a16 = [[_mm256_setzero_si256(); 2]; TR];
+            for g in g0..g1 {
+                unsafe {
+                    let k0 = _mm256_loadu_si256(kb0.add(g * 32) as *const __m256i);
+                    let k1 = _mm256_loadu_si256(kb1.add(g * 32) as *const __m256i);
+                    for (r, a) in a16.iter_mut().enumerate() {
+                        let qv = _mm256_set1_epi32(
+                            (qp.add(r * q_stride + 4 * g) as *const i32).read_unaligned(),
+                        );
+                        a[0] = _mm256_add_epi16(a[0], _mm256_maddubs_epi16(qv, k0));
+                        a[1] = _mm256_add_epi16(a[1], _mm256_maddubs_epi16(qv, k1));
+                    }
+                }
+            }
+            for (a, s) in acc.iter_mut().zip(&a16) {
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(s[0], ones));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(s[1], ones));
+            }
+            g0 = g1;
+        }
         for (r, a) in acc.iter().enumerate() {
-            // SAFETY: row r of `out` has n_pad >= t + 16 slots (asserted above).
             unsafe {
-                let o = out.as_mut_ptr().add(r * n_pad + t);
+                let o = out.as_mut_ptr().add(r * out_stride + 16 * t);
                 _mm256_storeu_si256(o as *mut __m256i, a[0]);
                 _mm256_storeu_si256(o.add(8) as *mut __m256i, a[1]);
             }
         }
-        t += TC;
     }
 }
 
@@ -422,6 +497,34 @@ fn finish_row_body(row: &mut [i32], bias: &[i32], abs: bool, valid: Option<&[boo
     }
 }
 
+/// Adds one row of entry importances (`row`, [`MASKED`] where masked, already made absolute
+/// for abs-sum) into the block importances `imp` (blocks of `bs` keys).
+#[inline(always)]
+fn accumulate_blocks_body(row: &[i32], bs: usize, importance: BlockImportance, imp: &mut [i64]) {
+    for (seg, slot) in row.chunks(bs).zip(imp.iter_mut()) {
+        match importance {
+            BlockImportance::Max => {
+                let m = seg.iter().copied().max().unwrap_or(MASKED);
+                if m != MASKED {
+                    *slot = (*slot).max(m as i64);
+                }
+            }
+            _ => {
+                *slot += seg
+                    .iter()
+                    .map(|&v| if v == MASKED { 0 } else { v as i64 })
+                    .sum::<i64>();
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`accumulate_blocks_body`] for `isa`.
+    fn accumulate_blocks => accumulate_blocks_body(row: &[i32], bs: usize,
+        importance: BlockImportance, imp: &mut [i64])
+}
+
 multiversion! {
     /// [`finish_row_body`] for `isa`.
     fn finish_row => finish_row_body(row: &mut [i32], bias: &[i32], abs: bool,
@@ -435,6 +538,8 @@ fn integer_pass(
     isa: Isa,
     hd: &HeadData,
     dm: Dims,
+    all_blocks: &[u32],
+    valid: &BlockMask,
     valid_tok: &[bool],
     causal: bool,
     cfg: &HdpConfig,
@@ -462,12 +567,9 @@ fn integer_pass(
         } else {
             n_pad
         };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-            Isa::Avx2 => unsafe { int_rows_avx2(hd, dm, i0, cols, &mut sc.s) },
-            _ => int_rows_portable(hd, dm, i0, cols, &mut sc.s),
-        }
+        let q = &hd.qu[i0 * dm.dp..];
+        let blocks = &all_blocks[..cols / 8];
+        tile_rows(isa, q, dm.dp, dm.dp, &hd.k_pack, blocks, dm.run_int, &mut sc.s, n_pad);
         if bs == 1 {
             for r in 0..TR.min(n - i0) {
                 let i = i0 + r;
@@ -487,43 +589,29 @@ fn integer_pass(
             i0 += TR;
             continue;
         }
+        let abs = cfg.importance == BlockImportance::AbsSum;
+        let max_init = if cfg.importance == BlockImportance::Max {
+            i64::MIN
+        } else {
+            0
+        };
         for r in 0..TR.min(n - i0) {
             let i = i0 + r;
             let br = i / bs;
             if i % bs == 0 {
-                sc.imp.fill(0);
-                sc.ok.fill(false);
+                sc.imp.fill(max_init);
             }
             if valid_tok[i] {
                 let end = if causal { i + 1 } else { n };
-                let row = &sc.s[r * n_pad..][..end];
-                if bs == 1 {
-                    for (j, (&v, &ks)) in row.iter().zip(&hd.k_int_sum).enumerate() {
-                        sc.imp[j] = (v - a * ks) as i64;
-                        sc.ok[j] = valid_tok[j];
-                    }
-                    sc.ok[end..].fill(false);
-                } else {
-                    for (j, (&v, &ks)) in row.iter().zip(&hd.k_int_sum).enumerate() {
-                        if !valid_tok[j] {
-                            continue;
-                        }
-                        let v = (v - a * ks) as i64;
-                        let c = j / bs;
-                        let slot = &mut sc.imp[c];
-                        *slot = match (cfg.importance, sc.ok[c]) {
-                            (BlockImportance::Sum, _) => *slot + v,
-                            (BlockImportance::AbsSum, _) => *slot + v.abs(),
-                            (BlockImportance::Max, true) => (*slot).max(v),
-                            (BlockImportance::Max, false) => v,
-                        };
-                        sc.ok[c] = true;
-                    }
-                }
-            } else if bs == 1 {
-                sc.ok.fill(false);
+                let row = &mut sc.s[r * n_pad..][..end];
+                let valid = (!all_valid).then_some(&valid_tok[..end]);
+                finish_row(isa, row, &sc.bias[..end], abs, valid);
+                accumulate_blocks(isa, row, bs, cfg.importance, &mut sc.imp);
             }
             if (i + 1) % bs == 0 || i + 1 == n {
+                for (c, ok) in sc.ok.iter_mut().enumerate() {
+                    *ok = valid.get(br, c);
+                }
                 decider.row_fast(br, &sc.imp, &sc.ok, &mut sc.row);
             }
         }
@@ -532,55 +620,28 @@ fn integer_pass(
     decider.finish()
 }
 
+/// Query rows per chunk of the kept-entry stage (their probabilities stay in L2 for P.V).
+const CH: usize = 64;
+
 /// Scratch of the kept-entry stage.
 #[derive(Default)]
 struct AttendScratch {
-    idx: Vec<u32>,
-    sc: Vec<f32>,
-    words: Vec<u64>,
-}
-
-/// Kept key indices of query `i` (valid, unmasked, in kept blocks) into `idx`, ascending.
-#[allow(clippy::too_many_arguments)]
-fn kept_keys(
-    kept: &BlockMask,
-    i: usize,
-    bs: usize,
-    end: usize,
-    valid_tok: &[bool],
-    words: &mut Vec<u64>,
-    idx: &mut Vec<u32>,
-) {
-    idx.clear();
-    words.clear();
-    words.resize(kept.cols().div_ceil(64), 0);
-    kept.or_row_into(i / bs, words);
-    for (wi, &word) in words.iter().enumerate() {
-        let mut word = word;
-        while word != 0 {
-            let c = wi * 64 + word.trailing_zeros() as usize;
-            word &= word - 1;
-            for j in c * bs..((c + 1) * bs).min(end) {
-                if valid_tok[j] {
-                    idx.push(j as u32);
-                }
-            }
-        }
-    }
-}
-
-/// `Z_ij = qz_i . kz_j` for the keys in `idx`, as f32 scores `2^f (Z - A sum K) * scale`.
-fn scores_portable(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>, k: Coef) {
-    let q = &hd.qz[i * dm.w..][..dm.w];
-    sc.clear();
-    sc.extend(idx.iter().map(|&j| {
-        let kz = &hd.kz[j as usize * dm.w..][..dm.w];
-        let mut z = 0i32;
-        for (&x, &y) in q.iter().zip(kz) {
-            z += x as i32 * y as i32;
-        }
-        k.score(z, hd.k_sum[j as usize])
-    }));
+    /// Kept columns per row of the chunk, as `wn` words each.
+    rw: Vec<u64>,
+    /// Union of the chunk's kept columns.
+    union: Vec<u64>,
+    /// The union as key blocks of 8.
+    blocks: Vec<u32>,
+    /// Per row, its kept columns in the numbering of `blocks`.
+    crw: Vec<u64>,
+    /// V rows of the union's keys.
+    vg: Vec<f32>,
+    /// `sum_k K` of the union's keys.
+    ksg: Vec<i32>,
+    /// One tile of `Z`.
+    z: Vec<i32>,
+    /// Probabilities of the chunk, `CH x m`.
+    p: Vec<f32>,
 }
 
 /// Turns `Z` into the f32 score the reference uses.
@@ -591,139 +652,74 @@ struct Coef {
     scale: f32,
 }
 
-impl Coef {
-    #[inline(always)]
-    fn score(self, z: i32, k_sum: i32) -> f32 {
-        // Exact integer, exact in f32 (|x| < 2^24, checked by `supported`'s bounds), then one
-        // rounding by `scale`, as the f32 reference path does.
-        ((z - self.a * k_sum) as f32 * self.two_f) * self.scale
+/// Sets bits `lo..hi` of a word set.
+fn set_range(words: &mut [u64], lo: usize, hi: usize) {
+    let mut c = lo;
+    while c < hi {
+        let (w, b) = (c / 64, c % 64);
+        let take = (64 - b).min(hi - c);
+        let mask = if take == 64 { !0 } else { ((1u64 << take) - 1) << b };
+        words[w] |= mask;
+        c += take;
     }
 }
 
-/// AVX2 twin of [`scores_portable`]: eight kept entries at a time, each a `w`-byte
-/// `vpmaddubsw`/`vpmaddwd` dot product, reduced together by `vphaddd`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn scores_avx2(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>, k: Coef) {
-    use std::arch::x86_64::*;
-    let w = dm.w;
-    let chunks = w / 32;
-    assert!(hd.qz.len() >= (i + 1) * w);
-    assert!(idx.iter().all(|&j| (j as usize) < dm.n) && hd.kz.len() >= dm.n * w);
-    let q = hd.qz[i * w..].as_ptr();
-    let kz = hd.kz.as_ptr();
-    let ones = _mm256_set1_epi16(1);
-    // SAFETY (both closures): q holds w bytes; every key row j < n holds w bytes (asserted).
-    let dot = |j: u32| -> __m256i {
-        let kr = unsafe { kz.add(j as usize * w) };
-        let mut acc = _mm256_setzero_si256();
-        for c in 0..chunks {
-            unsafe {
-                let qv = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
-                let kv = _mm256_loadu_si256(kr.add(32 * c) as *const __m256i);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qv, kv), ones));
-            }
-        }
-        acc
-    };
-    sc.clear();
-    let mut e = 0;
-    while e + 8 <= idx.len() {
-        for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
-            // SAFETY: prefetching is a hint; the address is inside kz (asserted above).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w) as *const i8) };
-            if w > 64 {
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w + 64) as *const i8) };
-            }
-        }
-        let v: [__m256i; 8] = std::array::from_fn(|t| dot(idx[e + t]));
-        let t0 = _mm256_hadd_epi32(v[0], v[1]);
-        let t1 = _mm256_hadd_epi32(v[2], v[3]);
-        let t2 = _mm256_hadd_epi32(v[4], v[5]);
-        let t3 = _mm256_hadd_epi32(v[6], v[7]);
-        let u0 = _mm256_hadd_epi32(t0, t1);
-        let u1 = _mm256_hadd_epi32(t2, t3);
-        let z = _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(u0, u1),
-            _mm256_permute2x128_si256::<0x31>(u0, u1),
-        );
-        let mut zs = [0i32; 8];
-        // SAFETY: zs holds 8 i32.
-        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, z) };
-        for (t, &z) in zs.iter().enumerate() {
-            sc.push(k.score(z, hd.k_sum[idx[e + t] as usize]));
-        }
-        e += 8;
+/// Scores of one row from its `Z` values: `2^f (Z - A sum K) * scale` (exact integer, exact
+/// in f32, one rounding by `scale`: the same f32 as the reference's score path), then softmax
+/// over the kept entries (`words`, compact numbering); other entries get probability 0.
+#[inline(always)]
+fn row_probs_body(simd: Isa, z: &[i32], ksg: &[i32], k: Coef, words: &[u64], p: &mut [f32]) {
+    for ((p, &z), &ks) in p.iter_mut().zip(z).zip(ksg) {
+        *p = ((z - k.a * ks) as f32 * k.two_f) * k.scale;
     }
-    for &j in &idx[e..] {
-        let v = dot(j);
-        let mut zs = [0i32; 8];
-        // SAFETY: zs holds 8 i32.
-        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, v) };
-        sc.push(k.score(zs.iter().sum(), hd.k_sum[j as usize]));
+    if words.iter().all(|&w| w == 0) {
+        p.fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd == Isa::Avx2 {
+        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+        unsafe { crate::simd::softmax_words(p, words) };
+        return;
+    }
+    let _ = simd;
+    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
+    let max = (0..p.len())
+        .filter(|&t| kept(t))
+        .map(|t| p[t])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for (t, x) in p.iter_mut().enumerate() {
+        *x = if kept(t) { fast_exp(*x - max) } else { 0.0 };
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in p.iter_mut() {
+        *x *= inv;
     }
 }
 
-/// `o = sum_e p[e] V[idx[e]]`, portable.
-fn pv_portable(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
-    o.fill(0.0);
-    for (&j, &pj) in idx.iter().zip(p) {
-        for (y, &x) in o.iter_mut().zip(&v[j as usize * d..][..d]) {
-            *y += pj * x;
-        }
-    }
+multiversion! {
+    /// [`row_probs_body`] for `isa`.
+    fn row_probs => row_probs_body(simd: Isa, z: &[i32], ksg: &[i32], k: Coef, words: &[u64],
+        p: &mut [f32])
 }
 
-/// AVX2 twin of [`pv_portable`]: 32 output columns held in four registers across all kept
-/// entries, the rest (d not a multiple of 32) by the portable loop.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn pv_avx2(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
-    use std::arch::x86_64::*;
-    assert!(o.len() == d && idx.len() == p.len());
-    assert!(idx.iter().all(|&j| (j as usize + 1) * d <= v.len()));
-    let full = d / 32 * 32;
-    let mut c0 = 0;
-    while c0 < full {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (e, (&j, &pj)) in idx.iter().zip(p).enumerate() {
-            if let Some(&ahead) = idx.get(e + 8) {
-                // SAFETY: a hint; the address is inside v (asserted above).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0) as *const i8) };
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0 + 16) as *const i8) };
-            }
-            let pv = _mm256_set1_ps(pj);
-            // SAFETY: row j of v holds d >= c0 + 32 floats (asserted above).
-            let row = unsafe { v.as_ptr().add(j as usize * d + c0) };
-            for (m, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(row.add(8 * m)) }, *a);
-            }
-        }
-        for (m, a) in acc.iter().enumerate() {
-            // SAFETY: o holds d >= c0 + 32 floats.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * m), *a) };
-        }
-        c0 += 32;
-    }
-    if full < d {
-        let o = &mut o[full..];
-        o.fill(0.0);
-        for (&j, &pj) in idx.iter().zip(p) {
-            for (y, &x) in o.iter_mut().zip(&v[j as usize * d + full..][..d - full]) {
-                *y += pj * x;
-            }
-        }
-    }
-}
-
-/// Steps 6-7 for one surviving head.
+/// Steps 6-7 for one surviving head, a chunk of query rows at a time. Each row's kept
+/// columns (its block-row's kept blocks, valid keys, causal prefix) are word sets. `Z` is
+/// computed by the integer tile for the chunk's rows against a set of key blocks of 8: every
+/// key when blocks are smaller than 8 (with one-entry blocks nearly every key is kept by some
+/// row of a chunk, and dense work on the fractional side is cheaper on a CPU than gathering
+/// scattered entries), else the union of the chunk's kept blocks (chunks are then whole
+/// block-rows). A masked softmax gives the kept entries' probabilities, one GEMM `P . V`.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     isa: Isa,
     hd: &HeadData,
     dm: Dims,
+    all_blocks: &[u32],
     kept: &BlockMask,
-    valid_tok: &[bool],
+    valid_words: &[u64],
     causal: bool,
     bs: usize,
     v: &[f32],
@@ -731,32 +727,143 @@ fn attend(
     out: &mut [f32],
     sc: &mut AttendScratch,
 ) {
-    let (n, d) = (dm.n, dm.d);
-    for i in 0..n {
-        let o = &mut out[i * d..(i + 1) * d];
-        if !valid_tok[i] {
+    let (n, d, w) = (dm.n, dm.d, dm.w);
+    let wn = n.div_ceil(64);
+    let gather = bs % 8 == 0;
+    let rows = if bs >= 8 { bs.div_ceil(TR) * TR } else { CH };
+    let mut c0 = 0;
+    while c0 < n {
+        let ch = rows.min(n - c0);
+        // Kept columns of each row.
+        sc.rw.clear();
+        sc.rw.resize(ch * wn, 0);
+        for r in 0..ch {
+            let i = c0 + r;
+            if valid_words[i / 64] >> (i % 64) & 1 == 0 {
+                continue;
+            }
+            let rw = &mut sc.rw[r * wn..(r + 1) * wn];
+            let blocks = kept.row_words(i / bs);
+            if bs == 1 {
+                rw.copy_from_slice(blocks);
+            } else {
+                for (bw, &word) in blocks.iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        let c = bw * 64 + word.trailing_zeros() as usize;
+                        word &= word - 1;
+                        set_range(rw, c * bs, ((c + 1) * bs).min(n));
+                    }
+                }
+            }
+            for (x, &m) in rw.iter_mut().zip(valid_words) {
+                *x &= m;
+            }
+            if causal {
+                let end = i + 1;
+                if end % 64 != 0 {
+                    rw[end / 64] &= (1u64 << (end % 64)) - 1;
+                }
+                for x in rw.iter_mut().skip(end.div_ceil(64)) {
+                    *x = 0;
+                }
+            }
+        }
+        let o = &mut out[c0 * d..(c0 + ch) * d];
+        if sc.rw.iter().all(|&x| x == 0) {
             o.fill(0.0);
+            c0 += ch;
             continue;
         }
-        let end = if causal { i + 1 } else { n };
-        kept_keys(kept, i, bs, end, valid_tok, &mut sc.words, &mut sc.idx);
-        if sc.idx.is_empty() {
-            o.fill(0.0);
-            continue;
+        // The key blocks to score, each row's kept columns in their numbering, and V.
+        let (blocks, cwn, vsrc, kdim): (&[u32], usize, &[f32], usize) = if gather {
+            sc.union.clear();
+            sc.union.resize(wn, 0);
+            for r in 0..ch {
+                for (u, &x) in sc.union.iter_mut().zip(&sc.rw[r * wn..(r + 1) * wn]) {
+                    *u |= x;
+                }
+            }
+            let byte = |ws: &[u64], kb: usize| (ws[kb / 8] >> (8 * (kb % 8))) & 0xff;
+            sc.blocks.clear();
+            sc.blocks
+                .extend((0..n.div_ceil(8)).filter(|&kb| byte(&sc.union, kb) != 0).map(|kb| kb as u32));
+            if sc.blocks.len() % 2 == 1 {
+                sc.blocks.push(zero_block(n));
+            }
+            let m = sc.blocks.len() * 8;
+            let cwn = m.div_ceil(64);
+            sc.crw.clear();
+            sc.crw.resize(ch * cwn, 0);
+            for r in 0..ch {
+                let rw = &sc.rw[r * wn..(r + 1) * wn];
+                let crw = &mut sc.crw[r * cwn..(r + 1) * cwn];
+                for (t, &kb) in sc.blocks.iter().enumerate() {
+                    if (kb as usize) < n.div_ceil(8) {
+                        crw[t / 8] |= byte(rw, kb as usize) << (8 * (t % 8));
+                    }
+                }
+            }
+            sc.ksg.clear();
+            sc.vg.clear();
+            for &kb in &sc.blocks {
+                let (lo, hi) = ((kb as usize * 8).min(n), (kb as usize * 8 + 8).min(n));
+                sc.ksg.extend_from_slice(&hd.k_sum[lo..hi]);
+                sc.ksg.resize(sc.ksg.len() + 8 - (hi - lo), 0);
+                sc.vg.extend_from_slice(&v[lo * d..hi * d]);
+                sc.vg.resize(sc.vg.len() + (8 - (hi - lo)) * d, 0.0);
+            }
+            (&sc.blocks, cwn, &sc.vg, m)
+        } else {
+            sc.ksg.clear();
+            sc.ksg.extend_from_slice(&hd.k_sum);
+            (all_blocks, wn, v, n)
+        };
+        let m = blocks.len() * 8;
+        let crw: &[u64] = if gather { &sc.crw } else { &sc.rw };
+        // Z and probabilities, TR rows at a time.
+        sc.z.resize(TR * m, 0);
+        sc.p.clear();
+        sc.p.resize(ch * m, 0.0);
+        let mut r0 = 0;
+        while r0 < ch {
+            let q = &hd.qz[(c0 + r0) * w..];
+            tile_rows(isa, q, w, w, &hd.kz_pack, blocks, dm.run_z, &mut sc.z, m);
+            for r in r0..(r0 + TR).min(ch) {
+                let z = &sc.z[(r - r0) * m..][..m];
+                let words = &crw[r * cwn..(r + 1) * cwn];
+                row_probs(isa, isa, z, &sc.ksg, k, words, &mut sc.p[r * m..(r + 1) * m]);
+            }
+            r0 += TR;
         }
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-            Isa::Avx2 => unsafe { scores_avx2(hd, dm, i, &sc.idx, &mut sc.sc, k) },
-            _ => scores_portable(hd, dm, i, &sc.idx, &mut sc.sc, k),
+        // O = P . V over the scored keys (the first `kdim` columns of P).
+        assert!(sc.p.len() >= ch * m && vsrc.len() >= kdim * d && o.len() >= ch * d && kdim <= m);
+        // SAFETY: P is ch x kdim (row stride m), V kdim x d, O ch x d, all row-major and in
+        // bounds (asserted); O does not alias the sources.
+        unsafe {
+            gemm::gemm(
+                ch,
+                d,
+                kdim,
+                o.as_mut_ptr(),
+                1,
+                d as isize,
+                false,
+                sc.p.as_ptr(),
+                1,
+                m as isize,
+                vsrc.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
-        softmax_row(isa, &mut sc.sc);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { pv_avx2(&sc.idx, &sc.sc, v, d, o) },
-            _ => pv_portable(&sc.idx, &sc.sc, v, d, o),
-        }
+        c0 += ch;
     }
 }
 
@@ -773,19 +880,26 @@ pub(crate) fn hdp_attention(
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     let fmt = cfg.q_format;
     let a = offset(fmt);
-    let dm = Dims::new(n, d);
+    let dm = Dims::new(n, d, fmt);
+    // Every key block in order (the integer pass and one-entry-block chunks use all keys).
+    let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
     let mut out = Tensor::zeros(p.q.shape().to_vec());
     let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
     for b in 0..dims.batch {
         let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
         let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
+        let mut valid_words = vec![0u64; n.div_ceil(64)];
+        for (i, _) in valid_tok.iter().enumerate().filter(|x| *x.1) {
+            valid_words[i / 64] |= 1 << (i % 64);
+        }
         let exps = hdp::prescale_exponents(p, cfg, b, heads, n, d);
         // Steps 1-5 per head, in parallel.
         let decided: Vec<(HeadData, BlockMask, f64)> = (0..heads)
             .into_par_iter()
             .map_init(PassScratch::default, |sc, h| {
-                let hd = prepare_head(p, fmt, exps, b, h, dm, &valid_tok, isa != Isa::Portable);
-                let (kept, imp) = integer_pass(isa, &hd, dm, &valid_tok, p.causal, cfg, a, sc);
+                let hd = prepare_head(p, fmt, exps, b, h, dm, &valid_tok);
+                let (kept, imp) =
+                    integer_pass(isa, &hd, dm, &all, &valid, &valid_tok, p.causal, cfg, a, sc);
                 (hd, kept, imp)
             })
             .collect();
@@ -808,7 +922,7 @@ pub(crate) fn hdp_attention(
                 let off = p.row_offset(b, h, 0);
                 let v = &p.v.data()[off..off + n * d];
                 let (hd, kept, _) = &decided[h];
-                attend(isa, hd, dm, kept, &valid_tok, p.causal, bs, v, coef, o, sc);
+                attend(isa, hd, dm, &all, kept, &valid_words, p.causal, bs, v, coef, o, sc);
             },
         );
         for h in

@@ -116,3 +116,62 @@ pub(crate) fn compare_word64(chunk: &[i32], e: i32) -> (u64, u64) {
     }
     (gt, eq)
 }
+
+/// Softmax in place over the entries of `p` whose bit is set in `words`; the others become 0.
+/// At least one bit must be set.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn softmax_words(p: &mut [f32], words: &[u64]) {
+    let bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let lane_mask = |t: usize| -> __m256 {
+        let byte = (words[t / 64] >> (t % 64)) as i32 & 0xff;
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+            _mm256_and_si256(_mm256_set1_epi32(byte), bitsel),
+            bitsel,
+        ))
+    };
+    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
+    let full = p.len() / 8 * 8;
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut vmax = ninf;
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= p.len().
+        let x = unsafe { _mm256_loadu_ps(p.as_ptr().add(t)) };
+        vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, x, lane_mask(t)));
+    }
+    let mut max = hmax(vmax);
+    for t in (full..p.len()).filter(|&t| kept(t)) {
+        max = max.max(p[t]);
+    }
+    let vm = _mm256_set1_ps(max);
+    let mut vsum = _mm256_setzero_ps();
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= p.len().
+        unsafe {
+            let x = _mm256_loadu_ps(p.as_ptr().add(t));
+            let e = _mm256_and_ps(exp8(_mm256_sub_ps(x, vm)), lane_mask(t));
+            _mm256_storeu_ps(p.as_mut_ptr().add(t), e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+    }
+    let mut total = 0.0f32;
+    for t in full..p.len() {
+        p[t] = if kept(t) {
+            crate::fast::fast_exp(p[t] - max)
+        } else {
+            0.0
+        };
+        total += p[t];
+    }
+    let inv = _mm256_set1_ps(1.0 / (total + hsum(vsum)));
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= p.len().
+        unsafe {
+            let x = _mm256_loadu_ps(p.as_ptr().add(t));
+            _mm256_storeu_ps(p.as_mut_ptr().add(t), _mm256_mul_ps(x, inv));
+        }
+    }
+    let inv = _mm256_cvtss_f32(inv);
+    for x in &mut p[full..] {
+        *x *= inv;
+    }
+}

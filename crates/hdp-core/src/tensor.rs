@@ -55,7 +55,18 @@ impl Tensor {
 
     /// Errors with [`Error::NonFinite`] naming `name` at the first NaN or infinity.
     pub fn check_finite(&self, name: &str) -> Result<()> {
-        match self.data.iter().position(|x| !x.is_finite()) {
+        // Branch-free scan of 64-value chunks (vectorizes), then locate the first bad value.
+        let bad_chunk = self
+            .data
+            .chunks(64)
+            .position(|c| !c.iter().fold(true, |ok, x| ok & x.is_finite()));
+        let first_bad = bad_chunk.and_then(|c| {
+            self.data[c * 64..]
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| c * 64 + i)
+        });
+        match first_bad {
             None => Ok(()),
             Some(index) => Err(Error::NonFinite {
                 tensor: name.to_string(),
