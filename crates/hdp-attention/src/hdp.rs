@@ -163,10 +163,20 @@ pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockM
     let n = p.q.shape()[2];
     let nb = n.div_ceil(bs);
     let mut valid = BlockMask::new(nb, nb);
-    for i in 0..n {
-        for j in 0..n {
-            if p.entry_is_valid(b, i, j) {
-                valid.set(i / bs, j / bs, true);
+    // Block (r, c) has a valid entry iff some valid query of r and valid key of c exist (and,
+    // causally, the smallest such key is at most the largest such query): O(n + nb^2).
+    let mut last_valid = vec![None; nb];
+    let mut first_valid = vec![None; nb];
+    for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
+        last_valid[i / bs] = Some(i);
+        first_valid[i / bs].get_or_insert(i);
+    }
+    for (r, q) in last_valid.iter().enumerate() {
+        for (c, k) in first_valid.iter().enumerate() {
+            if let (Some(q), Some(k)) = (q, k) {
+                if !p.causal || k <= q {
+                    valid.set(r, c, true);
+                }
             }
         }
     }
