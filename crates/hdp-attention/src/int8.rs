@@ -131,8 +131,27 @@ fn quantize(x: f32, s: f32, one: f32, min: i32, max: i32) -> (i32, bool) {
     }
 }
 
+/// Codes of `xs` (see [`quantize`]) into `codes`; returns how many saturated.
+#[inline(always)]
+fn quantize_row_body(xs: &[f32], s: f32, one: f32, min: i32, max: i32, codes: &mut [i32]) -> u32 {
+    let mut sat = 0u32;
+    for (c, &x) in codes.iter_mut().zip(xs) {
+        let (q, t) = quantize(x, s, one, min, max);
+        *c = q;
+        sat += t as u32;
+    }
+    sat
+}
+
+multiversion! {
+    /// [`quantize_row_body`] for `isa`.
+    fn quantize_row => quantize_row_body(xs: &[f32], s: f32, one: f32, min: i32, max: i32,
+        codes: &mut [i32]) -> u32
+}
+
 /// Quantizes head `h` of sequence `b` and builds its layouts.
 fn prepare_head(
+    isa: Isa,
     p: &AttentionProblem,
     fmt: QFormat,
     (eq, ek): (i32, i32),
@@ -167,27 +186,25 @@ fn prepare_head(
         q_sat: 0,
         k_sat: 0,
     };
+    let mut codes = vec![0i32; d];
     for i in 0..n {
         let off = p.row_offset(b, h, i);
         let (qx, kx) = (&p.q.data()[off..off + d], &p.k.data()[off..off + d]);
         let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * w..][..w]);
-        let mut sat = 0u64;
-        for (m, &x) in qx.iter().enumerate() {
-            let (c, s) = quantize(x, sq, one, min, max);
-            sat += s as u64;
+        let sat = quantize_row(isa, qx, sq, one, min, max, &mut codes);
+        for (m, &c) in codes.iter().enumerate() {
             let (ci, cf) = (c >> f, c & mask);
             qu[m] = (ci + a) as u8;
             qz[m] = (ci + a) as u8;
             qz[dp + m] = cf as u8;
         }
         if valid_tok[i] {
-            hd.q_sat += sat;
+            hd.q_sat += sat as u64;
         }
         let (ki, kz) = (&mut hd.k_int[i * dp..][..dp], &mut hd.kz[i * w..][..w]);
-        let (mut sat, mut sum_int, mut sum) = (0u64, 0i32, 0i32);
-        for (m, &x) in kx.iter().enumerate() {
-            let (c, s) = quantize(x, sk, one, min, max);
-            sat += s as u64;
+        let sat = quantize_row(isa, kx, sk, one, min, max, &mut codes);
+        let (mut sum_int, mut sum) = (0i32, 0i32);
+        for (m, &c) in codes.iter().enumerate() {
             let ci = c >> f;
             ki[m] = ci as i8;
             kz[m] = c as i8;
@@ -196,7 +213,7 @@ fn prepare_head(
             sum += c;
         }
         if valid_tok[i] {
-            hd.k_sat += sat;
+            hd.k_sat += sat as u64;
         }
         hd.k_int_sum[i] = sum_int;
         hd.k_sum[i] = sum;
@@ -964,7 +981,7 @@ pub(crate) fn hdp_attention(
         let decided: Vec<(HeadData, BlockMask, f64)> = (0..heads)
             .into_par_iter()
             .map_init(PassScratch::default, |sc, h| {
-                let hd = prepare_head(p, fmt, exps, b, h, dm, &valid_tok);
+                let hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
                 let (kept, imp) =
                     integer_pass(isa, &hd, dm, &all, &valid, &valid_tok, p.causal, cfg, a, sc);
                 (hd, kept, imp)

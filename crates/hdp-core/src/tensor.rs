@@ -59,7 +59,7 @@ impl Tensor {
         let bad_chunk = self
             .data
             .chunks(64)
-            .position(|c| !c.iter().fold(true, |ok, x| ok & x.is_finite()));
+            .position(|c| c.iter().map(|x| x.to_bits() & 0x7fff_ffff).max() >= Some(0x7f80_0000));
         let first_bad = bad_chunk.and_then(|c| {
             self.data[c * 64..]
                 .iter()
