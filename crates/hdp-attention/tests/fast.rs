@@ -88,3 +88,36 @@ fn wide_formats_fall_back_to_the_reference() {
     let b = hdp::attention(&p, &cfg, 0).unwrap();
     assert_eq!(a.output, b.output);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The int8 kernel (approximated scores, formats of at most 8 bits) on longer, ragged
+    /// sequences and every kind of block size: identical traces, outputs within tolerance.
+    #[test]
+    fn int8_kernel_matches_the_reference(
+        (heads, n, d) in (1usize..=3, 1usize..=150, prop_oneof![Just(4usize), Just(12), Just(64)]),
+        pad in 0usize..20, causal in any::<bool>(), seed in any::<u64>(),
+        bs in prop_oneof![Just(1usize), Just(2), Just(5), Just(8), Just(16), Just(24), Just(32)],
+        threshold in prop_oneof![Just(RowThreshold::KeepAll), (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }), (0.05f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep })],
+        importance in prop_oneof![Just(BlockImportance::Sum), Just(BlockImportance::Max), Just(BlockImportance::AbsSum)],
+        head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
+        (bits, f) in (4u32..=8).prop_flat_map(|bits| (Just(bits), (bits.saturating_sub(7)).max(1)..bits)),
+    ) {
+        let valid_len = (pad > 0 && n > pad).then(|| n - pad);
+        let p = generate(&SyntheticSpec { batch: 2, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
+        let cfg = HdpConfig {
+            q_format: QFormat::new(bits, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
+            score_mode: ScoreMode::Approx,
+            ..HdpConfig::default()
+        };
+        prop_assert!(hdp_attention::int8::supported(&cfg, d));
+        let reference = hdp::attention(&p, &cfg, 0).unwrap();
+        for isa in isas() {
+            let got = fast::hdp_attention(&p, &cfg, 0, isa).unwrap();
+            prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
+            let e = got.output.max_abs_diff(&reference.output);
+            prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} hdp err {}", isa, e);
+        }
+    }
+}
