@@ -1044,6 +1044,122 @@ pub(crate) fn hdp_attention(
     Ok(HdpOutput { output: out, trace })
 }
 
+/// Measured throughput of the int8 integer pass, for `hdp bench attention`.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct IntegerPassRate {
+    /// Multiply-accumulates of one pass over every head (`heads x N_pad^2 x d_pad`).
+    pub macs: u64,
+    /// Median milliseconds of one pass (one thread).
+    pub ms: f64,
+    /// `macs / ms`, in GMAC/s.
+    pub gmacs: f64,
+}
+
+/// Times the integer tile alone (`S_int` for every query and key of every head of the first
+/// sequence, no decisions) on one thread: the part of HDP that runs at int8 rate. `None` when
+/// the kernel does not support `cfg`.
+pub fn integer_pass_rate(
+    p: &AttentionProblem,
+    cfg: &HdpConfig,
+    isa: Isa,
+    repeats: usize,
+) -> Result<Option<IntegerPassRate>> {
+    let dims = p.validate()?;
+    let (heads, n, d) = (dims.heads, dims.seq_len, dims.head_dim);
+    if !supported(cfg, d) {
+        return Ok(None);
+    }
+    let fmt = cfg.q_format;
+    let dm = Dims::new(n, d, fmt);
+    let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(0, i)).collect();
+    let exps = hdp::prescale_exponents(p, cfg, 0, heads, n, d);
+    let data: Vec<HeadData> =
+        (0..heads).map(|h| prepare_head(isa, p, fmt, exps, 0, h, dm, &valid_tok)).collect();
+    let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
+    let mut out = vec![0i32; TR * dm.n_pad];
+    let mut sink = 0i64;
+    let mut pass = || {
+        let t0 = std::time::Instant::now();
+        for hd in &data {
+            for i0 in (0..n).step_by(TR) {
+                let q = &hd.qu[i0 * dm.dp..];
+                tile_rows(isa, q, dm.dp, dm.dp, &hd.k_pack, &all, dm.run_int, &mut out, dm.n_pad);
+                sink = sink.wrapping_add(out[0] as i64);
+            }
+        }
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    pass();
+    let mut t: Vec<f64> = (0..repeats.max(1)).map(|_| pass()).collect();
+    t.sort_by(f64::total_cmp);
+    std::hint::black_box(sink);
+    let ms = t[t.len() / 2];
+    let macs = (heads * n.div_ceil(TR) * TR * dm.n_pad * dm.dp) as u64;
+    Ok(Some(IntegerPassRate { macs, ms, gmacs: macs as f64 / ms / 1e6 }))
+}
+
+/// The int8 multiply-accumulate peak of one core for `isa`, measured: the tile's own
+/// instruction mix (`vpmaddubsw` pair products added in i16, widened by `vpmaddwd` every 16)
+/// on registers only, 8 independent accumulators, for about `ms` milliseconds. `None` for the
+/// portable path (no fixed instruction mix to measure).
+pub fn int8_peak_gmacs(isa: Isa, ms: f64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // The best of several windows: a peak, not an average over interruptions.
+        let mut best = 0.0f64;
+        for _ in 0..8 {
+            let t0 = std::time::Instant::now();
+            let mut macs = 0u64;
+            while t0.elapsed().as_secs_f64() * 1e3 < ms / 8.0 {
+                // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                macs += unsafe { peak_loop_avx2(5_000) };
+            }
+            best = best.max(macs as f64 / t0.elapsed().as_secs_f64() / 1e9);
+        }
+        return Some(best);
+    }
+    let _ = (isa, ms);
+    None
+}
+
+/// `iters` rounds of 8 x 16 `vpmaddubsw` (32 MACs each) + i16 adds, with 8 `vpmaddwd`
+/// widenings per round. Returns the MACs done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_loop_avx2(iters: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    // Operands hidden from the optimizer, so nothing is folded or hoisted.
+    let mut a = std::hint::black_box(_mm256_set1_epi8(3));
+    let step = std::hint::black_box(_mm256_set1_epi8(1));
+    // Eight different right operands: eight distinct products per step (no common
+    // subexpression for the compiler to share).
+    let b: [__m256i; 8] =
+        std::hint::black_box(std::array::from_fn(|k| _mm256_set1_epi8(-1 - k as i8)));
+    let mut acc32 = [_mm256_setzero_si256(); 8];
+    for _ in 0..iters {
+        let mut acc16 = [_mm256_setzero_si256(); 8];
+        for _ in 0..16 {
+            for (x, &bk) in acc16.iter_mut().zip(&b) {
+                *x = _mm256_add_epi16(*x, _mm256_maddubs_epi16(a, bk));
+            }
+            a = _mm256_add_epi8(a, step);
+        }
+        for (y, x) in acc32.iter_mut().zip(&acc16) {
+            *y = _mm256_add_epi32(*y, _mm256_madd_epi16(*x, ones));
+        }
+    }
+    let mut s = [0i32; 8];
+    let mut t = acc32[0];
+    for x in &acc32[1..] {
+        t = _mm256_add_epi32(t, *x);
+    }
+    // SAFETY: s holds 8 i32.
+    unsafe { _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, t) };
+    std::hint::black_box(s);
+    iters * 16 * 8 * 32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

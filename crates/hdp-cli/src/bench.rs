@@ -96,6 +96,8 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
+    // The int8 peak of one core, measured with the integer tile's own instruction mix.
+    let peak = hdp_attention::int8::int8_peak_gmacs(isa, 300.0);
     if !a.json {
         println!(
             "fast kernels ({}), {threads} thread(s), median of {} runs; HDP {}",
@@ -103,9 +105,16 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             a.repeats,
             serde_json::to_string(&cfg)?
         );
+        match peak {
+            Some(p) => println!(
+                "int8 peak of one core (vpmaddubsw + i16 adds, registers only): {p:.1} GMAC/s"
+            ),
+            None => println!("int8 peak: not measured for the portable path"),
+        }
         println!(
-            "{:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}  input",
-            "N", "heads", "d", "dense ms", "hdp ms", "speedup", "blocks", "heads", "rel err"
+            "{:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>14}  input",
+            "N", "heads", "d", "dense ms", "hdp ms", "speedup", "blocks", "heads", "rel err",
+            "int GMAC/s"
         );
     }
     for (source, p) in &problems {
@@ -127,6 +136,9 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         let s = trace.summary();
         let rel = hdp_out.output.rel_l2_err(&dense_out)?;
         let speedup = dense_ms / hdp_ms;
+        let int_pass = hdp_attention::int8::integer_pass_rate(p, &cfg, isa, a.repeats)?;
+        let int_gmacs = int_pass.map(|r| r.gmacs);
+        let int_frac = int_gmacs.zip(peak).map(|(g, p)| g / p);
         if a.json {
             println!(
                 "{}",
@@ -136,12 +148,19 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                     "dense_ms": dense_ms, "hdp_ms": hdp_ms, "speedup": speedup,
                     "block_sparsity": s.block_sparsity(), "head_sparsity": s.head_sparsity(),
                     "effective_block_sparsity": s.effective_block_sparsity(), "rel_l2_err": rel,
+                    "integer_pass": int_pass, "int8_peak_gmacs": peak,
+                    "integer_pass_peak_fraction": int_frac,
                     "config": cfg,
                 })
             );
         } else {
+            let int_col = match (int_gmacs, int_frac) {
+                (Some(g), Some(f)) => format!("{g:.1} ({:.0}%)", 100.0 * f),
+                (Some(g), None) => format!("{g:.1}"),
+                _ => "-".to_string(),
+            };
             println!(
-                "{:>6} {:>6} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e}  {source}",
+                "{:>6} {:>6} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e} {int_col:>14}  {source}",
                 dims.seq_len,
                 dims.heads,
                 dims.head_dim,
