@@ -300,10 +300,11 @@ impl HeadDecider {
                 Rule::All => true,
                 Rule::Above(t, m) => v as f64 >= t || v as f64 == m,
                 Rule::Rank { gt, .. } => {
-                    v > gt || (v == gt && eq_left > 0 && {
-                        eq_left -= 1;
-                        true
-                    })
+                    v > gt
+                        || (v == gt && eq_left > 0 && {
+                            eq_left -= 1;
+                            true
+                        })
                 }
             };
             if keep {

@@ -121,7 +121,11 @@ fn quantize(x: f32, s: f32, one: f32, min: i32, max: i32) -> (i32, bool) {
     // part `y - trunc(y)` is exact in f32.
     let y = (x * s) * one;
     let t = y.trunc();
-    let y = if (y - t).abs() >= 0.5 { t + 1f32.copysign(y) } else { t };
+    let y = if (y - t).abs() >= 0.5 {
+        t + 1f32.copysign(y)
+    } else {
+        t
+    };
     if y > max as f32 {
         (max, true)
     } else if y < min as f32 {
@@ -150,6 +154,7 @@ multiversion! {
 }
 
 /// Quantizes head `h` of sequence `b` and builds its layouts.
+#[allow(clippy::too_many_arguments)]
 fn prepare_head(
     isa: Isa,
     p: &AttentionProblem,
@@ -187,7 +192,7 @@ fn prepare_head(
         k_sat: 0,
     };
     let mut codes = vec![0i32; d];
-    for i in 0..n {
+    for (i, &valid_i) in valid_tok.iter().enumerate().take(n) {
         let off = p.row_offset(b, h, i);
         let (qx, kx) = (&p.q.data()[off..off + d], &p.k.data()[off..off + d]);
         let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * w..][..w]);
@@ -198,7 +203,7 @@ fn prepare_head(
             qz[m] = (ci + a) as u8;
             qz[dp + m] = cf as u8;
         }
-        if valid_tok[i] {
+        if valid_i {
             hd.q_sat += sat as u64;
         }
         let (ki, kz) = (&mut hd.k_int[i * dp..][..dp], &mut hd.kz[i * w..][..w]);
@@ -212,7 +217,7 @@ fn prepare_head(
             sum_int += ci;
             sum += c;
         }
-        if valid_tok[i] {
+        if valid_i {
             hd.k_sat += sat as u64;
         }
         hd.k_int_sum[i] = sum_int;
@@ -268,14 +273,19 @@ fn tile_rows(
     out_stride: usize,
 ) {
     let cols = blocks.len() * 8;
-    assert!(depth % 4 == 0 && blocks.len() % 2 == 0 && cols <= out_stride && run >= 1);
+    assert!(depth.is_multiple_of(4) && blocks.len().is_multiple_of(2));
+    assert!(cols <= out_stride && run >= 1);
     assert!(q.len() >= (TR - 1) * q_stride + depth);
-    assert!(blocks.iter().all(|&b| (b as usize + 1) * 8 * depth <= kpack.len()));
+    assert!(blocks
+        .iter()
+        .all(|&b| (b as usize + 1) * 8 * depth <= kpack.len()));
     assert!(out.len() >= (TR - 1) * out_stride + cols);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma; bounds asserted.
-        Isa::Avx2 => unsafe { tile_rows_avx2(q, q_stride, depth, kpack, blocks, run, out, out_stride) },
+        Isa::Avx2 => unsafe {
+            tile_rows_avx2(q, q_stride, depth, kpack, blocks, run, out, out_stride)
+        },
         _ => {
             let groups = depth / 4;
             for r in 0..TR {
@@ -383,12 +393,7 @@ fn count_ge(row: &[i32], t: i32) -> usize {
 /// that vectorize. Top-k finds its threshold by bisection over the row's value range (each
 /// step one counting pass), ties going to the lower column. Writes the kept columns to `words`.
 #[inline(always)]
-fn decide_b1_body(
-    simd: Isa,
-    row: &[i32],
-    threshold: RowThreshold,
-    words: &mut [u64],
-) -> RowStats {
+fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [u64]) -> RowStats {
     // Separate simple passes: each vectorizes on its own.
     let len = row.iter().map(|&v| (v != MASKED) as u32).sum::<u32>();
     let sum = row
@@ -567,7 +572,11 @@ fn integer_pass_block_sums(
 ) -> (BlockMask, f64) {
     let (n, d, dp, bs) = (dm.n, dm.d, dm.dp, cfg.block_size);
     let nb = n.div_ceil(bs);
-    let q_int = |i: usize| hd.qu[i * dp..i * dp + d].iter().map(move |&x| x as i64 - a as i64);
+    let q_int = |i: usize| {
+        hd.qu[i * dp..i * dp + d]
+            .iter()
+            .map(move |&x| x as i64 - a as i64)
+    };
     let k_int = |j: usize| hd.k_int[j * dp..j * dp + d].iter().map(|&x| x as i64);
     let (mut qs, mut ks) = (vec![0i64; nb * d], vec![0i64; nb * d]);
     for t in (0..n).filter(|&t| valid_tok[t]) {
@@ -594,13 +603,12 @@ fn integer_pass_block_sums(
                 // Diagonal block under the causal mask: sum_i Q_int_i . (sum_{j <= i} K_int_j).
                 prefix.fill(0);
                 let mut total = 0i64;
-                for t in br * bs..((br + 1) * bs).min(n) {
-                    if valid_tok[t] {
-                        for (p, x) in prefix.iter_mut().zip(k_int(t)) {
-                            *p += x;
-                        }
-                        total += q_int(t).zip(&prefix).map(|(x, p)| x * p).sum::<i64>();
+                let rows = br * bs..((br + 1) * bs).min(n);
+                for t in rows.filter(|&t| valid_tok[t]) {
+                    for (p, x) in prefix.iter_mut().zip(k_int(t)) {
+                        *p += x;
                     }
+                    total += q_int(t).zip(&prefix).map(|(x, p)| x * p).sum::<i64>();
                 }
                 total
             } else {
@@ -653,7 +661,9 @@ fn integer_pass(
         };
         let q = &hd.qu[i0 * dm.dp..];
         let blocks = &all_blocks[..cols / 8];
-        tile_rows(isa, q, dm.dp, dm.dp, &hd.k_pack, blocks, dm.run_int, &mut sc.s, n_pad);
+        tile_rows(
+            isa, q, dm.dp, dm.dp, &hd.k_pack, blocks, dm.run_int, &mut sc.s, n_pad,
+        );
         if bs == 1 {
             for r in 0..TR.min(n - i0) {
                 let i = i0 + r;
@@ -742,7 +752,11 @@ fn set_range(words: &mut [u64], lo: usize, hi: usize) {
     while c < hi {
         let (w, b) = (c / 64, c % 64);
         let take = (64 - b).min(hi - c);
-        let mask = if take == 64 { !0 } else { ((1u64 << take) - 1) << b };
+        let mask = if take == 64 {
+            !0
+        } else {
+            ((1u64 << take) - 1) << b
+        };
         words[w] |= mask;
         c += take;
     }
@@ -813,7 +827,7 @@ fn attend(
 ) {
     let (n, d, w) = (dm.n, dm.d, dm.w);
     let wn = n.div_ceil(64);
-    let gather = bs % 8 == 0;
+    let gather = bs.is_multiple_of(8);
     let rows = if bs >= 8 { bs.div_ceil(TR) * TR } else { CH };
     let mut c0 = 0;
     while c0 < n {
@@ -870,8 +884,11 @@ fn attend(
             }
             let byte = |ws: &[u64], kb: usize| (ws[kb / 8] >> (8 * (kb % 8))) & 0xff;
             sc.blocks.clear();
-            sc.blocks
-                .extend((0..n.div_ceil(8)).filter(|&kb| byte(&sc.union, kb) != 0).map(|kb| kb as u32));
+            sc.blocks.extend(
+                (0..n.div_ceil(8))
+                    .filter(|&kb| byte(&sc.union, kb) != 0)
+                    .map(|kb| kb as u32),
+            );
             if sc.blocks.len() % 2 == 1 {
                 sc.blocks.push(zero_block(n));
             }
@@ -916,7 +933,15 @@ fn attend(
             for r in r0..(r0 + TR).min(ch) {
                 let z = &sc.z[(r - r0) * m..][..m];
                 let words = &crw[r * cwn..(r + 1) * cwn];
-                row_probs(isa, isa, z, &sc.ksg, k, words, &mut sc.p[r * m..(r + 1) * m]);
+                row_probs(
+                    isa,
+                    isa,
+                    z,
+                    &sc.ksg,
+                    k,
+                    words,
+                    &mut sc.p[r * m..(r + 1) * m],
+                );
             }
             r0 += TR;
         }
@@ -992,8 +1017,8 @@ pub(crate) fn hdp_attention(
         let coef = Coef {
             a,
             two_f: fmt.one() as f32,
-            scale: ((2f64).powi(-(2 * fmt.frac_bits as i32 + exps.0 + exps.1))
-                / (d as f64).sqrt()) as f32,
+            scale: ((2f64).powi(-(2 * fmt.frac_bits as i32 + exps.0 + exps.1)) / (d as f64).sqrt())
+                as f32,
         };
         let seq_off = p.row_offset(b, 0, 0);
         let out_seq = &mut out.data_mut()[seq_off..seq_off + heads * n * d];
@@ -1006,7 +1031,20 @@ pub(crate) fn hdp_attention(
                 let off = p.row_offset(b, h, 0);
                 let v = &p.v.data()[off..off + n * d];
                 let (hd, kept, _) = &decided[h];
-                attend(isa, hd, dm, &all, kept, &valid_words, p.causal, bs, v, coef, o, sc);
+                attend(
+                    isa,
+                    hd,
+                    dm,
+                    &all,
+                    kept,
+                    &valid_words,
+                    p.causal,
+                    bs,
+                    v,
+                    coef,
+                    o,
+                    sc,
+                );
             },
         );
         for h in
@@ -1073,8 +1111,9 @@ pub fn integer_pass_rate(
     let dm = Dims::new(n, d, fmt);
     let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(0, i)).collect();
     let exps = hdp::prescale_exponents(p, cfg, 0, heads, n, d);
-    let data: Vec<HeadData> =
-        (0..heads).map(|h| prepare_head(isa, p, fmt, exps, 0, h, dm, &valid_tok)).collect();
+    let data: Vec<HeadData> = (0..heads)
+        .map(|h| prepare_head(isa, p, fmt, exps, 0, h, dm, &valid_tok))
+        .collect();
     let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
     let mut out = vec![0i32; TR * dm.n_pad];
     let mut sink = 0i64;
@@ -1083,7 +1122,9 @@ pub fn integer_pass_rate(
         for hd in &data {
             for i0 in (0..n).step_by(TR) {
                 let q = &hd.qu[i0 * dm.dp..];
-                tile_rows(isa, q, dm.dp, dm.dp, &hd.k_pack, &all, dm.run_int, &mut out, dm.n_pad);
+                tile_rows(
+                    isa, q, dm.dp, dm.dp, &hd.k_pack, &all, dm.run_int, &mut out, dm.n_pad,
+                );
                 sink = sink.wrapping_add(out[0] as i64);
             }
         }
@@ -1095,7 +1136,11 @@ pub fn integer_pass_rate(
     std::hint::black_box(sink);
     let ms = t[t.len() / 2];
     let macs = (heads * n.div_ceil(TR) * TR * dm.n_pad * dm.dp) as u64;
-    Ok(Some(IntegerPassRate { macs, ms, gmacs: macs as f64 / ms / 1e6 }))
+    Ok(Some(IntegerPassRate {
+        macs,
+        ms,
+        gmacs: macs as f64 / ms / 1e6,
+    }))
 }
 
 /// The int8 multiply-accumulate peak of one core for `isa`, measured: the tile's own

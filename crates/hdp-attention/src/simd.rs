@@ -154,13 +154,13 @@ pub(crate) fn softmax_words(p: &mut [f32], words: &[u64]) {
         }
     }
     let mut total = 0.0f32;
-    for t in full..p.len() {
-        p[t] = if kept(t) {
-            crate::fast::fast_exp(p[t] - max)
+    for (t, x) in p.iter_mut().enumerate().skip(full) {
+        *x = if kept(t) {
+            crate::fast::fast_exp(*x - max)
         } else {
             0.0
         };
-        total += p[t];
+        total += *x;
     }
     let inv = _mm256_set1_ps(1.0 / (total + hsum(vsum)));
     for t in (0..full).step_by(8) {

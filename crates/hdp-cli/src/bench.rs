@@ -30,7 +30,8 @@ pub struct BenchAttentionArgs {
     /// Head dimension.
     #[arg(long, default_value_t = 64)]
     pub head_dim: usize,
-    /// Timed runs per kernel (the median is reported), after one warm-up run.
+    /// Timed runs per kernel (the median is reported), after one warm-up run; dense and HDP
+    /// runs alternate.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Synthetic seed.
@@ -49,16 +50,15 @@ pub struct BenchAttentionArgs {
     pub json: bool,
 }
 
-fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_ms(f: impl FnOnce() -> hdp_core::Result<()>) -> Result<f64> {
+    let t0 = Instant::now();
     f()?;
-    let mut t = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let t0 = Instant::now();
-        f()?;
-        t.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
+fn median(mut t: Vec<f64>) -> f64 {
     t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    t[t.len() / 2]
 }
 
 /// Runs the command.
@@ -113,7 +113,15 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         }
         println!(
             "{:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>14}  input",
-            "N", "heads", "d", "dense ms", "hdp ms", "speedup", "blocks", "heads", "rel err",
+            "N",
+            "heads",
+            "d",
+            "dense ms",
+            "hdp ms",
+            "speedup",
+            "blocks",
+            "heads",
+            "rel err",
             "int GMAC/s"
         );
     }
@@ -121,16 +129,16 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         let dims = p.validate()?;
         let dense_out = fast::dense_attention(p, isa)?;
         let hdp_out = fast::hdp_attention(p, &cfg, 0, isa)?;
-        let dense_ms = median_ms(a.repeats, || {
-            fast::dense_attention(p, isa)
-                .map(|_| ())
-                .map_err(Into::into)
-        })?;
-        let hdp_ms = median_ms(a.repeats, || {
-            fast::hdp_attention(p, &cfg, 0, isa)
-                .map(|_| ())
-                .map_err(Into::into)
-        })?;
+        // Dense and HDP runs alternate, so that a machine whose speed drifts (shared cores)
+        // slows both alike; each median is over its own runs.
+        let (mut td, mut th) = (Vec::with_capacity(a.repeats), Vec::with_capacity(a.repeats));
+        for _ in 0..a.repeats {
+            td.push(time_ms(|| fast::dense_attention(p, isa).map(|_| ()))?);
+            th.push(time_ms(|| {
+                fast::hdp_attention(p, &cfg, 0, isa).map(|_| ())
+            })?);
+        }
+        let (dense_ms, hdp_ms) = (median(td), median(th));
         let mut trace = hdp_core::Trace::new("bench", serde_json::Value::Null);
         trace.layers.push(hdp_out.trace);
         let s = trace.summary();

@@ -56,16 +56,13 @@ impl Tensor {
     /// Errors with [`Error::NonFinite`] naming `name` at the first NaN or infinity.
     pub fn check_finite(&self, name: &str) -> Result<()> {
         // Branch-free scan of 64-value chunks (vectorizes), then locate the first bad value.
-        let bad_chunk = self
-            .data
-            .chunks(64)
-            .position(|c| {
-                // Count of exponent-all-ones values (Inf/NaN): a signed compare, SIMD on SSE2.
-                c.iter()
-                    .map(|x| ((x.to_bits() & 0x7fff_ffff) as i32 > 0x7f7f_ffff) as u32)
-                    .sum::<u32>()
-                    > 0
-            });
+        let bad_chunk = self.data.chunks(64).position(|c| {
+            // Count of exponent-all-ones values (Inf/NaN): a signed compare, SIMD on SSE2.
+            c.iter()
+                .map(|x| ((x.to_bits() & 0x7fff_ffff) as i32 > 0x7f7f_ffff) as u32)
+                .sum::<u32>()
+                > 0
+        });
         let first_bad = bad_chunk.and_then(|c| {
             self.data[c * 64..]
                 .iter()

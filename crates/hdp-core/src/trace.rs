@@ -105,7 +105,7 @@ impl BlockMask {
     pub fn or_row_from(&mut self, r: usize, words: &[u64]) {
         debug_assert!(
             words.len() <= self.words_per_row
-                && (self.cols % 64 == 0
+                && (self.cols.is_multiple_of(64)
                     || words.len() < self.words_per_row
                     || words[self.words_per_row - 1] >> (self.cols % 64) == 0)
         );
