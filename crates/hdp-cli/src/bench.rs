@@ -43,6 +43,12 @@ pub struct BenchAttentionArgs {
     /// Force the portable kernels (no AVX2).
     #[arg(long)]
     pub portable: bool,
+    /// Run the HDP kernel at each of these block sizes (overrides -b), e.g. `1,16`.
+    #[arg(long, value_delimiter = ',')]
+    pub block_sizes: Option<Vec<usize>>,
+    /// Write an SVG chart of the HDP speedup against N, one line per block size.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub hdp: HdpArgs,
     /// Print one JSON object per run, one per line.
@@ -67,7 +73,21 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let cfg = a.hdp.config()?;
+    let base = a.hdp.config()?;
+    let configs: Vec<hdp_attention::HdpConfig> = match &a.block_sizes {
+        None => vec![base],
+        Some(bss) => bss
+            .iter()
+            .map(|&bs| {
+                let cfg = hdp_attention::HdpConfig {
+                    block_size: bs,
+                    ..base
+                };
+                cfg.validate()?;
+                Ok(cfg)
+            })
+            .collect::<Result<_>>()?,
+    };
     let isa = if a.portable {
         Isa::Portable
     } else {
@@ -103,7 +123,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             "fast kernels ({}), {threads} thread(s), median of {} runs; HDP {}",
             isa.name(),
             a.repeats,
-            serde_json::to_string(&cfg)?
+            serde_json::to_string(&base)?
         );
         match peak {
             Some(p) => println!(
@@ -125,7 +145,12 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             "int GMAC/s"
         );
     }
-    for (source, p) in &problems {
+    let mut curves: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
+    for ((source, p), (ci, cfg)) in problems
+        .iter()
+        .flat_map(|x| configs.iter().enumerate().map(move |c| (x, c)))
+    {
+        let cfg = *cfg;
         let dims = p.validate()?;
         let dense_out = fast::dense_attention(p, isa)?;
         let hdp_out = fast::hdp_attention(p, &cfg, 0, isa)?;
@@ -147,6 +172,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         let int_pass = hdp_attention::int8::integer_pass_rate(p, &cfg, isa, a.repeats)?;
         let int_gmacs = int_pass.map(|r| r.gmacs);
         let int_frac = int_gmacs.zip(peak).map(|(g, p)| g / p);
+        curves[ci].push((dims.seq_len as f64, speedup));
         if a.json {
             println!(
                 "{}",
@@ -168,13 +194,50 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 _ => "-".to_string(),
             };
             println!(
-                "{:>6} {:>6} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e} {int_col:>14}  {source}",
+                "{:>6} {:>6} {:>4} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e} {int_col:>14}  {source}",
                 dims.seq_len,
                 dims.heads,
                 dims.head_dim,
+                cfg.block_size,
                 100.0 * s.block_sparsity(),
                 100.0 * s.head_sparsity()
             );
+        }
+    }
+    if let Some(path) = &a.plot {
+        const COLORS: [&str; 6] = [
+            "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+        ];
+        let series: Vec<hdp_plot::Series> = configs
+            .iter()
+            .zip(curves)
+            .enumerate()
+            .map(|(i, (cfg, mut points))| {
+                points.sort_by(|x, y| x.0.total_cmp(&y.0));
+                hdp_plot::Series {
+                    name: format!("HDP b = {}", cfg.block_size),
+                    points,
+                    line: true,
+                    color: COLORS[i % COLORS.len()].to_string(),
+                }
+            })
+            .collect();
+        let title = format!(
+            "HDP vs dense attention, {} ({threads} thread(s), median of {})",
+            isa.name(),
+            a.repeats
+        );
+        let svg = hdp_plot::xy_chart_svg(
+            &title,
+            "sequence length N",
+            "speedup over our dense kernel",
+            &series,
+            Some((1.0, "dense")),
+        );
+        std::fs::write(path, svg)
+            .map_err(|e| anyhow::anyhow!("cannot write the plot {}: {e}", path.display()))?;
+        if !a.json {
+            println!("plot: {}", path.display());
         }
     }
     Ok(())
