@@ -331,12 +331,11 @@ unsafe fn tile_rows_avx2(
         // every listed key block lies inside kpack and that out's rows hold the columns.
         let kb0 = unsafe { kpack.as_ptr().add(pair[0] as usize * 8 * depth) };
         let kb1 = unsafe { kpack.as_ptr().add(pair[1] as usize * 8 * depth) };
-        let mut acc = [[_mm256_setzero_si256(); 2]; TR];
-        let mut g0 = 0;
-        while g0 < groups {
-            let g1 = (g0 + run).min(groups);
+        if run >= groups {
+            // One i16 run covers the whole depth (the integer pass at 8 bits): no i32
+            // accumulators live in the loop, 11 vector registers, nothing spills.
             let mut a16 = [[_mm256_setzero_si256(); 2]; TR];
-            for g in g0..g1 {
+            for g in 0..groups {
                 unsafe {
                     let k0 = _mm256_loadu_si256(kb0.add(g * 32) as *const __m256i);
                     let k1 = _mm256_loadu_si256(kb1.add(g * 32) as *const __m256i);
@@ -349,17 +348,45 @@ unsafe fn tile_rows_avx2(
                     }
                 }
             }
-            for (a, s) in acc.iter_mut().zip(&a16) {
-                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(s[0], ones));
-                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(s[1], ones));
+            for (r, a) in a16.iter().enumerate() {
+                unsafe {
+                    let o = out.as_mut_ptr().add(r * out_stride + 16 * t);
+                    _mm256_storeu_si256(o as *mut __m256i, _mm256_madd_epi16(a[0], ones));
+                    _mm256_storeu_si256(o.add(8) as *mut __m256i, _mm256_madd_epi16(a[1], ones));
+                }
             }
-            g0 = g1;
+            continue;
         }
-        for (r, a) in acc.iter().enumerate() {
-            unsafe {
-                let o = out.as_mut_ptr().add(r * out_stride + 16 * t);
-                _mm256_storeu_si256(o as *mut __m256i, a[0]);
-                _mm256_storeu_si256(o.add(8) as *mut __m256i, a[1]);
+        // Several i16 runs (`Z`): one key block of 8 at a time, so that the i32 and i16
+        // accumulators of 4 rows fit the 16 vector registers with the operands (11 live);
+        // still bound by `vpmaddubsw`, not by the loads.
+        for (half, kb) in [kb0, kb1].into_iter().enumerate() {
+            let mut acc = [_mm256_setzero_si256(); TR];
+            let mut g0 = 0;
+            while g0 < groups {
+                let g1 = (g0 + run).min(groups);
+                let mut a16 = [_mm256_setzero_si256(); TR];
+                for g in g0..g1 {
+                    unsafe {
+                        let k = _mm256_loadu_si256(kb.add(g * 32) as *const __m256i);
+                        for (r, a) in a16.iter_mut().enumerate() {
+                            let qv = _mm256_set1_epi32(
+                                (qp.add(r * q_stride + 4 * g) as *const i32).read_unaligned(),
+                            );
+                            *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(qv, k));
+                        }
+                    }
+                }
+                for (a, s) in acc.iter_mut().zip(&a16) {
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*s, ones));
+                }
+                g0 = g1;
+            }
+            for (r, a) in acc.iter().enumerate() {
+                unsafe {
+                    let o = out.as_mut_ptr().add(r * out_stride + 16 * t + 8 * half);
+                    _mm256_storeu_si256(o as *mut __m256i, *a);
+                }
             }
         }
     }
@@ -1167,42 +1194,43 @@ pub fn int8_peak_gmacs(isa: Isa, ms: f64) -> Option<f64> {
     None
 }
 
-/// `iters` rounds of 8 x 16 `vpmaddubsw` (32 MACs each) + i16 adds, with 8 `vpmaddwd`
-/// widenings per round. Returns the MACs done.
+/// `iters` rounds of 16 steps of 6 independent `vpmaddubsw` (32 MACs each) + i16 adds, then
+/// 6 `vpmaddwd` widenings: 15 live vector registers, so nothing spills. Returns the MACs done.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn peak_loop_avx2(iters: u64) -> u64 {
     use std::arch::x86_64::*;
+    const CHAINS: usize = 6;
     let ones = _mm256_set1_epi16(1);
     // Operands hidden from the optimizer, so nothing is folded or hoisted.
     let mut a = std::hint::black_box(_mm256_set1_epi8(3));
     let step = std::hint::black_box(_mm256_set1_epi8(1));
-    // Eight different right operands: eight distinct products per step (no common
-    // subexpression for the compiler to share).
-    let b: [__m256i; 8] =
+    // Four different right operands: distinct products per step (no common subexpression).
+    let b: [__m256i; 4] =
         std::hint::black_box(std::array::from_fn(|k| _mm256_set1_epi8(-1 - k as i8)));
-    let mut acc32 = [_mm256_setzero_si256(); 8];
+    let mut acc32 = [_mm256_setzero_si256(); 2];
     for _ in 0..iters {
-        let mut acc16 = [_mm256_setzero_si256(); 8];
+        let mut acc16 = [_mm256_setzero_si256(); CHAINS];
         for _ in 0..16 {
-            for (x, &bk) in acc16.iter_mut().zip(&b) {
-                *x = _mm256_add_epi16(*x, _mm256_maddubs_epi16(a, bk));
+            for (k, x) in acc16.iter_mut().enumerate() {
+                *x = _mm256_add_epi16(*x, _mm256_maddubs_epi16(a, b[k % 4]));
             }
             a = _mm256_add_epi8(a, step);
         }
-        for (y, x) in acc32.iter_mut().zip(&acc16) {
-            *y = _mm256_add_epi32(*y, _mm256_madd_epi16(*x, ones));
+        for (k, x) in acc16.iter().enumerate() {
+            acc32[k % 2] = _mm256_add_epi32(acc32[k % 2], _mm256_madd_epi16(*x, ones));
         }
     }
     let mut s = [0i32; 8];
-    let mut t = acc32[0];
-    for x in &acc32[1..] {
-        t = _mm256_add_epi32(t, *x);
-    }
     // SAFETY: s holds 8 i32.
-    unsafe { _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, t) };
+    unsafe {
+        _mm256_storeu_si256(
+            s.as_mut_ptr() as *mut __m256i,
+            _mm256_add_epi32(acc32[0], acc32[1]),
+        )
+    };
     std::hint::black_box(s);
-    iters * 16 * 8 * 32
+    iters * 16 * CHAINS as u64 * 32
 }
 
 #[cfg(test)]
