@@ -153,6 +153,60 @@ multiversion! {
         codes: &mut [i32]) -> u32
 }
 
+/// `Q_int + A` (twice: integer pass and `Z` operand) and `Q_frac` of one row of codes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn split_q_body(
+    codes: &[i32],
+    f: u32,
+    mask: i32,
+    a: i32,
+    qu: &mut [u8],
+    qzi: &mut [u8],
+    qzf: &mut [u8],
+) {
+    for (((&c, u), zi), zf) in codes.iter().zip(qu).zip(qzi).zip(qzf) {
+        let x = ((c >> f) + a) as u8;
+        *u = x;
+        *zi = x;
+        *zf = (c & mask) as u8;
+    }
+}
+
+/// `K_int` (twice: integer pass and `Z` operand) and `K` of one row of codes; returns the
+/// sums of `K_int` and of `K`.
+#[inline(always)]
+fn split_k_body(
+    codes: &[i32],
+    f: u32,
+    ki: &mut [i8],
+    kzc: &mut [i8],
+    kzi: &mut [i8],
+) -> (i32, i32) {
+    let (mut sum_int, mut sum) = (0i32, 0i32);
+    for (((&c, i), zc), zi) in codes.iter().zip(ki).zip(kzc).zip(kzi) {
+        let x = c >> f;
+        *i = x as i8;
+        *zi = x as i8;
+        *zc = c as i8;
+        sum_int += x;
+        sum += c;
+    }
+    (sum_int, sum)
+}
+
+multiversion! {
+    /// [`split_q_body`] for `isa`.
+    fn split_q => split_q_body(codes: &[i32], f: u32, mask: i32, a: i32, qu: &mut [u8],
+        qzi: &mut [u8], qzf: &mut [u8])
+}
+
+multiversion! {
+    /// [`split_k_body`] for `isa`.
+    fn split_k => split_k_body(codes: &[i32], f: u32, ki: &mut [i8], kzc: &mut [i8],
+        kzi: &mut [i8]) -> (i32, i32)
+}
+
 /// Quantizes head `h` of sequence `b` and builds its layouts.
 #[allow(clippy::too_many_arguments)]
 fn prepare_head(
@@ -197,26 +251,24 @@ fn prepare_head(
         let (qx, kx) = (&p.q.data()[off..off + d], &p.k.data()[off..off + d]);
         let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * w..][..w]);
         let sat = quantize_row(isa, qx, sq, one, min, max, &mut codes);
-        for (m, &c) in codes.iter().enumerate() {
-            let (ci, cf) = (c >> f, c & mask);
-            qu[m] = (ci + a) as u8;
-            qz[m] = (ci + a) as u8;
-            qz[dp + m] = cf as u8;
-        }
+        let (qzi, qzf) = qz.split_at_mut(dp);
+        split_q(
+            isa,
+            &codes,
+            f,
+            mask,
+            a,
+            &mut qu[..d],
+            &mut qzi[..d],
+            &mut qzf[..d],
+        );
         if valid_i {
             hd.q_sat += sat as u64;
         }
         let (ki, kz) = (&mut hd.k_int[i * dp..][..dp], &mut hd.kz[i * w..][..w]);
         let sat = quantize_row(isa, kx, sk, one, min, max, &mut codes);
-        let (mut sum_int, mut sum) = (0i32, 0i32);
-        for (m, &c) in codes.iter().enumerate() {
-            let ci = c >> f;
-            ki[m] = ci as i8;
-            kz[m] = c as i8;
-            kz[dp + m] = ci as i8;
-            sum_int += ci;
-            sum += c;
-        }
+        let (kzc, kzi) = kz.split_at_mut(dp);
+        let (sum_int, sum) = split_k(isa, &codes, f, &mut ki[..d], &mut kzc[..d], &mut kzi[..d]);
         if valid_i {
             hd.k_sat += sat as u64;
         }
