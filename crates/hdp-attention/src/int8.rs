@@ -64,7 +64,7 @@ struct HeadData {
     k_int_sum: Vec<i32>,
     /// Per query, `[Q_int + A, Q_frac]`, `rows_pad x w`.
     qz: Vec<u8>,
-    /// Per key, `[K, K_int]`, row-major `n x w` while building, then emptied.
+    /// Per key, `[K, K_int]`, row-major `n x w` (sparse rows score from it).
     kz: Vec<i8>,
     /// `[K, K_int]` packed by [`pack_keys`].
     kz_pack: Vec<i8>,
@@ -277,7 +277,6 @@ fn prepare_head(
     }
     pack_keys(&mut hd.k_pack, hd.k_int.chunks_exact(dp), n, dp);
     pack_keys(&mut hd.kz_pack, hd.kz.chunks_exact(w), n, w);
-    hd.kz = Vec::new();
     hd
 }
 
@@ -469,26 +468,33 @@ fn count_ge(row: &[i32], t: i32) -> usize {
 
 /// Step 4 for a block-row of one-entry blocks (b = 1), the entries' `S_int` in `row`
 /// ([`MASKED`] where masked): the same decision as [`HeadDecider::row`], by whole-row passes
-/// that vectorize. Top-k finds its threshold by bisection over the row's value range (each
-/// step one counting pass), ties going to the lower column. Writes the kept columns to `words`.
+/// that vectorize. Top-k finds its threshold by a safeguarded interpolation search over the
+/// row's value range (each step one counting pass), ties going to the lower column. Writes
+/// the kept columns to `words`.
 #[inline(always)]
 fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [u64]) -> RowStats {
     // Separate simple passes: each vectorizes on its own.
     let len = row.iter().map(|&v| (v != MASKED) as u32).sum::<u32>();
-    let sum = row
-        .iter()
-        .map(|&v| if v == MASKED { 0 } else { v as i64 })
-        .sum::<i64>();
+    words.fill(0);
+    if len == 0 {
+        return RowStats::default();
+    }
     let max = row.iter().copied().max().unwrap_or(MASKED);
     let min = row
         .iter()
         .map(|&v| if v == MASKED { i32::MAX } else { v })
         .min()
         .unwrap_or(i32::MAX);
-    words.fill(0);
-    if len == 0 {
-        return RowStats::default();
-    }
+    // Sums in i32 lanes (8 per vector) when no partial sum can overflow, else in i64.
+    let narrow = (row.len() as i64) * (max as i64).abs().max((min as i64).abs()) < i32::MAX as i64;
+    let masked_sum = |keep: &dyn Fn(i32) -> i32| -> i64 {
+        if narrow {
+            row.iter().map(|&v| keep(v)).sum::<i32>() as i64
+        } else {
+            row.iter().map(|&v| keep(v) as i64).sum::<i64>()
+        }
+    };
+    let sum = masked_sum(&|v| if v == MASKED { 0 } else { v });
     let len = len as usize;
     // Kept: v > e, plus the first `eq_left` entries with v == e.
     let (e, mut eq_left) = match threshold {
@@ -502,29 +508,36 @@ fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [
         }
         RowThreshold::TopK { keep } => {
             let k = ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len);
-            // Invariant: count(v >= lo) >= k > count(v >= hi) = above.
-            let (mut lo, mut hi, mut above) = (min as i64, max as i64 + 1, 0usize);
+            // Invariant: count(v >= lo) = at_lo >= k > count(v >= hi) = above. Each step
+            // interpolates the count linearly between lo and hi (few steps on smooth rows);
+            // a step that fails to halve the interval is followed by a bisection, so the
+            // worst case stays within twice the bisection's count.
+            let (mut lo, mut hi) = (min as i64, max as i64 + 1);
+            let (mut at_lo, mut above) = (len, 0usize);
+            let mut bisect = false;
             while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
+                let width = hi - lo;
+                let mid = if bisect {
+                    lo + width / 2
+                } else {
+                    let frac = (at_lo - k) as f64 / (at_lo - above) as f64;
+                    (lo + (width as f64 * frac) as i64).clamp(lo + 1, hi - 1)
+                };
                 let c = count_ge(row, mid as i32);
                 if c >= k {
                     lo = mid;
+                    at_lo = c;
                 } else {
                     hi = mid;
                     above = c;
                 }
+                bisect = !bisect && 2 * (hi - lo) > width;
             }
             (lo as i32, k - above)
         }
     };
-    let kept_sum = row
-        .iter()
-        .map(|&v| if v > e { v as i64 } else { 0 })
-        .sum::<i64>();
-    let kept_pos = row
-        .iter()
-        .map(|&v| if v > e { v.max(0) as i64 } else { 0 })
-        .sum::<i64>();
+    let kept_sum = masked_sum(&|v| if v > e { v } else { 0 });
+    let kept_pos = masked_sum(&|v| if v > e { v.max(0) } else { 0 });
     let mut taken = 0i64;
     for (w, chunk) in words.iter_mut().zip(row.chunks(64)) {
         let (gt, mut eq) = compare_word(simd, chunk, e);
@@ -815,6 +828,9 @@ struct AttendScratch {
     z: Vec<i32>,
     /// Probabilities of the chunk, `CH x m`.
     p: Vec<f32>,
+    /// Kept keys and their scores/probabilities of one row (sparse chunks).
+    idx: Vec<u32>,
+    sc: Vec<f32>,
 }
 
 /// Turns `Z` into the f32 score the reference uses.
@@ -823,6 +839,157 @@ struct Coef {
     a: i32,
     two_f: f32,
     scale: f32,
+}
+
+impl Coef {
+    /// Exact integer, exact in f32 (|x| < 2^24, checked by `supported`), then one rounding by
+    /// `scale`, as the f32 reference path does; [`row_probs_body`] computes the same.
+    #[inline(always)]
+    fn score(self, z: i32, k_sum: i32) -> f32 {
+        ((z - self.a * k_sum) as f32 * self.two_f) * self.scale
+    }
+}
+
+/// Chunks whose kept entries are below this fraction of their entries are scored entry by
+/// entry and multiplied by V row by row (cost proportional to the kept entries); denser
+/// chunks go through the integer tile and one GEMM (cost proportional to the chunk).
+/// Measured crossover on AVX2 (`hdp bench attention --keep K`), see `ARCHITECTURE.md`.
+const SPARSE_BELOW: f64 = 0.25;
+
+/// `Z_ij = qz_i . kz_j` for the keys in `idx`, as f32 scores `2^f (Z - A sum K) * scale`.
+fn scores_portable(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>, k: Coef) {
+    let q = &hd.qz[i * dm.w..][..dm.w];
+    sc.clear();
+    sc.extend(idx.iter().map(|&j| {
+        let kz = &hd.kz[j as usize * dm.w..][..dm.w];
+        let mut z = 0i32;
+        for (&x, &y) in q.iter().zip(kz) {
+            z += x as i32 * y as i32;
+        }
+        k.score(z, hd.k_sum[j as usize])
+    }));
+}
+
+/// AVX2 twin of [`scores_portable`]: eight kept entries at a time, each a `w`-byte
+/// `vpmaddubsw`/`vpmaddwd` dot product, reduced together by `vphaddd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scores_avx2(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>, k: Coef) {
+    use std::arch::x86_64::*;
+    let w = dm.w;
+    let chunks = w / 32;
+    assert!(hd.qz.len() >= (i + 1) * w);
+    assert!(idx.iter().all(|&j| (j as usize) < dm.n) && hd.kz.len() >= dm.n * w);
+    let q = hd.qz[i * w..].as_ptr();
+    let kz = hd.kz.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY (both closures): q holds w bytes; every key row j < n holds w bytes (asserted).
+    let dot = |j: u32| -> __m256i {
+        let kr = unsafe { kz.add(j as usize * w) };
+        let mut acc = _mm256_setzero_si256();
+        for c in 0..chunks {
+            unsafe {
+                let qv = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
+                let kv = _mm256_loadu_si256(kr.add(32 * c) as *const __m256i);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qv, kv), ones));
+            }
+        }
+        acc
+    };
+    sc.clear();
+    let mut e = 0;
+    while e + 8 <= idx.len() {
+        for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
+            // SAFETY: prefetching is a hint; the address is inside kz (asserted above).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w) as *const i8) };
+            if w > 64 {
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w + 64) as *const i8) };
+            }
+        }
+        let v: [__m256i; 8] = std::array::from_fn(|t| dot(idx[e + t]));
+        let t0 = _mm256_hadd_epi32(v[0], v[1]);
+        let t1 = _mm256_hadd_epi32(v[2], v[3]);
+        let t2 = _mm256_hadd_epi32(v[4], v[5]);
+        let t3 = _mm256_hadd_epi32(v[6], v[7]);
+        let u0 = _mm256_hadd_epi32(t0, t1);
+        let u1 = _mm256_hadd_epi32(t2, t3);
+        let z = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(u0, u1),
+            _mm256_permute2x128_si256::<0x31>(u0, u1),
+        );
+        let mut zs = [0i32; 8];
+        // SAFETY: zs holds 8 i32.
+        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, z) };
+        for (t, &z) in zs.iter().enumerate() {
+            sc.push(k.score(z, hd.k_sum[idx[e + t] as usize]));
+        }
+        e += 8;
+    }
+    for &j in &idx[e..] {
+        let v = dot(j);
+        let mut zs = [0i32; 8];
+        // SAFETY: zs holds 8 i32.
+        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, v) };
+        sc.push(k.score(zs.iter().sum(), hd.k_sum[j as usize]));
+    }
+}
+
+/// `o = sum_e p[e] V[idx[e]]`, portable.
+fn pv_portable(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+    o.fill(0.0);
+    for (&j, &pj) in idx.iter().zip(p) {
+        for (y, &x) in o.iter_mut().zip(&v[j as usize * d..][..d]) {
+            *y += pj * x;
+        }
+    }
+}
+
+/// AVX2 twin of [`pv_portable`]: 32 output columns held in four registers across all kept
+/// entries, the rest (d not a multiple of 32) by the portable loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn pv_avx2(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(o.len() == d && idx.len() == p.len());
+    assert!(idx.iter().all(|&j| (j as usize + 1) * d <= v.len()));
+    let full = d / 32 * 32;
+    let mut c0 = 0;
+    while c0 < full {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (e, (&j, &pj)) in idx.iter().zip(p).enumerate() {
+            if let Some(&ahead) = idx.get(e + 8) {
+                // SAFETY: a hint; the address is inside v (asserted above).
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0) as *const i8)
+                };
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        v.as_ptr().add(ahead as usize * d + c0 + 16) as *const i8
+                    )
+                };
+            }
+            let pv = _mm256_set1_ps(pj);
+            // SAFETY: row j of v holds d >= c0 + 32 floats (asserted above).
+            let row = unsafe { v.as_ptr().add(j as usize * d + c0) };
+            for (m, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(row.add(8 * m)) }, *a);
+            }
+        }
+        for (m, a) in acc.iter().enumerate() {
+            // SAFETY: o holds d >= c0 + 32 floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * m), *a) };
+        }
+        c0 += 32;
+    }
+    if full < d {
+        let o = &mut o[full..];
+        o.fill(0.0);
+        for (&j, &pj) in idx.iter().zip(p) {
+            for (y, &x) in o.iter_mut().zip(&v[j as usize * d + full..][..d - full]) {
+                *y += pj * x;
+            }
+        }
+    }
 }
 
 /// Sets bits `lo..hi` of a word set.
@@ -847,7 +1014,7 @@ fn set_range(words: &mut [u64], lo: usize, hi: usize) {
 #[inline(always)]
 fn row_probs_body(simd: Isa, z: &[i32], ksg: &[i32], k: Coef, words: &[u64], p: &mut [f32]) {
     for ((p, &z), &ks) in p.iter_mut().zip(z).zip(ksg) {
-        *p = ((z - k.a * ks) as f32 * k.two_f) * k.scale;
+        *p = k.score(z, ks);
     }
     if words.iter().all(|&w| w == 0) {
         p.fill(0.0);
@@ -949,6 +1116,41 @@ fn attend(
         let o = &mut out[c0 * d..(c0 + ch) * d];
         if sc.rw.iter().all(|&x| x == 0) {
             o.fill(0.0);
+            c0 += ch;
+            continue;
+        }
+        let kept_entries: u64 = sc.rw.iter().map(|x| x.count_ones() as u64).sum();
+        if (kept_entries as f64) < SPARSE_BELOW * (ch * n) as f64 {
+            for r in 0..ch {
+                let i = c0 + r;
+                let orow = &mut o[r * d..(r + 1) * d];
+                sc.idx.clear();
+                for (bw, &word) in sc.rw[r * wn..(r + 1) * wn].iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        sc.idx
+                            .push((bw * 64 + word.trailing_zeros() as usize) as u32);
+                        word &= word - 1;
+                    }
+                }
+                if sc.idx.is_empty() {
+                    orow.fill(0.0);
+                    continue;
+                }
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                    Isa::Avx2 => unsafe { scores_avx2(hd, dm, i, &sc.idx, &mut sc.sc, k) },
+                    _ => scores_portable(hd, dm, i, &sc.idx, &mut sc.sc, k),
+                }
+                crate::fast::softmax_row(isa, &mut sc.sc);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 => unsafe { pv_avx2(&sc.idx, &sc.sc, v, d, orow) },
+                    _ => pv_portable(&sc.idx, &sc.sc, v, d, orow),
+                }
+            }
             c0 += ch;
             continue;
         }
