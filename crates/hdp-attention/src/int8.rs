@@ -901,9 +901,9 @@ fn scores_avx2(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>
     while e + 8 <= idx.len() {
         for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
             // SAFETY: prefetching is a hint; the address is inside kz (asserted above).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w) as *const i8) };
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w)) };
             if w > 64 {
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w + 64) as *const i8) };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w + 64)) };
             }
         }
         let v: [__m256i; 8] = std::array::from_fn(|t| dot(idx[e + t]));
