@@ -14,10 +14,9 @@
 //! Hence the kept-block masks and pruned heads equal the reference's exactly, and outputs differ
 //! only by f32 rounding of softmax and P.V (tolerance `FAST_VS_REFERENCE_ABS`).
 
-use crate::config::{BlockImportance, HdpConfig, PrunedHeadOutput};
-use crate::hdp::{self, head_counts, prune_heads, HdpOutput, HeadDecider};
+use crate::config::{BlockImportance, HdpConfig};
+use crate::hdp::{self, prune_heads, HdpOutput, HeadDecider};
 use crate::problem::AttentionProblem;
-use hdp_core::trace::{HeadTrace, SequenceTrace};
 use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
 use rayon::prelude::*;
 
@@ -354,6 +353,67 @@ multiversion! {
         mode: ScoreMode, score_scale: f32, out: &mut [f32], idx: &mut Vec<usize>, sc: &mut Vec<f32>)
 }
 
+/// A read-only matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst[r * ldd + c] = scale * sum_t a(r, t) b(t, c)` for an `m x n` result over `k` terms, on
+/// the `gemm` crate's f32 kernels (which pick their instruction set at run time) without
+/// threads of their own. Bounds are checked here, so callers need no unsafe code.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ldd: usize,
+    a: View,
+    b: View,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldd >= n && dst.len() >= (m - 1) * ldd + n);
+    if k == 0 {
+        for r in 0..m {
+            dst[r * ldd..r * ldd + n].fill(0.0);
+        }
+        return;
+    }
+    let last = |v: View, r: usize, c: usize| (r - 1) * v.rs + (c - 1) * v.cs;
+    assert!(a.data.len() > last(a, m, k) && b.data.len() > last(b, k, n));
+    // SAFETY: every element the views and the destination describe is in bounds (asserted);
+    // `dst` is a unique borrow, so it aliases neither source.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ldd as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Query rows per chunk of the GEMM dense kernel: the chunk's score rows (`GEMM_ROWS x n`
 /// floats, 256 KiB at n = 1024) stay in L2 between Q.K^T, softmax and P.V.
 const GEMM_ROWS: usize = 64;
@@ -412,59 +472,30 @@ fn dense_head_gemm(
         let r = GEMM_ROWS.min(n - i0);
         // Keys beyond the chunk's last row are causally masked for every row of the chunk.
         let cols = if causal { i0 + r } else { n };
-        assert!(s.len() >= r * n && out.len() >= (i0 + r) * d && q.len() >= (i0 + r) * d);
-        assert!(k.len() >= cols * d && v.len() >= cols * d);
-        // SAFETY: the pointers and strides describe in-bounds row-major matrices (asserted
-        // above): S[r x cols] (row stride n) = scale * Q[i0.., r x d] . K[cols x d]^T, then
-        // O[i0.., r x d] = P[r x cols] . V[cols x d]; the destinations do not alias the sources.
-        unsafe {
-            gemm::gemm(
-                r,
-                cols,
-                d,
-                s.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                q.as_ptr().add(i0 * d),
-                1,
-                d as isize,
-                k.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let qv = View {
+            data: &q[i0 * d..],
+            rs: d,
+            cs: 1,
+        };
+        // K^T: element (t, j) = K[j][t].
+        let kt = View {
+            data: k,
+            rs: 1,
+            cs: d,
+        };
+        matmul(r, cols, d, s, n, qv, kt, scale);
         softmax_chunk(isa, isa, s, n, cols, i0, r, valid, causal);
-        // SAFETY: as above.
-        unsafe {
-            gemm::gemm(
-                r,
-                d,
-                cols,
-                out.as_mut_ptr().add(i0 * d),
-                1,
-                d as isize,
-                false,
-                s.as_ptr(),
-                1,
-                n as isize,
-                v.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let p = View {
+            data: s,
+            rs: n,
+            cs: 1,
+        };
+        let vv = View {
+            data: v,
+            rs: d,
+            cs: 1,
+        };
+        matmul(r, d, cols, &mut out[i0 * d..], d, p, vv, 1.0);
         i0 += r;
     }
 }
@@ -770,32 +801,17 @@ pub fn hdp_attention(
                 );
             },
         );
-        for h in
-            (0..heads).filter(|&h| pruned[h] && cfg.pruned_head_output == PrunedHeadOutput::MeanV)
-        {
-            hdp::write_mean_v(p, &mut out, b, h, n, d, valid_tokens);
-        }
-        let heads_trace = decided
-            .into_iter()
-            .enumerate()
-            .map(|(h, (kept, importance))| HeadTrace {
-                head: h,
-                importance,
-                pruned: pruned[h],
-                counts: head_counts(&valid, &kept, pruned[h], cfg, n, d, valid_tokens),
-                kept,
-            })
-            .collect();
-        trace.sequences.push(SequenceTrace {
-            sequence: b,
-            valid_tokens,
-            valid,
-            q_prescale_exp: eq,
-            k_prescale_exp: ek,
-            q_saturated: q_sat,
-            k_saturated: k_sat,
-            heads: heads_trace,
-        });
+        trace.sequences.push(hdp::finish_sequence(
+            p,
+            cfg,
+            &mut out,
+            b,
+            (valid, valid_tokens),
+            (eq, ek),
+            (q_sat, k_sat),
+            decided,
+            &pruned,
+        ));
     }
     Ok(HdpOutput { output: out, trace })
 }

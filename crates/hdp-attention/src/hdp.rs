@@ -414,6 +414,50 @@ pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> 
     d.finish()
 }
 
+/// The end of one sequence in the fast kernels: mean-V outputs of pruned heads (if chosen) and
+/// the sequence's trace from each head's `(kept blocks, importance)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_sequence(
+    p: &AttentionProblem,
+    cfg: &HdpConfig,
+    out: &mut Tensor,
+    b: usize,
+    (valid, valid_tokens): (BlockMask, usize),
+    (q_prescale_exp, k_prescale_exp): (i32, i32),
+    (q_saturated, k_saturated): (u64, u64),
+    decided: Vec<(BlockMask, f64)>,
+    pruned: &[bool],
+) -> SequenceTrace {
+    let s = p.q.shape();
+    let (n, d) = (s[2], s[3]);
+    for h in (0..decided.len())
+        .filter(|&h| pruned[h] && cfg.pruned_head_output == PrunedHeadOutput::MeanV)
+    {
+        write_mean_v(p, out, b, h, n, d, valid_tokens);
+    }
+    let heads = decided
+        .into_iter()
+        .enumerate()
+        .map(|(h, (kept, importance))| HeadTrace {
+            head: h,
+            importance,
+            pruned: pruned[h],
+            counts: head_counts(&valid, &kept, pruned[h], cfg, n, d, valid_tokens),
+            kept,
+        })
+        .collect();
+    SequenceTrace {
+        sequence: b,
+        valid_tokens,
+        valid,
+        q_prescale_exp,
+        k_prescale_exp,
+        q_saturated,
+        k_saturated,
+        heads,
+    }
+}
+
 /// The trace of one layer before any sequence is added.
 pub(crate) fn empty_layer_trace(
     p: &AttentionProblem,

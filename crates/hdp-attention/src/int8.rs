@@ -20,11 +20,10 @@
 //! when `A <= 64` ([`supported`] checks it), i32 sums by `d * 2^15`, so the integer results
 //! (and with them every decision) equal the reference's exactly.
 
-use crate::config::{BlockImportance, HdpConfig, PrunedHeadOutput, RowThreshold};
-use crate::fast::{fast_exp, Isa};
-use crate::hdp::{self, head_counts, prune_heads, HdpOutput, HeadDecider, RowScratch, RowStats};
+use crate::config::{BlockImportance, HdpConfig, RowThreshold};
+use crate::fast::{fast_exp, matmul, Isa, View};
+use crate::hdp::{self, prune_heads, HdpOutput, HeadDecider, RowScratch, RowStats};
 use crate::problem::AttentionProblem;
-use hdp_core::trace::{HeadTrace, SequenceTrace};
 use hdp_core::{BlockMask, QFormat, Result, ScoreMode, Tensor};
 use rayon::prelude::*;
 
@@ -1227,32 +1226,17 @@ fn attend(
             r0 += TR;
         }
         // O = P . V over the scored keys (the first `kdim` columns of P).
-        assert!(sc.p.len() >= ch * m && vsrc.len() >= kdim * d && o.len() >= ch * d && kdim <= m);
-        // SAFETY: P is ch x kdim (row stride m), V kdim x d, O ch x d, all row-major and in
-        // bounds (asserted); O does not alias the sources.
-        unsafe {
-            gemm::gemm(
-                ch,
-                d,
-                kdim,
-                o.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                sc.p.as_ptr(),
-                1,
-                m as isize,
-                vsrc.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let pv = View {
+            data: &sc.p,
+            rs: m,
+            cs: 1,
+        };
+        let vv = View {
+            data: vsrc,
+            rs: d,
+            cs: 1,
+        };
+        matmul(ch, d, kdim, o, d, pv, vv, 1.0);
         c0 += ch;
     }
 }
@@ -1328,37 +1312,24 @@ pub(crate) fn hdp_attention(
                 );
             },
         );
-        for h in
-            (0..heads).filter(|&h| pruned[h] && cfg.pruned_head_output == PrunedHeadOutput::MeanV)
-        {
-            hdp::write_mean_v(p, &mut out, b, h, n, d, valid_tokens);
-        }
-        let (mut q_sat, mut k_sat) = (0, 0);
-        let heads_trace = decided
+        let saturated = decided
+            .iter()
+            .fold((0, 0), |(q, k), x| (q + x.0.q_sat, k + x.0.k_sat));
+        let decided = decided
             .into_iter()
-            .enumerate()
-            .map(|(h, (hd, kept, importance))| {
-                q_sat += hd.q_sat;
-                k_sat += hd.k_sat;
-                HeadTrace {
-                    head: h,
-                    importance,
-                    pruned: pruned[h],
-                    counts: head_counts(&valid, &kept, pruned[h], cfg, n, d, valid_tokens),
-                    kept,
-                }
-            })
+            .map(|(_, kept, imp)| (kept, imp))
             .collect();
-        trace.sequences.push(SequenceTrace {
-            sequence: b,
-            valid_tokens,
-            valid,
-            q_prescale_exp: exps.0,
-            k_prescale_exp: exps.1,
-            q_saturated: q_sat,
-            k_saturated: k_sat,
-            heads: heads_trace,
-        });
+        trace.sequences.push(hdp::finish_sequence(
+            p,
+            cfg,
+            &mut out,
+            b,
+            (valid, valid_tokens),
+            exps,
+            saturated,
+            decided,
+            &pruned,
+        ));
     }
     Ok(HdpOutput { output: out, trace })
 }
