@@ -383,3 +383,72 @@ fn sim_sweep_and_peers() {
         .iter()
         .any(|p| p["name"].as_str().unwrap().starts_with("SpAtten")));
 }
+
+#[test]
+fn bench_attention_reports_every_documented_field() {
+    let plot = tmp("speed.svg");
+    for isa in [&[][..], &["--portable"][..]] {
+        let mut args = vec![
+            "bench",
+            "attention",
+            "--seq-lens",
+            "24,40",
+            "--heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--repeats",
+            "1",
+            "--block-sizes",
+            "1,8",
+            "--json",
+            "--plot",
+            plot.to_str().unwrap(),
+        ];
+        args.extend_from_slice(isa);
+        let out = hdp(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 4, "2 lengths x 2 block sizes");
+        for v in &lines {
+            for key in [
+                "dense_ms",
+                "hdp_ms",
+                "speedup",
+                "block_sparsity",
+                "head_sparsity",
+                "rel_l2_err",
+            ] {
+                assert!(v[key].as_f64().is_some(), "{key} missing in {v}");
+            }
+            let rate = &v["integer_pass"];
+            assert!(rate["macs"].as_u64().unwrap() > 0 && rate["gmacs"].as_f64().unwrap() > 0.0);
+            let ratio = v["dense_ms"].as_f64().unwrap() / v["hdp_ms"].as_f64().unwrap();
+            assert!((v["speedup"].as_f64().unwrap() - ratio).abs() < 1e-9);
+        }
+        let bs: Vec<u64> = lines
+            .iter()
+            .map(|v| v["config"]["block_size"].as_u64().unwrap())
+            .collect();
+        assert_eq!(bs, [1, 8, 1, 8]);
+        assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    }
+    assert_clean_failure(
+        &hdp(&[
+            "bench",
+            "attention",
+            "--seq-lens",
+            "16",
+            "--block-sizes",
+            "0",
+        ]),
+        "block_size",
+    );
+}
