@@ -1,24 +1,29 @@
 //! The int8 HDP kernel: the fast path of [`crate::fast::hdp_attention`] for formats of at most
-//! 8 bits in approximate-score mode (the default operating point).
+//! 8 bits in approximate-score mode (the default operating point). `ARCHITECTURE.md` has the
+//! measurements behind each choice.
 //!
 //! Data layout per head (built while quantizing, O(N d)):
 //! - `qu`: `Q_int + A` as u8, where `A = 2^(bits-1-f)` makes the integer part non-negative
 //!   (`u8 x i8` products are what AVX2 `vpmaddubsw` and VNNI `vpdpbusd` multiply);
-//! - `K_int` as i8, packed for the SIMD tile (8 keys x 4 dimensions per 32 bytes);
-//! - per key `sum_k K_int`, so `S_int = qu . K_int - A sum K_int` is exact.
+//! - `K_int` as i8, packed for the integer tile (8 keys x 4 dimensions per 32 bytes);
+//! - per key `sum_k K_int`, so `S_int = qu . K_int - A sum K_int` is exact;
+//! - `[Q_int + A, Q_frac]` per query and `[K, K_int]` per key (row-major and packed), so that
+//!   `Z = [Q_int + A, Q_frac] . [K, K_int]` gives `Q_int . K + Q_frac . K_int = Z - A sum_k K`:
+//!   the approximated score of hdp.md step 6 in units of `2^-f`.
 //!
-//! Integer pass (steps 2-5): 4 query rows x 16 keys register tiles of i32 accumulators, then
-//! block importances and the row decision of [`crate::hdp::HeadDecider::row_fast`].
+//! Integer pass (steps 2-5): 4 query rows x 16 keys register tiles (`tile_rows`); one-entry
+//! blocks are decided row by row by vectorized passes (`decide_b1_body`); larger blocks with
+//! `sum` importance take their importances from block sums of `Q_int` and `K_int`
+//! (`integer_pass_block_sums`), other importances reduce the tile rows per block.
 //!
-//! Kept entries (steps 6-7): one integer dot product per kept entry over `2d` bytes,
-//! `Z = [Q_int + A, Q_frac] . [K, K_int]`, so that
-//! `Q_int . K + Q_frac . K_int = Z - A sum_k K` (the approximated score of hdp.md step 6 in
-//! units of `2^-f`), eight kept entries reduced at once; then a SIMD softmax over the kept
-//! entries and a sparse P.V that keeps the output row in registers.
+//! Kept entries (steps 6-7), by chunks of rows: dense enough chunks compute `Z` with the same
+//! tile over the key blocks they keep, a masked softmax and one GEMM for P.V; sparse chunks
+//! score entry by entry and accumulate V rows (`attend`).
 //!
-//! Exactness: every pairwise i16 sum inside `vpmaddubsw` is bounded by `2 * 127 * 128 < 2^15`
-//! when `A <= 64` ([`supported`] checks it), i32 sums by `d * 2^15`, so the integer results
-//! (and with them every decision) equal the reference's exactly.
+//! Exactness: `vpmaddubsw` adds two u8 x i8 products into i16, at most `2 * 127 * 128 < 2^15`
+//! when `A <= 64` ([`supported`] checks it); such pair sums are added in i16 only for as many
+//! groups as cannot overflow (`i16_run`), then widened to i32. So the integer results, and
+//! with them every decision, equal the reference's exactly.
 
 use crate::config::{BlockImportance, HdpConfig, RowThreshold};
 use crate::fast::{fast_exp, matmul, Isa, View};
