@@ -25,7 +25,7 @@ use rayon::prelude::*;
 pub enum Isa {
     /// Plain Rust, whatever the compiler targets by default (SSE2 on x86-64).
     Portable,
-    /// AVX2 + FMA + BMI2 (x86-64, every AVX2 CPU since 2013), chosen at run time.
+    /// AVX2 + FMA (x86-64), chosen at run time.
     Avx2,
 }
 
@@ -34,10 +34,7 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("bmi2")
-            {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 return Isa::Avx2;
             }
         }
