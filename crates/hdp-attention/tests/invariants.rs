@@ -196,6 +196,15 @@ proptest! {
         let (heads, n, d) = (s[1], s[2], s[3]);
         let nb = n.div_ceil(cfg.block_size);
         for seq in &t.sequences {
+            // The valid-block mask equals a brute-force scan of the valid entries.
+            let bs = cfg.block_size;
+            for r in 0..nb {
+                for c in 0..nb {
+                    let any = (r * bs..((r + 1) * bs).min(n))
+                        .any(|i| (c * bs..((c + 1) * bs).min(n)).any(|j| p.entry_is_valid(seq.sequence, i, j)));
+                    prop_assert_eq!(seq.valid.get(r, c), any, "valid block ({}, {})", r, c);
+                }
+            }
             prop_assert!(seq.heads.iter().any(|h| !h.pruned), "every head pruned");
             for h in &seq.heads {
                 prop_assert!(h.kept.is_subset_of(&seq.valid));
