@@ -1159,7 +1159,7 @@ fn attend(
             continue;
         }
         // The key blocks to score, each row's kept columns in their numbering, and V.
-        let (blocks, cwn, vsrc, kdim): (&[u32], usize, &[f32], usize) = if gather {
+        let (blocks, cwn, vsrc, kdim, ksg): (&[u32], usize, &[f32], usize, &[i32]) = if gather {
             sc.union.clear();
             sc.union.resize(wn, 0);
             for r in 0..ch {
@@ -1199,11 +1199,9 @@ fn attend(
                 sc.vg.extend_from_slice(&v[lo * d..hi * d]);
                 sc.vg.resize(sc.vg.len() + (8 - (hi - lo)) * d, 0.0);
             }
-            (&sc.blocks, cwn, &sc.vg, m)
+            (&sc.blocks, cwn, &sc.vg, m, &sc.ksg)
         } else {
-            sc.ksg.clear();
-            sc.ksg.extend_from_slice(&hd.k_sum);
-            (all_blocks, wn, v, n)
+            (all_blocks, wn, v, n, &hd.k_sum)
         };
         let m = blocks.len() * 8;
         let crw: &[u64] = if gather { &sc.crw } else { &sc.rw };
@@ -1218,15 +1216,7 @@ fn attend(
             for r in r0..(r0 + TR).min(ch) {
                 let z = &sc.z[(r - r0) * m..][..m];
                 let words = &crw[r * cwn..(r + 1) * cwn];
-                row_probs(
-                    isa,
-                    isa,
-                    z,
-                    &sc.ksg,
-                    k,
-                    words,
-                    &mut sc.p[r * m..(r + 1) * m],
-                );
+                row_probs(isa, isa, z, ksg, k, words, &mut sc.p[r * m..(r + 1) * m]);
             }
             r0 += TR;
         }
