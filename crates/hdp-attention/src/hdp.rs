@@ -30,6 +30,11 @@ pub struct HdpOutput {
 /// binary floating point) keeps 3 blocks, not 4.
 const TOPK_EPS: f64 = 1e-9;
 
+/// Blocks a top-k block-row with `len` valid blocks keeps: `ceil(keep * len)`, at least one.
+pub(crate) fn topk_count(keep: f64, len: usize) -> usize {
+    ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len)
+}
+
 /// Indices of the blocks a block-row keeps (step 4), given `(column, importance)` of its valid
 /// blocks in column order. Never empty when `row` is not; the result is sorted by column.
 pub fn select_blocks(row: &[(usize, i64)], threshold: RowThreshold) -> Vec<usize> {
@@ -54,7 +59,7 @@ fn select_blocks_owned(row: Vec<(usize, i64)>, threshold: RowThreshold) -> Vec<u
                 .collect()
         }
         RowThreshold::TopK { keep } => {
-            let k = ((keep * row.len() as f64 - TOPK_EPS).ceil() as usize).clamp(1, row.len());
+            let k = topk_count(keep, row.len());
             let mut order = row;
             // Most important first; ties go to the lower column, a total order, so the chosen set
             // is deterministic and nested in `keep`. Selection (O(n)) picks the same set as a
@@ -279,7 +284,7 @@ impl HeadDecider {
                 Rule::Above(mean + rho * (max_f - mean), max_f)
             }
             RowThreshold::TopK { keep } => {
-                let k = ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len);
+                let k = topk_count(keep, len);
                 let t = kth_largest(imp, ok, k, min, max, len, scratch);
                 let above = imp.iter().zip(ok).filter(|&(&v, &o)| o && v > t).count();
                 Rule::Rank {

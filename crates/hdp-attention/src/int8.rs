@@ -461,9 +461,6 @@ struct PassScratch {
 /// A masked entry of a one-block row (valid integer scores are far inside +-2^24).
 const MASKED: i32 = i32::MIN;
 
-/// Slack before `ceil` in top-k, as in the reference.
-const TOPK_EPS: f64 = 1e-9;
-
 /// Number of entries `>= t` (t > [`MASKED`], so masked entries never count).
 #[inline(always)]
 fn count_ge(row: &[i32], t: i32) -> usize {
@@ -511,7 +508,7 @@ fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [
             (first - 1, 0)
         }
         RowThreshold::TopK { keep } => {
-            let k = ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len);
+            let k = hdp::topk_count(keep, len);
             // Invariant: count(v >= lo) = at_lo >= k > count(v >= hi) = above. Each step
             // interpolates the count linearly between lo and hi (few steps on smooth rows);
             // a step that fails to halve the interval is followed by a bisection, so the
