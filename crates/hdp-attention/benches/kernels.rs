@@ -37,7 +37,9 @@ fn kernels(c: &mut Criterion) {
             let cfg = HdpConfig {
                 block_size: bs,
                 ..HdpConfig::default()
-            };
+            }
+            .validated()
+            .expect("valid options");
             g.bench_with_input(
                 BenchmarkId::new(format!("hdp-b{bs}"), format!("N={n}")),
                 &p,

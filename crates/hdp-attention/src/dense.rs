@@ -30,11 +30,11 @@ pub(crate) fn masked_softmax(scores: &mut [f64], valid: &[bool]) -> bool {
 
 /// Dense attention on a validated problem; output has the shape of Q.
 pub fn attention(p: &AttentionProblem) -> Result<Tensor> {
-    let dims = p.validate()?;
+    let dims = p.dims();
     let (n, d) = (dims.seq_len, dims.head_dim);
     let scale = 1.0 / (d as f64).sqrt();
-    let (q, k, v) = (p.q.data(), p.k.data(), p.v.data());
-    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let (q, k, v) = (p.q().data(), p.k().data(), p.v().data());
+    let mut out = Tensor::zeros(p.q().shape().to_vec());
     let mut scores = vec![0.0f64; n];
     let mut valid = vec![false; n];
     let mut acc = vec![0.0f64; d];

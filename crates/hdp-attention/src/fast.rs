@@ -14,7 +14,7 @@
 //! Hence the kept-block masks and pruned heads equal the reference's exactly, and outputs differ
 //! only by f32 rounding of softmax and P.V (tolerance `FAST_VS_REFERENCE_ABS`).
 
-use crate::config::{BlockImportance, HdpConfig};
+use crate::config::{BlockImportance, HdpConfig, ValidConfig};
 use crate::hdp::{self, prune_heads, HdpOutput, HeadDecider};
 use crate::problem::AttentionProblem;
 use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
@@ -501,9 +501,9 @@ fn dense_head_gemm(
 /// Q.K^T and P.V run on the `gemm` crate's kernels; [`Isa::Portable`] runs our own tiled
 /// portable code.
 pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
-    let dims = p.validate()?;
+    let dims = p.dims();
     let (heads, n, d) = (dims.heads, dims.seq_len, dims.head_dim);
-    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let mut out = Tensor::zeros(p.q().shape().to_vec());
     out.data_mut()
         .par_chunks_mut(n * d)
         .enumerate()
@@ -513,18 +513,18 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
                 let b = bh / heads;
                 let off = bh * n * d;
                 let (q, k, v) = (
-                    &p.q.data()[off..off + n * d],
-                    &p.k.data()[off..off + n * d],
-                    &p.v.data()[off..off + n * d],
+                    &p.q().data()[off..off + n * d],
+                    &p.k().data()[off..off + n * d],
+                    &p.v().data()[off..off + n * d],
                 );
                 let valid: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
                 if isa == Isa::Portable {
                     kt.resize(n * d, 0.0);
                     s.resize(ROWS * n, 0.0);
-                    dense_head(isa, q, k, v, &valid, p.causal, n, d, o, kt, s, ok);
+                    dense_head(isa, q, k, v, &valid, p.causal(), n, d, o, kt, s, ok);
                 } else {
                     s.resize(GEMM_ROWS * n, 0.0);
-                    dense_head_gemm(isa, q, k, v, &valid, p.causal, n, d, o, s);
+                    dense_head_gemm(isa, q, k, v, &valid, p.causal(), n, d, o, s);
                 }
             },
         );
@@ -679,12 +679,11 @@ pub fn f32_exact(cfg: &HdpConfig, d: usize) -> bool {
 /// the reference when the format is too wide for exact f32 integer arithmetic.
 pub fn hdp_attention(
     p: &AttentionProblem,
-    cfg: &HdpConfig,
+    cfg: &ValidConfig,
     layer: usize,
     isa: Isa,
 ) -> Result<HdpOutput> {
-    let dims = p.validate()?;
-    cfg.validate()?;
+    let dims = p.dims();
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     if crate::int8::supported(cfg, d) {
         return crate::int8::hdp_attention(p, cfg, layer, isa);
@@ -693,14 +692,14 @@ pub fn hdp_attention(
         return hdp::attention(p, cfg, layer);
     }
     let fmt = cfg.q_format;
-    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let mut out = Tensor::zeros(p.q().shape().to_vec());
     let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
     for b in 0..dims.batch {
         let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
         let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
         let (eq, ek) = hdp::prescale_exponents(p, cfg, b, heads, n, d);
-        let (qc, q_sat) = hdp::quantize_sequence(p, &p.q, fmt, eq, b);
-        let (kc, k_sat) = hdp::quantize_sequence(p, &p.k, fmt, ek, b);
+        let (qc, q_sat) = hdp::quantize_sequence(p, p.q(), fmt, eq, b);
+        let (kc, k_sat) = hdp::quantize_sequence(p, p.k(), fmt, ek, b);
         let one = fmt.one() as f32;
         let codes: Vec<HeadCodes> = (0..heads)
             .map(|h| {
@@ -755,7 +754,7 @@ pub fn hdp_attention(
             .par_iter()
             .map_init(
                 || (vec![0.0f32; d * n], vec![0.0f32; ROWS * n]),
-                |(kt, s), c| integer_pass(isa, c, &valid_tok, p.causal, n, d, cfg, kt, s),
+                |(kt, s), c| integer_pass(isa, c, &valid_tok, p.causal(), n, d, cfg, kt, s),
             )
             .collect();
         let head_imp: Vec<f64> = decided.iter().map(|x| x.1).collect();
@@ -769,9 +768,9 @@ pub fn hdp_attention(
             |(idx, sc), (h, o)| {
                 let off = p.row_offset(b, h, 0);
                 let (qf, kf, v) = (
-                    &p.q.data()[off..off + n * d],
-                    &p.k.data()[off..off + n * d],
-                    &p.v.data()[off..off + n * d],
+                    &p.q().data()[off..off + n * d],
+                    &p.k().data()[off..off + n * d],
+                    &p.v().data()[off..off + n * d],
                 );
                 if pruned[h] {
                     return;
@@ -786,7 +785,7 @@ pub fn hdp_attention(
                     v,
                     kept,
                     &valid_tok,
-                    p.causal,
+                    p.causal(),
                     n,
                     d,
                     bs,

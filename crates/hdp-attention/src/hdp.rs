@@ -7,7 +7,7 @@
 
 use crate::config::{
     BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
-    RowThreshold,
+    RowThreshold, ValidConfig,
 };
 use crate::dense::masked_softmax;
 use crate::problem::AttentionProblem;
@@ -133,8 +133,8 @@ pub(crate) fn prescale_exponents(
                 f32::from_bits(m)
             };
             (
-                cfg.q_format.fill_exponent(max_abs(&p.q)),
-                cfg.q_format.fill_exponent(max_abs(&p.k)),
+                cfg.q_format.fill_exponent(max_abs(p.q())),
+                cfg.q_format.fill_exponent(max_abs(p.k())),
             )
         }
     }
@@ -167,7 +167,7 @@ pub(crate) fn quantize_sequence(
 
 /// Blocks of sequence `b` with at least one valid entry, and the number of valid tokens.
 pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockMask, usize) {
-    let n = p.q.shape()[2];
+    let n = p.q().shape()[2];
     let nb = n.div_ceil(bs);
     let mut valid = BlockMask::new(nb, nb);
     // Block (r, c) has a valid entry iff some valid query of r and valid key of c exist (and,
@@ -181,7 +181,7 @@ pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockM
     for (r, q) in last_valid.iter().enumerate() {
         for (c, k) in first_valid.iter().enumerate() {
             if let (Some(q), Some(k)) = (q, k) {
-                if !p.causal || k <= q {
+                if !p.causal() || k <= q {
                     valid.set(r, c, true);
                 }
             }
@@ -433,7 +433,7 @@ pub(crate) fn finish_sequence(
     decided: Vec<(BlockMask, f64)>,
     pruned: &[bool],
 ) -> SequenceTrace {
-    let s = p.q.shape();
+    let s = p.q().shape();
     let (n, d) = (s[2], s[3]);
     for h in (0..decided.len())
         .filter(|&h| pruned[h] && cfg.pruned_head_output == PrunedHeadOutput::MeanV)
@@ -469,7 +469,7 @@ pub(crate) fn empty_layer_trace(
     cfg: &HdpConfig,
     layer: usize,
 ) -> Result<LayerTrace> {
-    let dims = p.validate()?;
+    let dims = p.dims();
     Ok(LayerTrace {
         layer,
         seq_len: dims.seq_len,
@@ -478,7 +478,7 @@ pub(crate) fn empty_layer_trace(
         block_size: cfg.block_size,
         q_format: cfg.q_format,
         score_mode: cfg.score_mode,
-        causal: p.causal,
+        causal: p.causal(),
         sequences: Vec::with_capacity(dims.batch),
     })
 }
@@ -542,15 +542,14 @@ pub(crate) fn head_counts(
 }
 
 /// Runs HDP attention on one layer. `layer` is recorded in the trace.
-pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<HdpOutput> {
-    let dims = p.validate()?;
-    cfg.validate()?;
+pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Result<HdpOutput> {
+    let dims = p.dims();
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     let fmt = cfg.q_format;
     let f = fmt.frac_bits;
     let nb = n.div_ceil(bs);
     let inv_sqrt_d = 1.0 / (d as f64).sqrt();
-    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let mut out = Tensor::zeros(p.q().shape().to_vec());
     let mut trace = empty_layer_trace(p, cfg, layer)?;
 
     for b in 0..dims.batch {
@@ -558,8 +557,8 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
 
         // Step 1: pre-scale, quantize, split.
         let (eq, ek) = prescale_exponents(p, cfg, b, heads, n, d);
-        let (qc, q_sat) = quantize_sequence(p, &p.q, fmt, eq, b);
-        let (kc, k_sat) = quantize_sequence(p, &p.k, fmt, ek, b);
+        let (qc, q_sat) = quantize_sequence(p, p.q(), fmt, eq, b);
+        let (kc, k_sat) = quantize_sequence(p, p.k(), fmt, ek, b);
         let split = |codes: &[i32]| -> (Vec<i64>, Vec<i64>) {
             codes
                 .iter()
@@ -629,8 +628,8 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
                     let (qi, kj) = (row(h, i), row(h, j));
                     match cfg.score_mode {
                         ScoreMode::Float => {
-                            let qf = &p.q.data()[p.row_offset(b, h, i)..][..d];
-                            let kf = &p.k.data()[p.row_offset(b, h, j)..][..d];
+                            let qf = &p.q().data()[p.row_offset(b, h, i)..][..d];
+                            let kf = &p.k().data()[p.row_offset(b, h, j)..][..d];
                             qf.iter()
                                 .zip(kf)
                                 .map(|(&a, &c)| a as f64 * c as f64)
@@ -669,7 +668,7 @@ pub fn attention(p: &AttentionProblem, cfg: &HdpConfig, layer: usize) -> Result<
                     for (j, &pj) in scores.iter().enumerate().filter(|(_, &pj)| pj != 0.0) {
                         for (a, &x) in acc
                             .iter_mut()
-                            .zip(&p.v.data()[p.row_offset(b, h, j)..][..d])
+                            .zip(&p.v().data()[p.row_offset(b, h, j)..][..d])
                         {
                             *a += pj * x as f64;
                         }
@@ -707,7 +706,7 @@ pub(crate) fn write_mean_v(
     for j in (0..n).filter(|&j| p.token_is_valid(b, j)) {
         for (m, &x) in mean
             .iter_mut()
-            .zip(&p.v.data()[p.row_offset(b, h, j)..][..d])
+            .zip(&p.v().data()[p.row_offset(b, h, j)..][..d])
         {
             *m += x as f64 / valid_tokens as f64;
         }

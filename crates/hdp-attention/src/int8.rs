@@ -252,7 +252,7 @@ fn prepare_head(
     let mut codes = vec![0i32; d];
     for (i, &valid_i) in valid_tok.iter().enumerate().take(n) {
         let off = p.row_offset(b, h, i);
-        let (qx, kx) = (&p.q.data()[off..off + d], &p.k.data()[off..off + d]);
+        let (qx, kx) = (&p.q().data()[off..off + d], &p.k().data()[off..off + d]);
         let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * w..][..w]);
         let sat = quantize_row(isa, qx, sq, one, min, max, &mut codes);
         let (qzi, qzf) = qz.split_at_mut(dp);
@@ -1240,8 +1240,7 @@ pub(crate) fn hdp_attention(
     layer: usize,
     isa: Isa,
 ) -> Result<HdpOutput> {
-    let dims = p.validate()?;
-    cfg.validate()?;
+    let dims = p.dims();
     debug_assert!(supported(cfg, dims.head_dim));
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     let fmt = cfg.q_format;
@@ -1249,7 +1248,7 @@ pub(crate) fn hdp_attention(
     let dm = Dims::new(n, d, fmt);
     // Every key block in order (the integer pass and one-entry-block chunks use all keys).
     let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
-    let mut out = Tensor::zeros(p.q.shape().to_vec());
+    let mut out = Tensor::zeros(p.q().shape().to_vec());
     let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
     for b in 0..dims.batch {
         let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
@@ -1264,8 +1263,18 @@ pub(crate) fn hdp_attention(
             .into_par_iter()
             .map_init(PassScratch::default, |sc, h| {
                 let hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
-                let (kept, imp) =
-                    integer_pass(isa, &hd, dm, &all, &valid, &valid_tok, p.causal, cfg, a, sc);
+                let (kept, imp) = integer_pass(
+                    isa,
+                    &hd,
+                    dm,
+                    &all,
+                    &valid,
+                    &valid_tok,
+                    p.causal(),
+                    cfg,
+                    a,
+                    sc,
+                );
                 (hd, kept, imp)
             })
             .collect();
@@ -1286,7 +1295,7 @@ pub(crate) fn hdp_attention(
                     return;
                 }
                 let off = p.row_offset(b, h, 0);
-                let v = &p.v.data()[off..off + n * d];
+                let v = &p.v().data()[off..off + n * d];
                 let (hd, kept, _) = &decided[h];
                 attend(
                     isa,
@@ -1295,7 +1304,7 @@ pub(crate) fn hdp_attention(
                     &all,
                     kept,
                     &valid_words,
-                    p.causal,
+                    p.causal(),
                     bs,
                     v,
                     coef,
@@ -1346,7 +1355,7 @@ pub fn integer_pass_rate(
     isa: Isa,
     repeats: usize,
 ) -> Result<Option<IntegerPassRate>> {
-    let dims = p.validate()?;
+    let dims = p.dims();
     let (heads, n, d) = (dims.heads, dims.seq_len, dims.head_dim);
     if !supported(cfg, d) {
         return Ok(None);

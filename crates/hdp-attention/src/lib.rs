@@ -7,7 +7,6 @@
 #[macro_use]
 mod macros;
 
-pub mod config;
 pub mod dense;
 pub mod fast;
 pub mod hdp;
@@ -16,11 +15,13 @@ pub mod problem;
 mod simd;
 pub mod synthetic;
 
-pub use config::{
-    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
-    RowThreshold,
-};
 pub use hdp::HdpOutput;
+/// The HDP options live in `hdp-core` (the trace carries them); re-exported here.
+pub use hdp_core::config;
+pub use hdp_core::config::{
+    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
+    RowThreshold, ValidConfig,
+};
 pub use hdp_core::{Error, Result};
 pub use problem::{AttentionProblem, Dims};
 
@@ -33,11 +34,10 @@ pub const REFERENCE_PRODUCER: &str = concat!("hdp-attention reference ", env!("C
 /// Runs HDP attention on one layer and wraps its trace in a complete [`hdp_core::Trace`].
 pub fn hdp_with_trace(
     p: &AttentionProblem,
-    cfg: &HdpConfig,
+    cfg: &ValidConfig,
 ) -> Result<(hdp_core::Tensor, hdp_core::Trace)> {
     let out = hdp::attention(p, cfg, 0)?;
-    let config = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
-    let mut trace = hdp_core::Trace::new(REFERENCE_PRODUCER, config);
+    let mut trace = hdp_core::Trace::new(REFERENCE_PRODUCER, *cfg);
     trace.layers.push(out.trace);
     Ok((out.output, trace))
 }

@@ -1,5 +1,7 @@
-//! The input of one attention layer: Q, K, V of shape `[batch, heads, N, d]` plus masks, with the
-//! validation every implementation relies on.
+//! The input of one attention layer: Q, K, V of shape `[batch, heads, N, d]` plus masks. An
+//! [`AttentionProblem`] can only be built by [`AttentionProblem::new`], which checks shapes,
+//! masks, finiteness and the element budget once; the kernels then trust it and never scan
+//! their inputs again.
 //!
 //! Mask semantics, shared by every implementation: entry (i, j) of a sequence is *valid* iff
 //! token i and token j are both unmasked by the key-padding mask and, with a causal mask,
@@ -8,19 +10,15 @@
 
 use hdp_core::{Error, Result, Tensor};
 
-/// One attention layer's inputs.
+/// One attention layer's inputs, validated (see the module docs).
 #[derive(Clone, Debug)]
 pub struct AttentionProblem {
-    /// Queries, `[batch, heads, N, d]`.
-    pub q: Tensor,
-    /// Keys, `[batch, heads, N, d]`.
-    pub k: Tensor,
-    /// Values, `[batch, heads, N, d]`.
-    pub v: Tensor,
-    /// Key-padding mask, `batch * N` flags (true = real token); `None` means all tokens valid.
-    pub token_valid: Option<Vec<bool>>,
-    /// Whether token i may only attend to tokens `j <= i`.
-    pub causal: bool,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_valid: Option<Vec<bool>>,
+    causal: bool,
+    dims: Dims,
 }
 
 /// Dimensions of a problem.
@@ -37,7 +35,10 @@ pub struct Dims {
 }
 
 impl AttentionProblem {
-    /// Builds and validates a problem.
+    /// Builds a problem: Q, K, V of one shape `[batch, heads, N, d]` (every dimension > 0),
+    /// `token_valid` of `batch * N` flags (true = real token; `None` = all valid), every value
+    /// finite, and `heads * N * N` (the score matrix of one sequence, what every implementation
+    /// allocates) within [`hdp_core::budget::max_elements`].
     pub fn new(
         q: Tensor,
         k: Tensor,
@@ -45,20 +46,49 @@ impl AttentionProblem {
         token_valid: Option<Vec<bool>>,
         causal: bool,
     ) -> Result<Self> {
-        let p = AttentionProblem {
+        let dims = Self::check(&q, &k, &v, token_valid.as_deref())?;
+        Ok(AttentionProblem {
             q,
             k,
             v,
             token_valid,
             causal,
-        };
-        p.validate()?;
-        Ok(p)
+            dims,
+        })
     }
 
-    /// Checks shapes (4-D, equal, non-empty), the mask length and that inputs are finite.
-    pub fn validate(&self) -> Result<Dims> {
-        let s = self.q.shape();
+    /// Queries, `[batch, heads, N, d]`.
+    pub fn q(&self) -> &Tensor {
+        &self.q
+    }
+
+    /// Keys, `[batch, heads, N, d]`.
+    pub fn k(&self) -> &Tensor {
+        &self.k
+    }
+
+    /// Values, `[batch, heads, N, d]`.
+    pub fn v(&self) -> &Tensor {
+        &self.v
+    }
+
+    /// Key-padding mask, `batch * N` flags (true = real token); `None` means all tokens valid.
+    pub fn token_valid(&self) -> Option<&[bool]> {
+        self.token_valid.as_deref()
+    }
+
+    /// Whether token i may only attend to tokens `j <= i`.
+    pub fn causal(&self) -> bool {
+        self.causal
+    }
+
+    /// The problem's dimensions.
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    fn check(q: &Tensor, k: &Tensor, v: &Tensor, token_valid: Option<&[bool]>) -> Result<Dims> {
+        let s = q.shape();
         if s.len() != 4 || s.contains(&0) {
             return Err(Error::ShapeMismatch {
                 op: "attention",
@@ -66,7 +96,7 @@ impl AttentionProblem {
                 got: format!("{s:?}"),
             });
         }
-        for (name, t) in [("K", &self.k), ("V", &self.v)] {
+        for (name, t) in [("K", k), ("V", v)] {
             if t.shape() != s {
                 return Err(Error::ShapeMismatch {
                     op: "attention",
@@ -81,7 +111,11 @@ impl AttentionProblem {
             seq_len: s[2],
             head_dim: s[3],
         };
-        if let Some(m) = &self.token_valid {
+        hdp_core::budget::check_elements(
+            "attention scores (heads x N x N)",
+            &[dims.heads, dims.seq_len, dims.seq_len],
+        )?;
+        if let Some(m) = token_valid {
             if m.len() != dims.batch * dims.seq_len {
                 return Err(Error::ShapeMismatch {
                     op: "attention mask",
@@ -90,9 +124,9 @@ impl AttentionProblem {
                 });
             }
         }
-        self.q.check_finite("Q")?;
-        self.k.check_finite("K")?;
-        self.v.check_finite("V")?;
+        q.check_finite("Q")?;
+        k.check_finite("K")?;
+        v.check_finite("V")?;
         Ok(dims)
     }
 

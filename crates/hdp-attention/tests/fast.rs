@@ -52,10 +52,10 @@ proptest! {
             pruned_head_output: if mean_v { PrunedHeadOutput::MeanV } else { PrunedHeadOutput::Zero },
             ..HdpConfig::default()
         };
-        let reference = hdp::attention(&p, &cfg, 0).unwrap();
+        let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
         let dense_ref = dense::attention(&p).unwrap();
         for isa in isas() {
-            let got = fast::hdp_attention(&p, &cfg, 0, isa).unwrap();
+            let got = fast::hdp_attention(&p, &cfg.validated().unwrap(), 0, isa).unwrap();
             prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
             let e = got.output.max_abs_diff(&reference.output);
             prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} hdp err {}", isa, e);
@@ -84,8 +84,8 @@ fn wide_formats_fall_back_to_the_reference() {
     };
     assert!(!fast::f32_exact(&cfg, 64));
     assert!(fast::f32_exact(&HdpConfig::default(), 64));
-    let a = fast::hdp_attention(&p, &cfg, 0, Isa::detect()).unwrap();
-    let b = hdp::attention(&p, &cfg, 0).unwrap();
+    let a = fast::hdp_attention(&p, &cfg.validated().unwrap(), 0, Isa::detect()).unwrap();
+    let b = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
     assert_eq!(a.output, b.output);
 }
 
@@ -112,9 +112,9 @@ proptest! {
             ..HdpConfig::default()
         };
         prop_assert!(hdp_attention::int8::supported(&cfg, d));
-        let reference = hdp::attention(&p, &cfg, 0).unwrap();
+        let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
         for isa in isas() {
-            let got = fast::hdp_attention(&p, &cfg, 0, isa).unwrap();
+            let got = fast::hdp_attention(&p, &cfg.validated().unwrap(), 0, isa).unwrap();
             prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
             let e = got.output.max_abs_diff(&reference.output);
             prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} hdp err {}", isa, e);

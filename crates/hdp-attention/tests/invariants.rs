@@ -118,17 +118,17 @@ fn exact_mode_bound(
     h: usize,
     i: usize,
 ) -> f32 {
-    let s = p.q.shape();
+    let s = p.q().shape();
     let (n, d) = (s[2], s[3]);
     let seq = &trace.sequences[b];
     let f = trace.q_format.frac_bits as i32;
     let sq = (2f64).powi(-(f + seq.q_prescale_exp));
     let sk = (2f64).powi(-(f + seq.k_prescale_exp));
-    let qi = &p.q.data()[p.row_offset(b, h, i)..][..d];
+    let qi = &p.q().data()[p.row_offset(b, h, i)..][..d];
     let mut eps: f64 = 0.0;
     let mut vmax: f64 = 0.0;
     for j in (0..n).filter(|&j| p.entry_is_valid(b, i, j)) {
-        let kj = &p.k.data()[p.row_offset(b, h, j)..][..d];
+        let kj = &p.k().data()[p.row_offset(b, h, j)..][..d];
         let e: f64 = qi
             .iter()
             .zip(kj)
@@ -138,7 +138,7 @@ fn exact_mode_bound(
             .sum::<f64>()
             / (d as f64).sqrt();
         eps = eps.max(e);
-        let vj = &p.v.data()[p.row_offset(b, h, j)..][..d];
+        let vj = &p.v().data()[p.row_offset(b, h, j)..][..d];
         vmax = vmax.max(vj.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64)));
     }
     (((2.0 * eps).exp() - 1.0) * vmax) as f32
@@ -151,7 +151,7 @@ proptest! {
     #[test]
     fn float_mode_without_pruning_equals_dense(p in problem_strategy(), bs in 1usize..=9) {
         let cfg = HdpConfig { block_size: bs, score_mode: ScoreMode::Float, ..HdpConfig::default() }.no_pruning();
-        let out = hdp::attention(&p, &cfg, 0).unwrap();
+        let out = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
         let dense = dense::attention(&p).unwrap();
         prop_assert!(out.output.max_abs_diff(&dense) <= FLOAT_SAME_MATH_ABS);
         prop_assert!(out.output.rel_l2_err(&dense).unwrap() <= FLOAT_SAME_MATH_REL);
@@ -166,9 +166,9 @@ proptest! {
             q_format: QFormat::new(16, 8).unwrap(),
             ..HdpConfig::default()
         }.no_pruning();
-        let out = hdp::attention(&p, &cfg, 0).unwrap();
+        let out = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
         let dense = dense::attention(&p).unwrap();
-        let s = p.q.shape();
+        let s = p.q().shape();
         let (batch, heads, n, d) = (s[0], s[1], s[2], s[3]);
         for b in 0..batch {
             prop_assert_eq!(out.trace.sequences[b].q_saturated + out.trace.sequences[b].k_saturated, 0);
@@ -190,9 +190,9 @@ proptest! {
     /// conventions of the trace format, and the trace survives a JSON round trip.
     #[test]
     fn structural_invariants_hold_for_every_option(p in problem_strategy(), cfg in config_strategy()) {
-        let out = hdp::attention(&p, &cfg, 3).unwrap();
+        let out = hdp::attention(&p, &cfg.validated().unwrap(), 3).unwrap();
         let t = &out.trace;
-        let s = p.q.shape();
+        let s = p.q().shape();
         let (heads, n, d) = (s[1], s[2], s[3]);
         let nb = n.div_ceil(cfg.block_size);
         for seq in &t.sequences {
@@ -244,7 +244,7 @@ proptest! {
             }
         }
         prop_assert_eq!(t.sequences[0].heads.len(), heads);
-        let mut trace = hdp_core::Trace::new("test", serde_json::Value::Null);
+        let mut trace = hdp_core::Trace::new("test", Default::default());
         trace.layers.push(t.clone());
         prop_assert!(trace.validate().is_ok());
         let json = serde_json::to_string(&trace).unwrap();
@@ -256,7 +256,7 @@ proptest! {
     #[test]
     fn kept_blocks_are_monotone_in_rho_and_keep(p in problem_strategy(), bs in 1usize..=5, a in 0.0f64..=1.0, b in 0.0f64..=1.0) {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        let run = |threshold| hdp::attention(&p, &HdpConfig { block_size: bs, threshold, ..HdpConfig::default() }, 0).unwrap().trace;
+        let run = |threshold| hdp::attention(&p, &(HdpConfig { block_size: bs, threshold, ..HdpConfig::default() }).validated().unwrap(), 0).unwrap().trace;
         let (t_lo, t_hi) = (run(RowThreshold::MeanMax { rho: lo }), run(RowThreshold::MeanMax { rho: hi }));
         let (k_lo, k_hi) = (run(RowThreshold::TopK { keep: lo.max(0.01) }), run(RowThreshold::TopK { keep: hi.max(0.01) }));
         for (s_lo, s_hi) in t_lo.sequences.iter().zip(&t_hi.sequences) {
@@ -275,10 +275,10 @@ proptest! {
     /// tokens under a causal mask, leaves every valid output row unchanged; padded rows are 0.
     #[test]
     fn masked_entries_get_zero_probability(p in problem_strategy(), cfg in config_strategy(), row in 0usize..23) {
-        let s = p.q.shape().to_vec();
+        let s = p.q().shape().to_vec();
         let (batch, heads, n, d) = (s[0], s[1], s[2], s[3]);
         let row = row % n;
-        let mut v = p.v.data().to_vec();
+        let mut v = p.v().data().to_vec();
         for b in 0..batch {
             for h in 0..heads {
                 for j in 0..n {
@@ -289,10 +289,10 @@ proptest! {
                 }
             }
         }
-        let p2 = AttentionProblem::new(p.q.clone(), p.k.clone(), Tensor::new(s.clone(), v).unwrap(), p.token_valid.clone(), p.causal).unwrap();
+        let p2 = AttentionProblem::new(p.q().clone(), p.k().clone(), Tensor::new(s.clone(), v).unwrap(), p.token_valid().map(<[bool]>::to_vec), p.causal()).unwrap();
         let cfg = HdpConfig { pruned_head_output: PrunedHeadOutput::Zero, ..cfg };
-        let base_zero = hdp::attention(&p, &cfg, 0).unwrap().output;
-        let other = hdp::attention(&p2, &cfg, 0).unwrap().output;
+        let base_zero = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap().output;
+        let other = hdp::attention(&p2, &cfg.validated().unwrap(), 0).unwrap().output;
         for b in 0..batch {
             for h in 0..heads {
                 let off = p.row_offset(b, h, row);
@@ -308,7 +308,7 @@ proptest! {
     /// The pruning decisions come from integers only: the score mode never changes them.
     #[test]
     fn decisions_do_not_depend_on_score_mode(p in problem_strategy(), cfg in config_strategy()) {
-        let run = |score_mode| hdp::attention(&p, &HdpConfig { score_mode, ..cfg }, 0).unwrap().trace;
+        let run = |score_mode| hdp::attention(&p, &(HdpConfig { score_mode, ..cfg }).validated().unwrap(), 0).unwrap().trace;
         let (a, e, f) = (run(ScoreMode::Approx), run(ScoreMode::Exact), run(ScoreMode::Float));
         for ((sa, se), sf) in a.sequences.iter().zip(&e.sequences).zip(&f.sequences) {
             for ((ha, he), hf) in sa.heads.iter().zip(&se.heads).zip(&sf.heads) {
@@ -334,13 +334,17 @@ fn approximation_differs_from_exact_only_by_the_frac_frac_term() {
     })
     .unwrap();
     let cfg = HdpConfig::default().no_pruning();
-    let approx = hdp::attention(&p, &cfg, 0).unwrap().output;
+    let approx = hdp::attention(&p, &cfg.validated().unwrap(), 0)
+        .unwrap()
+        .output;
     let exact = hdp::attention(
         &p,
         &HdpConfig {
             score_mode: ScoreMode::Exact,
             ..cfg
-        },
+        }
+        .validated()
+        .unwrap(),
         0,
     )
     .unwrap()
@@ -374,13 +378,13 @@ fn mean_v_pruned_heads_output_the_mean_of_values() {
         pruned_head_output: PrunedHeadOutput::MeanV,
         ..HdpConfig::default()
     };
-    let out = hdp::attention(&p, &cfg, 0).unwrap();
+    let out = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
     let seq = &out.trace.sequences[0];
     assert_eq!(seq.heads.iter().filter(|h| h.pruned).count(), 3);
     for h in seq.heads.iter().filter(|h| h.pruned) {
         for m in 0..4 {
             let mean: f64 = (0..8)
-                .map(|j| p.v.data()[p.row_offset(0, h.head, j) + m] as f64)
+                .map(|j| p.v().data()[p.row_offset(0, h.head, j) + m] as f64)
                 .sum::<f64>()
                 / 8.0;
             let got = out.output.data()[p.row_offset(0, h.head, 0) + m] as f64;
@@ -407,8 +411,8 @@ fn pruning_saves_work_on_structured_input() {
         seed: 5,
     })
     .unwrap();
-    let out = hdp::attention(&p, &HdpConfig::default(), 0).unwrap();
-    let mut trace = hdp_core::Trace::new("t", serde_json::Value::Null);
+    let out = hdp::attention(&p, &(HdpConfig::default()).validated().unwrap(), 0).unwrap();
+    let mut trace = hdp_core::Trace::new("t", Default::default());
     trace.layers.push(out.trace);
     let s = trace.summary();
     assert!(

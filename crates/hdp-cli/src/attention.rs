@@ -88,13 +88,13 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
             })?
         }
     };
-    let dims = problem.validate()?;
+    let dims = problem.dims();
     if let Some(path) = &a.save_qkv {
-        let mut data = problem.q.data().to_vec();
-        data.extend_from_slice(problem.k.data());
-        data.extend_from_slice(problem.v.data());
+        let mut data = problem.q().data().to_vec();
+        data.extend_from_slice(problem.k().data());
+        data.extend_from_slice(problem.v().data());
         let mut shape = vec![3];
-        shape.extend_from_slice(problem.q.shape());
+        shape.extend_from_slice(problem.q().shape());
         hdp_core::npy::write(path, &shape, &data)?;
     }
 
@@ -138,7 +138,7 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
         let out = json!({
             "input": input,
             "batch": dims.batch, "heads": dims.heads, "seq_len": dims.seq_len, "head_dim": dims.head_dim,
-            "causal": problem.causal,
+            "causal": problem.causal(),
             "config": cfg,
             "block_sparsity": s.block_sparsity(),
             "effective_block_sparsity": s.effective_block_sparsity(),
@@ -152,7 +152,7 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
             "dense_counts": {"qk_macs": dense_macs, "exps": valid_entries, "sv_macs": dense_macs},
             "reference_ms": {"dense": dense_ms, "hdp": hdp_ms},
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_table(
             a,
@@ -164,7 +164,7 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
             saturated,
             dense_ms,
             hdp_ms,
-        );
+        )?;
     }
     Ok(())
 }
@@ -180,13 +180,13 @@ fn print_table(
     saturated: u64,
     dense_ms: f64,
     hdp_ms: f64,
-) {
+) -> Result<()> {
     let src = a.qkv.as_ref().map_or_else(
         || format!("synthetic (seed {})", a.seed),
         |p| p.display().to_string(),
     );
-    println!("HDP attention, reference implementation: {src}");
-    println!(
+    outln!("HDP attention, reference implementation: {src}");
+    outln!(
         "  shape: batch {} x heads {} x N {} x d {}{}",
         dims.batch,
         dims.heads,
@@ -247,8 +247,9 @@ fn print_table(
     ];
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     for (k, v) in rows {
-        println!("  {k:<w$}  {v}");
+        outln!("  {k:<w$}  {v}");
     }
+    Ok(())
 }
 
 fn fmt_count(x: u64) -> String {
@@ -316,5 +317,6 @@ pub fn write_plot(path: &std::path::Path, trace: &Trace) -> Result<()> {
         &panels,
         columns,
     );
-    std::fs::write(path, svg).with_context(|| format!("cannot write plot {}", path.display()))
+    hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
+        .with_context(|| format!("cannot write plot {}", path.display()))
 }

@@ -74,20 +74,11 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         bail!("--repeats must be at least 1");
     }
     let base = a.hdp.config()?;
-    let configs: Vec<hdp_attention::HdpConfig> = match &a.block_sizes {
-        None => vec![base],
-        Some(bss) => bss
-            .iter()
-            .map(|&bs| {
-                let cfg = hdp_attention::HdpConfig {
-                    block_size: bs,
-                    ..base
-                };
-                cfg.validate()?;
-                Ok(cfg)
-            })
-            .collect::<Result<_>>()?,
-    };
+    let configs = hdp_eval::sweep::SweepGrid {
+        block_sizes: a.block_sizes.clone(),
+        ..Default::default()
+    }
+    .configs(&base)?;
     let isa = if a.portable {
         Isa::Portable
     } else {
@@ -119,19 +110,19 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     // The int8 peak of one core, measured with the integer tile's own instruction mix.
     let peak = hdp_attention::int8::int8_peak_gmacs(isa, 300.0);
     if !a.json {
-        println!(
+        outln!(
             "fast kernels ({}), {threads} thread(s), median of {} runs; HDP {}",
             isa.name(),
             a.repeats,
             serde_json::to_string(&base)?
         );
         match peak {
-            Some(p) => println!(
+            Some(p) => outln!(
                 "int8 peak of one core (vpmaddubsw + i16 adds, registers only): {p:.1} GMAC/s"
             ),
-            None => println!("int8 peak: not measured for the portable path"),
+            None => outln!("int8 peak: not measured for the portable path"),
         }
-        println!(
+        outln!(
             "{:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>14}  input",
             "N",
             "heads",
@@ -151,7 +142,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         .flat_map(|x| configs.iter().enumerate().map(move |c| (x, c)))
     {
         let cfg = *cfg;
-        let dims = p.validate()?;
+        let dims = p.dims();
         let dense_out = fast::dense_attention(p, isa)?;
         let hdp_out = fast::hdp_attention(p, &cfg, 0, isa)?;
         // Dense and HDP runs alternate, so that a machine whose speed drifts (shared cores)
@@ -164,7 +155,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             })?);
         }
         let (dense_ms, hdp_ms) = (median(td), median(th));
-        let mut trace = hdp_core::Trace::new("bench", serde_json::Value::Null);
+        let mut trace = hdp_core::Trace::new("bench", cfg);
         trace.layers.push(hdp_out.trace);
         let s = trace.summary();
         let rel = hdp_out.output.rel_l2_err(&dense_out)?;
@@ -174,7 +165,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         let int_frac = int_gmacs.zip(peak).map(|(g, p)| g / p);
         curves[ci].push((dims.seq_len as f64, speedup));
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "seq_len": dims.seq_len, "heads": dims.heads, "head_dim": dims.head_dim, "batch": dims.batch,
@@ -193,7 +184,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 (Some(g), None) => format!("{g:.1}"),
                 _ => "-".to_string(),
             };
-            println!(
+            outln!(
                 "{:>6} {:>6} {:>4} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e} {int_col:>14}  {source}",
                 dims.seq_len,
                 dims.heads,
@@ -234,10 +225,10 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             &series,
             Some((1.0, "dense")),
         );
-        std::fs::write(path, svg)
+        hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write the plot {}: {e}", path.display()))?;
         if !a.json {
-            println!("plot: {}", path.display());
+            outln!("plot: {}", path.display());
         }
     }
     Ok(())

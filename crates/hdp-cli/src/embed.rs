@@ -37,7 +37,7 @@ pub struct EmbedArgs {
     #[arg(long, conflicts_with = "jsonl")]
     pub file: Option<PathBuf>,
     /// A JSONL file whose objects carry a "text" field.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "texts")]
     pub jsonl: Option<PathBuf>,
     /// Hugging Face-layout model folder (default: the packaged all-MiniLM-L6-v2).
     #[arg(long)]
@@ -158,6 +158,9 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
             eprintln!("warning: text {i} is empty; its embedding is that of [CLS] [SEP]");
         }
     }
+    if a.attention == AttentionArg::Dense {
+        a.hdp.refuse_if_given("--attention is dense")?;
+    }
     let t0 = Instant::now();
     let mut hdp = match a.attention {
         // One text with --heatmap: keep its full trace for the per-layer, per-head masks.
@@ -185,12 +188,6 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         }
     }
 
-    let mut sink: Box<dyn Write> = match &a.output {
-        Some(p) if a.format != FormatArg::Npy => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        _ => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
     let seq_sparsity = |i: usize| {
         hdp.as_ref()
             .and_then(|h| h.sequence_stats.get(&i))
@@ -203,54 +200,60 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
                 (b, s.pruned as f64 / s.runs.max(1) as f64)
             })
     };
-    match a.format {
-        FormatArg::Npy => {
-            let path = a.output.as_ref().context("--output is required")?;
+    let write_text = |sink: &mut dyn Write| -> std::io::Result<()> {
+        match a.format {
+            FormatArg::Npy => unreachable!("npy is written below"),
+            FormatArg::Jsonl => {
+                for (i, (t, e)) in texts.iter().zip(&emb).enumerate() {
+                    let mut row = serde_json::json!({
+                        "index": i, "text": t, "tokens": enc[i].ids.len(), "truncated": enc[i].truncated, "embedding": e,
+                    });
+                    if let Some((b, h)) = seq_sparsity(i) {
+                        row["block_sparsity"] = b.into();
+                        row["head_sparsity"] = h.into();
+                    }
+                    writeln!(sink, "{row}")?;
+                }
+            }
+            FormatArg::Table => {
+                writeln!(
+                    sink,
+                    "{:>5}  {:>6}  {:<40}  first values of the embedding (dim {})",
+                    "index",
+                    "tokens",
+                    "text",
+                    emb[0].len()
+                )?;
+                for (i, (t, e)) in texts.iter().zip(&emb).enumerate() {
+                    let short: String = t.chars().take(38).collect();
+                    let short = if t.chars().count() > 38 {
+                        format!("{short}..")
+                    } else {
+                        short
+                    };
+                    let vals: Vec<String> = e.iter().take(6).map(|x| format!("{x:+.4}")).collect();
+                    let extra = seq_sparsity(i).map_or(String::new(), |(b, h)| {
+                        format!("  sparsity {:.0}% heads {:.0}%", 100.0 * b, 100.0 * h)
+                    });
+                    writeln!(
+                        sink,
+                        "{i:>5}  {:>6}  {short:<40}  {} ...{extra}",
+                        enc[i].ids.len(),
+                        vals.join(" ")
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    };
+    match (&a.output, a.format) {
+        (Some(path), FormatArg::Npy) => {
             let flat: Vec<f32> = emb.iter().flatten().copied().collect();
             hdp_core::npy::write(path, &[emb.len(), emb[0].len()], &flat)?;
         }
-        FormatArg::Jsonl => {
-            for (i, (t, e)) in texts.iter().zip(&emb).enumerate() {
-                let mut row = serde_json::json!({
-                    "index": i, "text": t, "tokens": enc[i].ids.len(), "truncated": enc[i].truncated, "embedding": e,
-                });
-                if let Some((b, h)) = seq_sparsity(i) {
-                    row["block_sparsity"] = b.into();
-                    row["head_sparsity"] = h.into();
-                }
-                writeln!(sink, "{}", serde_json::to_string(&row)?)?;
-            }
-        }
-        FormatArg::Table => {
-            writeln!(
-                sink,
-                "{:>5}  {:>6}  {:<40}  first values of the embedding (dim {})",
-                "index",
-                "tokens",
-                "text",
-                emb[0].len()
-            )?;
-            for (i, (t, e)) in texts.iter().zip(&emb).enumerate() {
-                let short: String = t.chars().take(38).collect();
-                let short = if t.chars().count() > 38 {
-                    format!("{short}..")
-                } else {
-                    short
-                };
-                let vals: Vec<String> = e.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-                let extra = seq_sparsity(i).map_or(String::new(), |(b, h)| {
-                    format!("  sparsity {:.0}% heads {:.0}%", 100.0 * b, 100.0 * h)
-                });
-                writeln!(
-                    sink,
-                    "{i:>5}  {:>6}  {short:<40}  {} ...{extra}",
-                    enc[i].ids.len(),
-                    vals.join(" ")
-                )?;
-            }
-        }
+        (Some(path), _) => hdp_core::io::write_atomic(path, write_text)?,
+        (None, _) => crate::out::with_stdout(write_text)?,
     }
-    sink.flush()?;
     let mut summary = format!(
         "embedded {} texts (dim {}, {}normalized) with {} attention in {secs:.2} s",
         emb.len(),

@@ -4,8 +4,10 @@
 use crate::args::HdpArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hdp_attention::{HdpConfig, RowThreshold};
-use hdp_eval::tasks::{EvalOptions, Evaluation, HdpResult};
+use hdp_attention::{RowThreshold, ValidConfig};
+use hdp_core::{QFormat, ScoreMode};
+use hdp_eval::sweep::SweepGrid;
+use hdp_eval::tasks::{EvalOptions, Evaluation, HdpResult, Task};
 use hdp_models::{assets_dir, default_model_dir, HdpBackend, SentenceEmbedder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -17,7 +19,7 @@ use std::time::Instant;
 pub struct TaskArgs {
     /// Task: rt-sentiment, lee-similarity or fidelity.
     #[arg(long, default_value = "rt-sentiment")]
-    pub task: String,
+    pub task: Task,
     /// Your own data instead: CSV/TSV of `label,text` or `text_a,text_b,score` rows.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -107,7 +109,7 @@ fn prepare(t: &TaskArgs) -> Result<(SentenceEmbedder, Evaluation, f64)> {
     let pb = bar("preparing");
     let ev = Evaluation::prepare(
         &mut model,
-        &t.task,
+        t.task,
         t.data.as_deref(),
         &opts,
         &mut progress_fn(&pb),
@@ -119,7 +121,7 @@ fn prepare(t: &TaskArgs) -> Result<(SentenceEmbedder, Evaluation, f64)> {
 fn run_one(
     model: &SentenceEmbedder,
     ev: &Evaluation,
-    cfg: &HdpConfig,
+    cfg: &ValidConfig,
     batch: usize,
     trace_texts: usize,
 ) -> Result<(HdpResult, HdpBackend, f64)> {
@@ -177,10 +179,10 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
             "head_sparsity": r.head_sparsity, "macs": r.macs, "per_layer": per_layer,
             "seconds": {"prepare_dense": prep_s, "hdp": hdp_s},
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "task {} ({}), model {}, max length {}, {} texts under HDP",
         ev.task,
         ev.metric_name,
@@ -188,11 +190,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         ev.max_length,
         ev.texts()
     );
-    println!("  {:<26} {:>10} {:>10} {:>10}", "", "dense", "hdp", "delta");
+    outln!("  {:<26} {:>10} {:>10} {:>10}", "", "dense", "hdp", "delta");
     for (k, dv) in ev.dense_metrics.iter().filter(|(k, _)| *k != "metric") {
         match r.metrics.get(k) {
-            Some(hv) => println!("  {k:<26} {dv:>10.4} {hv:>10.4} {:>+10.4}", hv - dv),
-            None => println!("  {k:<26} {dv:>10.4}"),
+            Some(hv) => outln!("  {k:<26} {dv:>10.4} {hv:>10.4} {:>+10.4}", hv - dv),
+            None => outln!("  {k:<26} {dv:>10.4}"),
         }
     }
     for (k, hv) in r
@@ -200,16 +202,16 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         .iter()
         .filter(|(k, _)| !ev.dense_metrics.contains_key(*k))
     {
-        println!("  {k:<26} {:>10} {hv:>10.4}", "");
+        outln!("  {k:<26} {:>10} {hv:>10.4}", "");
     }
-    println!(
+    outln!(
         "  block sparsity {:.1}%, head sparsity {:.1}%, effective {:.1}%",
         100.0 * r.block_sparsity,
         100.0 * r.head_sparsity,
         100.0 * r.effective_block_sparsity
     );
     let m = &r.macs;
-    println!(
+    outln!(
         "  S.V MACs {:.3e} vs dense {:.3e} ({:.1}% saved); exps {:.1}% saved; integer MACs {:.3e}, fraction MACs {:.3e}",
         m.hdp_sv_macs as f64,
         m.dense_sv_macs as f64,
@@ -218,7 +220,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         m.hdp_int_macs as f64,
         m.hdp_frac_macs as f64
     );
-    println!("  time: dense side {prep_s:.1} s (cached after the first run), hdp side {hdp_s:.1} s (fast kernels)");
+    outln!("  time: dense side {prep_s:.1} s (cached after the first run), hdp side {hdp_s:.1} s (fast kernels)");
     Ok(())
 }
 
@@ -255,7 +257,8 @@ pub fn write_heatmap(path: &Path, what: &str, backend: &HdpBackend) -> Result<()
         &[panel("kept-block fraction", kept), panel("head pruned fraction", pruned)],
         2,
     );
-    std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
+    hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Flags of `hdp sweep`.
@@ -266,24 +269,25 @@ pub struct SweepArgs {
     /// Base HDP options; the lists below vary one or more of them.
     #[command(flatten)]
     pub hdp: HdpArgs,
-    /// Mean-max thresholds to try (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.2,0.3,0.5")]
-    pub rhos: Vec<f64>,
+    /// Mean-max thresholds to try (comma-separated). Any option without a list keeps the base
+    /// value; with neither --rhos nor --keeps, the base threshold alone.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub rhos: Option<Vec<f64>>,
     /// Top-k keep fractions to try.
-    #[arg(long, value_delimiter = ',', default_value = "0.2,0.3,0.4,0.5")]
-    pub keeps: Vec<f64>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub keeps: Option<Vec<f64>>,
     /// Block sizes to try.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
-    pub block_sizes: Vec<usize>,
-    /// Fixed-point formats BITS:FRAC to try.
-    #[arg(long, value_delimiter = ',', default_value = "8:4")]
-    pub formats: Vec<String>,
-    /// Score modes to try (approx, exact, float).
-    #[arg(long, value_delimiter = ',', default_value = "approx")]
-    pub scores: Vec<String>,
-    /// Head-pruning tau values to try (empty = head pruning as in the base options).
     #[arg(long, value_delimiter = ',')]
-    pub taus: Vec<f64>,
+    pub block_sizes: Option<Vec<usize>>,
+    /// Fixed-point formats BITS:FRAC to try, e.g. 8:3,8:4.
+    #[arg(long, value_delimiter = ',', value_parser = parse_format)]
+    pub formats: Option<Vec<QFormat>>,
+    /// Score modes to try.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub scores: Option<Vec<ScoreMode>>,
+    /// Head-pruning tau values to try.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub taus: Option<Vec<f64>>,
     /// Write every point as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -298,60 +302,15 @@ pub struct SweepArgs {
 /// Runs `hdp sweep`.
 pub fn run_sweep(a: &SweepArgs) -> Result<()> {
     let base = a.hdp.config()?;
-    let mut thresholds: Vec<RowThreshold> = a
-        .rhos
-        .iter()
-        .map(|&rho| RowThreshold::MeanMax { rho })
-        .collect();
-    thresholds.extend(a.keeps.iter().map(|&keep| RowThreshold::TopK { keep }));
-    let mut formats = Vec::new();
-    for f in &a.formats {
-        let (b, fr) = f
-            .split_once(':')
-            .with_context(|| format!("format {f:?} must be BITS:FRAC, e.g. 8:4"))?;
-        formats.push(hdp_core::QFormat::new(
-            b.trim().parse()?,
-            fr.trim().parse()?,
-        )?);
+    let configs = SweepGrid {
+        rhos: a.rhos.clone(),
+        keeps: a.keeps.clone(),
+        block_sizes: a.block_sizes.clone(),
+        formats: a.formats.clone(),
+        scores: a.scores.clone(),
+        taus: a.taus.clone(),
     }
-    let mut scores = Vec::new();
-    for s in &a.scores {
-        scores.push(match s.as_str() {
-            "approx" => hdp_core::ScoreMode::Approx,
-            "exact" => hdp_core::ScoreMode::Exact,
-            "float" => hdp_core::ScoreMode::Float,
-            other => bail!("score mode {other:?}: use approx, exact or float"),
-        });
-    }
-    let heads: Vec<hdp_attention::HeadPruning> = if a.taus.is_empty() {
-        vec![base.head_pruning]
-    } else {
-        a.taus
-            .iter()
-            .map(|&tau| hdp_attention::HeadPruning::Tau { tau })
-            .collect()
-    };
-    let mut configs = Vec::new();
-    for &threshold in &thresholds {
-        for &block_size in &a.block_sizes {
-            for &q_format in &formats {
-                for &score_mode in &scores {
-                    for &head_pruning in &heads {
-                        let c = HdpConfig {
-                            threshold,
-                            block_size,
-                            q_format,
-                            score_mode,
-                            head_pruning,
-                            ..base
-                        };
-                        c.validate()?;
-                        configs.push(c);
-                    }
-                }
-            }
-        }
-    }
+    .configs(&base)?;
     let (model, ev, _) = prepare(&a.task)?;
     let dense = ev.dense_metrics["metric"];
     let mut points = Vec::new();
@@ -360,7 +319,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
         overall.set_position(i as u64);
         let (r, _, secs) = run_one(&model, &ev, cfg, a.task.batch_size, 0)?;
         if !a.json {
-            println!(
+            outln!(
                 "{:>3}/{} {:<42} sparsity {:>5.1}% heads {:>4.1}%  {} {:.4} (delta {:+.4})  {secs:.0} s",
                 i + 1,
                 configs.len(),
@@ -394,7 +353,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
         "dense": ev.dense_metrics, "points": points, "pareto_front": front,
     });
     if let Some(p) = &a.out {
-        std::fs::write(p, serde_json::to_string_pretty(&out)?)
+        hdp_core::io::write_bytes_atomic(p, serde_json::to_string_pretty(&out)?.as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &a.plot {
@@ -433,18 +392,19 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
                 ev.texts()
             ),
             "effective block sparsity (share of valid blocks not computed)",
-            ev.metric_name,
+            ev.metric_name.name(),
             &series,
             Some((dense, "dense")),
         );
-        std::fs::write(p, svg).with_context(|| format!("cannot write {}", p.display()))?;
+        hdp_core::io::write_bytes_atomic(p, svg.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("dense {}: {dense:.4}; Pareto front:", ev.metric_name);
+        outln!("dense {}: {dense:.4}; Pareto front:", ev.metric_name);
         for &i in &front {
-            println!(
+            outln!(
                 "  {}  sparsity {:.1}%  {} {:.4}",
                 points[i]["label"].as_str().unwrap_or(""),
                 100.0 * xy[i].0,
@@ -456,8 +416,21 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// Parses a fixed-point format written `BITS:FRAC`.
+fn parse_format(s: &str) -> Result<QFormat> {
+    let (b, f) = s
+        .split_once(':')
+        .with_context(|| format!("format {s:?} must be BITS:FRAC, e.g. 8:3"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .with_context(|| format!("format {s:?}: {x:?} is not a bit count"))
+    };
+    Ok(QFormat::new(num(b)?, num(f)?)?)
+}
+
 /// Short label of a configuration.
-fn describe(c: &HdpConfig) -> String {
+fn describe(c: &ValidConfig) -> String {
     let t = match c.threshold {
         RowThreshold::KeepAll => "keep-all".to_string(),
         RowThreshold::MeanMax { rho } => format!("rho={rho}"),

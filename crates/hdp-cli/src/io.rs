@@ -127,8 +127,8 @@ mod tests {
         let data: Vec<f32> = (0..3 * 2 * 4 * 2).map(|i| i as f32 * 0.5).collect();
         hdp_core::npy::write(&p, &[3, 2, 4, 2], &data).unwrap();
         let prob = load_problem(&p, false).unwrap();
-        assert_eq!(prob.q.shape(), &[1, 2, 4, 2]);
-        assert_eq!(prob.v.data()[0], 16.0 * 0.5 * 2.0);
+        assert_eq!(prob.q().shape(), &[1, 2, 4, 2]);
+        assert_eq!(prob.v().data()[0], 16.0 * 0.5 * 2.0);
     }
 
     #[test]

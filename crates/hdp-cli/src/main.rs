@@ -1,5 +1,7 @@
 //! `hdp`: Hybrid Dynamic Pruning attention on the command line.
 
+#[macro_use]
+mod out;
 mod args;
 mod attention;
 mod bench;

@@ -206,12 +206,21 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
         })
         .collect();
     let front = hdp_plot::pareto_front(&xy);
-    println!(
+    outln!(
         "{:>6} {:>6} {:>6} {:>4} {:>4} {:>8} {:>8} {:>12} {:>12} {:>8}  pareto",
-        "int", "frac", "sv", "b", "bits", "KiB", "GB/s", "latency us", "energy uJ", "mem%"
+        "int",
+        "frac",
+        "sv",
+        "b",
+        "bits",
+        "KiB",
+        "GB/s",
+        "latency us",
+        "energy uJ",
+        "mem%"
     );
     for (i, p) in points.iter().enumerate() {
-        println!(
+        outln!(
             "{:>6} {:>6} {:>6} {:>4} {:>4} {:>8} {:>8} {:>12.1} {:>12.1} {:>7.1}%  {}",
             p["int_mults"].to_string(),
             p["frac_mults"].to_string(),
@@ -228,7 +237,7 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
     }
     if let Some(p) = &s.out {
         let out = json!({"preset": base.name, "points": points, "pareto_front": front});
-        std::fs::write(p, serde_json::to_string_pretty(&out)?)
+        hdp_core::io::write_bytes_atomic(p, serde_json::to_string_pretty(&out)?.as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &s.plot {
@@ -256,7 +265,8 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
             &series,
             None,
         );
-        std::fs::write(p, svg).with_context(|| format!("cannot write {}", p.display()))?;
+        hdp_core::io::write_bytes_atomic(p, svg.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
 }
@@ -335,7 +345,8 @@ pub fn run(a: &SimArgs) -> Result<()> {
             &[hdpa.hardware.clone(), dense.hardware.clone()],
             &segs,
         );
-        std::fs::write(p, svg).with_context(|| format!("cannot write {}", p.display()))?;
+        hdp_core::io::write_bytes_atomic(p, svg.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     let speedup = dense.latency_us / hdpa.latency_us;
     if a.json {
@@ -351,42 +362,47 @@ pub fn run(a: &SimArgs) -> Result<()> {
             out["cpu_measured"] = json!({"what": "our fast dense attention kernel on this machine, all layers, median of 3", "ms": ms,
                 "hdpa_speedup_vs_cpu": ms * 1e3 / hdpa.latency_us});
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "workload: {source}; energy: {} ({} nm); simulated in {sim_s:.2} s",
-        energy.source, energy.process_nm
+        energy.source,
+        energy.process_nm
     );
-    println!("{:<28} {:>14} {:>14}", "", hdpa.hardware, dense.hardware);
-    let row = |k: &str, f: &dyn Fn(&Report) -> String| {
-        println!("{k:<28} {:>14} {:>14}", f(&hdpa), f(&dense))
+    outln!("{:<28} {:>14} {:>14}", "", hdpa.hardware, dense.hardware);
+    let row = |k: &str, f: &dyn Fn(&Report) -> String| -> Result<()> {
+        outln!("{k:<28} {:>14} {:>14}", f(&hdpa), f(&dense));
+        Ok(())
     };
-    row("cycles", &|r| format!("{:.4e}", r.cycles));
-    row("latency (us)", &|r| format!("{:.1}", r.latency_us));
+    row("cycles", &|r| format!("{:.4e}", r.cycles))?;
+    row("latency (us)", &|r| format!("{:.1}", r.latency_us))?;
     row("throughput (dense-eq GOP/s)", &|r| {
         format!("{:.1}", r.throughput_gops)
-    });
-    row("MAC efficiency", &|r| format!("{:.3}", r.mac_efficiency));
-    row("energy (uJ)", &|r| format!("{:.1}", r.energy_uj));
-    row("GOP/s per W", &|r| format!("{:.1}", r.gops_per_w));
+    })?;
+    row("MAC efficiency", &|r| format!("{:.3}", r.mac_efficiency))?;
+    row("energy (uJ)", &|r| format!("{:.1}", r.energy_uj))?;
+    row("GOP/s per W", &|r| format!("{:.1}", r.gops_per_w))?;
     row("memory-bound cycles", &|r| {
         format!("{:.1}%", 100.0 * r.memory_bound_cycles / r.cycles)
-    });
-    row("DRAM (MB)", &|r| format!("{:.2}", r.dram_bytes / 1e6));
+    })?;
+    row("DRAM (MB)", &|r| format!("{:.2}", r.dram_bytes / 1e6))?;
     row("area (mm^2, arrays+SRAM)", &|r| {
         format!("{:.2}", r.area_mm2)
-    });
-    println!(
+    })?;
+    outln!(
         "speedup vs dense {speedup:.2}x, energy {:.2}x less",
         dense.energy_uj / hdpa.energy_uj
     );
-    println!(
+    outln!(
         "{:<14} {:>12} {:>8} {:>12}   (HDPA units)",
-        "unit", "busy cycles", "util", "energy uJ"
+        "unit",
+        "busy cycles",
+        "util",
+        "energy uJ"
     );
     for u in &hdpa.units {
-        println!(
+        outln!(
             "{:<14} {:>12.4e} {:>7.1}% {:>12.2}",
             u.name,
             u.busy_cycles,
@@ -395,7 +411,7 @@ pub fn run(a: &SimArgs) -> Result<()> {
         );
     }
     if let Some(p) = &peers {
-        println!(
+        outln!(
             "published peers (their numbers), normalized to 128 multipliers @ 1 GHz; HDPA {:.1} GOP/s on the same scale (simulated, dense-equivalent)",
             p["hdpa_gops_128"].as_f64().unwrap_or(0.0)
         );
@@ -404,12 +420,12 @@ pub fn run(a: &SimArgs) -> Result<()> {
                 r["published_gops_128"].as_f64(),
                 r["hdpa_throughput_ratio"].as_f64(),
             ) {
-                (Some(g), Some(x)) => println!(
+                (Some(g), Some(x)) => outln!(
                     "  {:<20} {g:>8.1} GOP/s   HDPA {x:.2}x   ({})",
                     r["name"].as_str().unwrap_or(""),
                     r["source"].as_str().unwrap_or("")
                 ),
-                _ => println!(
+                _ => outln!(
                     "  {:<20} {:>8}         ({})",
                     r["name"].as_str().unwrap_or(""),
                     "-",
@@ -419,7 +435,7 @@ pub fn run(a: &SimArgs) -> Result<()> {
         }
     }
     if let Some(ms) = cpu {
-        println!(
+        outln!(
             "CPU (measured, this machine, our fast dense kernel, {} threads): {ms:.1} ms; HDPA (simulated) {:.1}x faster",
             rayon::current_num_threads(),
             ms * 1e3 / hdpa.latency_us

@@ -170,7 +170,7 @@ fn bad_options_fail_cleanly() {
         (&["--rho", "-0.1"], "rho"),
         (&["--keep", "0"], "keep"),
         (&["--tau", "2"], "tau"),
-        (&["--block-size", "0"], "block_size"),
+        (&["--block-size", "0"], "block-size"),
         (&["--bits", "20"], "bits"),
         (&["--bits", "8", "--frac-bits", "8"], "frac_bits"),
         (&["--head-top-k", "0"], "head"),
@@ -241,7 +241,7 @@ fn corrupt_trace_is_rejected_with_a_reason() {
     let p = tmp("bad-trace.json");
     std::fs::write(
         &p,
-        r#"{"format":"hdp-trace","version":99,"producer":"x","config":null,"layers":[]}"#,
+        r#"{"format":"hdp-trace","version":99,"producer":"x","config":{},"layers":[]}"#,
     )
     .unwrap();
     let e = hdp_core::Trace::read(&p).unwrap_err().to_string();
@@ -449,6 +449,6 @@ fn bench_attention_reports_every_documented_field() {
             "--block-sizes",
             "0",
         ]),
-        "block_size",
+        "block-size",
     );
 }

@@ -46,6 +46,16 @@ pub enum Error {
         /// The value itself.
         value: f32,
     },
+    /// A size computed from the input that overflows or exceeds the element budget.
+    #[error("{what} of shape {dims:?} is larger than the budget of {limit} elements; use smaller inputs, or raise the budget with --max-elements (or HDP_MAX_ELEMENTS) if this machine has the memory")]
+    TooLarge {
+        /// What would have been allocated.
+        what: String,
+        /// Its dimensions.
+        dims: Vec<usize>,
+        /// The budget in force.
+        limit: usize,
+    },
     /// A file that could not be read or written.
     #[error("cannot access {path}: {source}")]
     Io {

@@ -4,15 +4,22 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
+pub mod config;
 mod error;
 pub mod fixed;
+pub mod io;
 pub mod npy;
 pub mod rng;
 pub mod tensor;
 pub mod tolerance;
 pub mod trace;
 
+pub use config::{
+    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
+    RowThreshold, ScoreMode, ValidConfig,
+};
 pub use error::{Error, Result};
 pub use fixed::{QFormat, Quantized};
 pub use tensor::Tensor;
-pub use trace::{BlockMask, OpCounts, ScoreMode, Trace, TraceSummary};
+pub use trace::{BlockMask, OpCounts, Trace, TraceSummary};

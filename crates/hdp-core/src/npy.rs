@@ -16,7 +16,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (missing \\x93NUMPY magic)"));
     }
-    let (hlen, start) = match bytes[6] {
+    let (hlen, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
@@ -25,7 +25,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         v => return Err(bad(format!("unsupported .npy version {v}"))),
     };
     let header = bytes
-        .get(start..start + hlen)
+        .get(start..start.saturating_add(hlen))
         .ok_or_else(|| bad("file is truncated inside the .npy header"))?;
     let header = std::str::from_utf8(header).map_err(|_| bad(".npy header is not text"))?;
     let field = |key: &str| -> Result<&str> {
@@ -51,10 +51,12 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         ));
     }
     let shape_txt = field("shape")?;
-    let close = shape_txt
-        .find(')')
-        .ok_or_else(|| bad("malformed shape in .npy header"))?;
-    let shape: Vec<usize> = shape_txt[1..close]
+    let inner = shape_txt
+        .strip_prefix('(')
+        .and_then(|t| t.split_once(')'))
+        .map(|(inner, _)| inner)
+        .ok_or_else(|| bad("malformed shape in .npy header (expected a tuple like (3, 4))"))?;
+    let shape: Vec<usize> = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -63,12 +65,16 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
                 .map_err(|_| bad(format!("malformed shape entry {s:?}")))
         })
         .collect::<Result<_>>()?;
-    let count: usize = shape.iter().product();
+    // Checked: a header may declare any shape; the data present bounds what is allocated.
+    let data_bytes = shape
+        .iter()
+        .try_fold(elem, |acc: usize, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} is too large to address")))?;
+    let count = data_bytes / elem;
     let data = &bytes[start + hlen..];
-    if data.len() < count * elem {
+    if data.len() < data_bytes {
         return Err(bad(format!(
-            "file is truncated: shape {shape:?} needs {} data bytes, found {}",
-            count * elem,
+            "file is truncated: shape {shape:?} needs {data_bytes} data bytes, found {}",
             data.len()
         )));
     }
@@ -123,12 +129,9 @@ pub fn encode(shape: &[usize], data: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Writes a little-endian f32 `.npy` file.
+/// Writes a little-endian f32 `.npy` file, atomically ([`crate::io::write_atomic`]).
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    std::fs::write(path, encode(shape, data)).map_err(|source| Error::Io {
-        path: path.into(),
-        source,
-    })
+    crate::io::write_bytes_atomic(path, &encode(shape, data))
 }
 
 #[cfg(test)]
@@ -144,5 +147,33 @@ mod tests {
         assert!(err.contains("truncated"), "{err}");
         assert!(parse(b"garbage!!!!!").is_err());
         assert_eq!(parse(&encode(&[5], &[1.0; 5])).unwrap().0, vec![5]);
+    }
+
+    fn with_header(header: &str) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&[0u8; 128]);
+        out
+    }
+
+    /// Reproducers of issue #11: these headers used to panic or abort.
+    #[test]
+    fn hostile_headers_are_errors() {
+        for shape in [
+            ")",
+            "(\u{e9})",
+            "\u{e9}",
+            "(3, 1, 4294967296, 4294967296)",
+            "(18446744073709551615, 2)",
+            "(-1,)",
+        ] {
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let e = parse(&with_header(&h)).unwrap_err().to_string();
+            assert!(e.contains("shape"), "{shape}: {e}");
+        }
+        let mut v2 = b"\x93NUMPY\x02\x00\xff\xff\xff\xff".to_vec();
+        v2.extend_from_slice(&[b' '; 16]);
+        assert!(parse(&v2).unwrap_err().to_string().contains("truncated"));
     }
 }

@@ -7,7 +7,7 @@
 //! computed and never counted. Every computed block costs its full extent (rows x cols entries),
 //! ragged edge blocks their actual extent.
 
-use crate::{Error, QFormat, Result};
+use crate::{Error, QFormat, Result, ScoreMode, ValidConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -15,19 +15,6 @@ use std::path::Path;
 pub const TRACE_FORMAT: &str = "hdp-trace";
 /// Version of the trace layout this crate reads and writes.
 pub const TRACE_VERSION: u32 = 1;
-
-/// How the scores of surviving blocks are computed (hdp.md step 6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScoreMode {
-    /// `2^f (Q_int.K + Q_frac.K_int)`: drops `Q_frac.K_frac` (two integer dot products).
-    #[default]
-    Approx,
-    /// The full fixed-point product `Q.K` (all four partial products).
-    Exact,
-    /// Surviving blocks computed from the float Q and K (pruning decisions stay integer).
-    Float,
-}
 
 /// A rows x cols bit matrix over blocks (row = block-row of queries, col = block of keys).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,18 +157,31 @@ impl<'de> Deserialize<'de> for BlockMask {
                 repr.rows
             )));
         }
-        let mut m = BlockMask::new(repr.rows, repr.cols);
+        // Every row's length is checked before anything is allocated, so the mask's size is
+        // bounded by the text that describes it (a 1 KB file cannot ask for 100 GB).
+        let digits = repr.cols.div_ceil(8).checked_mul(2).ok_or_else(|| {
+            D::Error::custom(format!("block mask cols {} is too large", repr.cols))
+        })?;
         for (r, h) in repr.hex.iter().enumerate() {
-            if h.len() != repr.cols.div_ceil(8) * 2 {
+            if h.len() != digits {
                 return Err(D::Error::custom(format!(
-                    "block-row {r}: {} hex digits, expected {}",
-                    h.len(),
-                    repr.cols.div_ceil(8) * 2
+                    "block-row {r}: {} hex digits, expected {digits}",
+                    h.len()
                 )));
             }
-            for byte in 0..repr.cols.div_ceil(8) {
-                let v = u8::from_str_radix(&h[2 * byte..2 * byte + 2], 16)
-                    .map_err(|e| D::Error::custom(format!("block-row {r}: {e}")))?;
+        }
+        let mut m = BlockMask::new(repr.rows, repr.cols);
+        let nibble = |r: usize, c: u8| -> std::result::Result<u8, D::Error> {
+            (c as char).to_digit(16).map(|v| v as u8).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "block-row {r}: {:?} is not a hex digit",
+                    c.escape_ascii().to_string()
+                ))
+            })
+        };
+        for (r, h) in repr.hex.iter().enumerate() {
+            for (byte, pair) in h.as_bytes().chunks_exact(2).enumerate() {
+                let v = nibble(r, pair[0])? << 4 | nibble(r, pair[1])?;
                 for bit in 0..8 {
                     let c = byte * 8 + bit;
                     if v >> bit & 1 == 1 {
@@ -300,8 +300,8 @@ pub struct Trace {
     pub version: u32,
     /// Who produced the trace (implementation and version).
     pub producer: String,
-    /// The HDP options of the run, as the producer serialized them (for provenance).
-    pub config: serde_json::Value,
+    /// The HDP options of the run (validated when the trace is read).
+    pub config: ValidConfig,
     /// The layers, in order.
     pub layers: Vec<LayerTrace>,
 }
@@ -384,7 +384,7 @@ impl std::ops::AddAssign for TraceSummary {
 
 impl Trace {
     /// A new, empty trace.
-    pub fn new(producer: impl Into<String>, config: serde_json::Value) -> Self {
+    pub fn new(producer: impl Into<String>, config: ValidConfig) -> Self {
         Trace {
             format: TRACE_FORMAT.into(),
             version: TRACE_VERSION,
@@ -403,15 +403,10 @@ impl Trace {
         s
     }
 
-    /// Writes the trace as JSON.
+    /// Writes the trace as JSON, atomically (see [`crate::io::write_atomic`]).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let file = std::fs::File::create(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
-        serde_json::to_writer(std::io::BufWriter::new(file), self).map_err(|e| Error::Parse {
-            path: path.into(),
-            reason: e.to_string(),
+        crate::io::write_atomic(path, |w| {
+            serde_json::to_writer(w, self).map_err(std::io::Error::other)
         })
     }
 
@@ -443,15 +438,59 @@ impl Trace {
         Ok(t)
     }
 
-    /// Structural checks a consumer relies on: dimensions agree and kept blocks are valid.
+    /// Structural checks a consumer relies on: dimensions agree, kept blocks are valid, and
+    /// every count is within what the layer's shape allows.
     pub fn validate(&self) -> std::result::Result<(), String> {
         for l in &self.layers {
             l.q_format.validate().map_err(|e| e.to_string())?;
-            if l.block_size == 0 {
-                return Err(format!("layer {}: block_size is 0", l.layer));
+            if l.block_size == 0 || l.seq_len == 0 || l.head_dim == 0 || l.heads == 0 {
+                return Err(format!(
+                    "layer {}: block_size, seq_len, head_dim and heads must all be >= 1 (got {}, {}, {}, {})",
+                    l.layer, l.block_size, l.seq_len, l.head_dim, l.heads
+                ));
             }
+            // Largest per-head counts the shape allows (every entry computed): 3d MACs per entry
+            // in exact mode, d per entry for P.V, one exponential per entry.
+            let entries = (l.seq_len as u64)
+                .checked_mul(l.seq_len as u64)
+                .ok_or_else(|| format!("layer {}: seq_len {} is too large", l.layer, l.seq_len))?;
+            let macs = entries
+                .checked_mul(3 * l.head_dim as u64)
+                .ok_or_else(|| format!("layer {}: seq_len x head_dim is too large", l.layer))?;
             let nb = l.seq_len.div_ceil(l.block_size);
             for s in &l.sequences {
+                if s.valid_tokens > l.seq_len {
+                    return Err(format!(
+                        "layer {} sequence {}: valid_tokens {} exceeds seq_len {}",
+                        l.layer, s.sequence, s.valid_tokens, l.seq_len
+                    ));
+                }
+                let mut seen = vec![false; l.heads];
+                for h in &s.heads {
+                    if h.head >= l.heads || std::mem::replace(&mut seen[h.head], true) {
+                        return Err(format!(
+                            "layer {} sequence {}: head index {} is out of range or repeated ({} heads)",
+                            l.layer, s.sequence, h.head, l.heads
+                        ));
+                    }
+                    let c = &h.counts;
+                    if c.int_macs > macs
+                        || c.frac_macs > macs
+                        || c.sv_macs > macs
+                        || c.exps > entries
+                    {
+                        return Err(format!(
+                            "layer {} sequence {} head {}: counts {c:?} exceed what {} tokens x d {} allow",
+                            l.layer, s.sequence, h.head, l.seq_len, l.head_dim
+                        ));
+                    }
+                    if !h.importance.is_finite() {
+                        return Err(format!(
+                            "layer {} sequence {} head {}: importance is not finite",
+                            l.layer, s.sequence, h.head
+                        ));
+                    }
+                }
                 if s.valid.rows() != nb || s.valid.cols() != nb {
                     return Err(format!(
                         "layer {} sequence {}: valid mask is {}x{}, expected {nb}x{nb}",
@@ -505,6 +544,17 @@ mod tests {
     fn block_mask_rejects_bad_hex() {
         let bad = r#"{"rows":1,"cols":4,"hex":["zz"]}"#;
         assert!(serde_json::from_str::<BlockMask>(bad).is_err());
+        // A multi-byte character where a hex digit belongs (issue #11: this used to panic).
+        let wide = r#"{"rows":1,"cols":8,"hex":["é"]}"#;
+        let e = serde_json::from_str::<BlockMask>(wide)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a hex digit"), "{e}");
+        // A huge declared size in a tiny text is refused before any allocation.
+        let huge = r#"{"rows":1,"cols":1099511627776,"hex":["00"]}"#;
+        assert!(serde_json::from_str::<BlockMask>(huge).is_err());
+        let rows = r#"{"rows":1099511627776,"cols":8,"hex":["00"]}"#;
+        assert!(serde_json::from_str::<BlockMask>(rows).is_err());
         let past = r#"{"rows":1,"cols":4,"hex":["f0"]}"#;
         assert!(serde_json::from_str::<BlockMask>(past).is_err());
     }

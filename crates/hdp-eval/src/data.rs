@@ -302,7 +302,9 @@ pub fn user_data(path: &Path) -> Result<UserData> {
                 let s: f64 = r[2]
                     .trim()
                     .parse()
-                    .map_err(|_| bad(i, format!("score {:?} is not a number", r[2])))?;
+                    .ok()
+                    .filter(|s: &f64| s.is_finite())
+                    .ok_or_else(|| bad(i, format!("score {:?} is not a finite number", r[2])))?;
                 Ok((r[0].clone(), r[1].clone(), s))
             })
             .collect::<Result<Vec<_>>>()

@@ -7,6 +7,7 @@
 pub mod data;
 pub mod logreg;
 pub mod metrics;
+pub mod sweep;
 pub mod tasks;
 
 use std::path::PathBuf;

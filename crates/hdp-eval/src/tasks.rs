@@ -7,7 +7,7 @@ use crate::data::{self, Labeled, UserData};
 use crate::logreg::LogReg;
 use crate::metrics::{accuracy, cosine, pearson, spearman};
 use crate::{Error, Result};
-use hdp_attention::HdpConfig;
+use hdp_attention::ValidConfig;
 use hdp_models::{AttentionBackend, DenseCandle, Encoded, HdpBackend, SentenceEmbedder};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -15,7 +15,81 @@ use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
 /// The built-in tasks.
-pub const TASKS: [&str; 3] = ["rt-sentiment", "lee-similarity", "fidelity"];
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Rotten Tomatoes snippets, fresh vs rotten: accuracy of a logistic head on embeddings.
+    RtSentiment,
+    /// Lee documents: Pearson correlation of embedding cosine with human similarity.
+    LeeSimilarity,
+    /// Brown passages at 128/256/512 tokens: cosine of HDP to dense embeddings.
+    Fidelity,
+}
+
+impl Task {
+    /// Every built-in task.
+    pub const ALL: [Task; 3] = [Task::RtSentiment, Task::LeeSimilarity, Task::Fidelity];
+
+    /// The task's name on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::RtSentiment => "rt-sentiment",
+            Task::LeeSimilarity => "lee-similarity",
+            Task::Fidelity => "fidelity",
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Task> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == s.trim())
+            .ok_or_else(|| {
+                let names: Vec<_> = Task::ALL.iter().map(|t| t.name()).collect();
+                Error::Invalid(format!(
+                    "unknown task {s:?}; choose one of {} or pass --data FILE",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// The headline metric of an evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// Share of test items classified correctly.
+    Accuracy,
+    /// Pearson correlation of predicted and gold similarity.
+    Pearson,
+    /// Mean cosine of HDP to dense embeddings.
+    MeanCosine,
+}
+
+impl Metric {
+    /// Human-readable name (tables, plot axes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::Pearson => "pearson",
+            Metric::MeanCosine => "mean cosine(dense, hdp)",
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Progress callback: (stage, done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
@@ -47,10 +121,10 @@ enum Scorer {
 
 /// A prepared task: the texts HDP will embed, their dense embeddings and the scorer.
 pub struct Evaluation {
-    /// Task name.
+    /// Task name (a built-in [`Task`]'s name, or `user-classification` / `user-pairs`).
     pub task: String,
-    /// What `metric` means (e.g. "accuracy").
-    pub metric_name: &'static str,
+    /// What `metric` means.
+    pub metric_name: Metric,
     /// Maximum tokens per text used.
     pub max_length: usize,
     enc: Vec<Encoded>,
@@ -125,9 +199,10 @@ pub fn dense_embeddings(
     let key = format!("dense-v1-{:016x}.npy", h.finish());
     let path = opts.cache_dir.as_ref().map(|d| d.join(&key));
     if let Some(p) = &path {
+        // A cache of the wrong shape (corrupted, or written by another model) is recomputed.
         if let Ok((shape, data)) = hdp_core::npy::read(p) {
-            if shape.len() == 2 && shape[0] == enc.len() {
-                return Ok(data.chunks(shape[1].max(1)).map(<[f32]>::to_vec).collect());
+            if shape.len() == 2 && shape[0] == enc.len() && shape[1] > 0 {
+                return Ok(data.chunks(shape[1]).map(<[f32]>::to_vec).collect());
             }
         }
     }
@@ -140,7 +215,8 @@ pub fn dense_embeddings(
         let flat: Vec<f32> = out.iter().flatten().copied().collect();
         // A cache that cannot be written only costs time on the next run.
         let _ = std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))
-            .and_then(|_| std::fs::write(p, hdp_core::npy::encode(&[out.len(), dim], &flat)));
+            .map_err(|_| ())
+            .and_then(|_| hdp_core::npy::write(p, &[out.len(), dim], &flat).map_err(|_| ()));
     }
     Ok(out)
 }
@@ -154,7 +230,7 @@ impl Evaluation {
     /// `data_file`, a user's file. Sets the model's max length as the task needs.
     pub fn prepare(
         model: &mut SentenceEmbedder,
-        task: &str,
+        task: Task,
         data_file: Option<&Path>,
         opts: &EvalOptions,
         progress: Progress,
@@ -167,23 +243,24 @@ impl Evaluation {
                 UserData::Pairs(p) => Self::user_pairs(model, p, opts, progress),
             };
         }
+        if opts.limit == Some(0) {
+            return Err(Error::Invalid(
+                "--limit 0 leaves nothing to evaluate; give at least 1".into(),
+            ));
+        }
         match task {
-            "rt-sentiment" => {
+            Task::RtSentiment => {
                 let l = data::rotten_tomatoes(&opts.assets)?;
-                Self::classification(model, task, l, opts, progress)
+                Self::classification(model, task.name(), l, opts, progress)
             }
-            "lee-similarity" => {
+            Task::LeeSimilarity => {
                 model.set_max_length(opts.max_length.unwrap_or(512))?;
                 let lee = data::lee(&opts.assets)?;
                 let enc = model.tokenize(&lee.docs)?;
                 let pairs: Vec<_> = take(&lee.pairs, opts.limit);
-                Self::pairs(model, task, enc, pairs, opts, progress)
+                Self::pairs(model, task.name(), enc, pairs, opts, progress)
             }
-            "fidelity" => Self::fidelity(model, opts, progress),
-            other => Err(Error::Invalid(format!(
-                "unknown task {other:?}; choose one of {} or pass --data FILE",
-                TASKS.join(", ")
-            ))),
+            Task::Fidelity => Self::fidelity(model, opts, progress),
         }
     }
 
@@ -201,6 +278,20 @@ impl Evaluation {
         let train_labels = take(&l.train_labels, opts.limit.map(|n| 4 * n));
         let test = take(&l.test, opts.limit);
         let labels = take(&l.test_labels, opts.limit);
+        let classes_in = |ls: &[usize]| {
+            let mut seen = vec![false; l.classes.len()];
+            ls.iter().for_each(|&c| seen[c] = true);
+            seen.iter().filter(|&&s| s).count()
+        };
+        if test.is_empty() || classes_in(&train_labels) < 2 {
+            return Err(Error::Invalid(format!(
+                "{task}: {} training items in {} classes and {} test items; a classifier needs \
+                 training items of at least 2 classes and at least 1 test item (more rows, or a larger --limit)",
+                train.len(),
+                classes_in(&train_labels),
+                test.len()
+            )));
+        }
         let mut all = train.clone();
         all.extend_from_slice(&test);
         let enc_all = model.tokenize(&all)?;
@@ -225,7 +316,7 @@ impl Evaluation {
         dense_metrics.insert("train_items".into(), train.len() as f64);
         Ok(Evaluation {
             task: task.into(),
-            metric_name: "accuracy",
+            metric_name: Metric::Accuracy,
             max_length: model.max_length(),
             enc: enc_all[train.len()..].to_vec(),
             dense: dense_test.to_vec(),
@@ -242,6 +333,12 @@ impl Evaluation {
         opts: &EvalOptions,
         progress: Progress,
     ) -> Result<Evaluation> {
+        if pairs.len() < 3 {
+            return Err(Error::Invalid(format!(
+                "{task}: {} pairs; a correlation needs at least 3 (more rows, or a larger --limit)",
+                pairs.len()
+            )));
+        }
         let dense = dense_embeddings(model, &enc, opts, progress)?;
         let scorer = Scorer::Pairs { pairs };
         let mut dense_metrics = score_pairs(&scorer, &dense);
@@ -251,7 +348,7 @@ impl Evaluation {
         );
         Ok(Evaluation {
             task: task.into(),
-            metric_name: "pearson",
+            metric_name: Metric::Pearson,
             max_length: model.max_length(),
             enc,
             dense,
@@ -293,6 +390,11 @@ impl Evaluation {
         let longest = *lengths.iter().max().unwrap_or(&512);
         model.set_max_length(longest)?;
         let passages = data::brown(&opts.assets, opts.limit.unwrap_or(16))?;
+        if passages.is_empty() {
+            return Err(Error::Invalid(
+                "fidelity: no Brown passages found (run scripts/fetch_assets.py)".into(),
+            ));
+        }
         let full = model.tokenize(&passages)?;
         let mut enc = Vec::new();
         for &len in &lengths {
@@ -315,7 +417,7 @@ impl Evaluation {
         dense_metrics.insert("passages".into(), passages.len() as f64);
         Ok(Evaluation {
             task: "fidelity".into(),
-            metric_name: "mean cosine(dense, hdp)",
+            metric_name: Metric::MeanCosine,
             max_length: longest,
             enc,
             dense,
@@ -378,7 +480,7 @@ impl Evaluation {
     pub fn run_hdp(
         &self,
         model: &SentenceEmbedder,
-        cfg: &HdpConfig,
+        cfg: &ValidConfig,
         batch_size: usize,
         trace_limit: usize,
         progress: Progress,

@@ -9,7 +9,7 @@
 
 use crate::Result;
 use candle_core::{Device, Tensor as CTensor};
-use hdp_attention::{AttentionProblem, HdpConfig};
+use hdp_attention::{AttentionProblem, ValidConfig};
 use hdp_core::trace::LayerTrace;
 use hdp_core::{Tensor, Trace, TraceSummary};
 use rayon::prelude::*;
@@ -141,7 +141,7 @@ pub enum HdpKernel {
 /// HDP attention with sparsity bookkeeping.
 #[derive(Debug)]
 pub struct HdpBackend {
-    cfg: HdpConfig,
+    cfg: ValidConfig,
     /// Implementation used; [`HdpBackend::new`] picks the fast kernels for this CPU.
     pub kernel: HdpKernel,
     /// Totals per layer.
@@ -164,14 +164,8 @@ pub struct HdpBackend {
 impl HdpBackend {
     /// A backend running HDP with `cfg`; keeps the full trace of up to `trace_limit` sequences
     /// (0 = no trace).
-    pub fn new(cfg: HdpConfig, trace_limit: usize) -> Result<Self> {
-        cfg.validate()?;
-        let trace = (trace_limit > 0).then(|| {
-            Trace::new(
-                hdp_attention::REFERENCE_PRODUCER,
-                serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
-            )
-        });
+    pub fn new(cfg: ValidConfig, trace_limit: usize) -> Result<Self> {
+        let trace = (trace_limit > 0).then(|| Trace::new(hdp_attention::REFERENCE_PRODUCER, cfg));
         Ok(HdpBackend {
             cfg,
             kernel: HdpKernel::Fast(hdp_attention::fast::Isa::detect()),

@@ -72,9 +72,7 @@ fn row_work(valid: &BlockMask, kept: &BlockMask, r: usize, n: usize, bs: usize) 
 impl Workload {
     /// From a trace (`hdp attention --trace`, `hdp eval --trace`).
     pub fn from_trace(t: &Trace) -> Workload {
-        let policy_on = t.config["head_pruning"]["kind"]
-            .as_str()
-            .is_some_and(|k| k != "off");
+        let policy_on = t.config.head_pruning != hdp_core::HeadPruning::Off;
         let mut layers = Vec::new();
         for l in &t.layers {
             let (n, bs) = (l.seq_len, l.block_size);

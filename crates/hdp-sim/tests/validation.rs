@@ -203,7 +203,7 @@ fn trace_workloads_carry_the_trace_counts() {
         head_pruning: hdp_attention::HeadPruning::Tau { tau: 0.6 },
         ..Default::default()
     };
-    let (_, trace) = hdp_attention::hdp_with_trace(&p, &cfg).unwrap();
+    let (_, trace) = hdp_attention::hdp_with_trace(&p, &cfg.validated().unwrap()).unwrap();
     let w = Workload::from_trace(&trace);
     assert_eq!(w.layers.len(), 2);
     for (l, s) in w.layers.iter().zip(&trace.layers[0].sequences) {

@@ -1,8 +1,65 @@
-//! Every option of HDP attention (`shared/design/hdp.md` steps 1-7), with validation.
-//! Defaults follow the measurements recorded in hdp.md until the model sweep recalibrates them.
+//! Every option of HDP attention (`shared/design/hdp.md` steps 1-7), typed end to end: the
+//! option enums parse themselves ([`FromStr`], and clap's `ValueEnum` with the `clap` feature),
+//! and [`HdpConfig::validated`] turns a configuration into a [`ValidConfig`], the only form the
+//! kernels, the traces and the simulator accept, so nothing downstream re-checks or re-parses.
+//! Defaults are the operating point our sweep chose (README, "Default operating point").
 
-use hdp_core::{Error, QFormat, Result, ScoreMode};
+use crate::{Error, QFormat, Result};
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Implements [`FromStr`] and [`fmt::Display`] for a unit enum with the kebab-case names its
+/// serde form uses, so flags, files and traces spell every option the same way.
+macro_rules! named_options {
+    ($ty:ident, $what:literal, { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name used on the command line, in files and in traces.
+            pub fn name(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.trim() {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(Error::InvalidOption {
+                        name: $what,
+                        value: format!("{other:?}"),
+                        expected: format!("one of {}", [$($name),+].join(", ")),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+/// How the scores of surviving blocks are computed (hdp.md step 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreMode {
+    /// `2^f (Q_int.K + Q_frac.K_int)`: drops `Q_frac.K_frac` (two integer dot products).
+    #[default]
+    Approx,
+    /// The full fixed-point product `Q.K` (all four partial products).
+    Exact,
+    /// Surviving blocks computed from the float Q and K (pruning decisions stay integer).
+    Float,
+}
+
+named_options!(ScoreMode, "score", { "approx" => Approx, "exact" => Exact, "float" => Float });
 
 /// How Q and K are scaled by a power of two before quantization (step 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -24,8 +81,44 @@ pub enum Prescale {
     None,
 }
 
+impl FromStr for Prescale {
+    type Err = Error;
+    /// `run-time`, `none`, `fixed` (exponents 0) or `fixed:Q_EXP:K_EXP`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidOption {
+            name: "prescale",
+            value: format!("{s:?}"),
+            expected: "run-time, none, fixed or fixed:Q_EXP:K_EXP (integers)".into(),
+        };
+        match s.trim() {
+            "run-time" => Ok(Prescale::RunTime),
+            "none" => Ok(Prescale::None),
+            "fixed" => Ok(Prescale::Fixed { q_exp: 0, k_exp: 0 }),
+            other => {
+                let rest = other.strip_prefix("fixed:").ok_or_else(bad)?;
+                let (q, k) = rest.split_once(':').ok_or_else(bad)?;
+                Ok(Prescale::Fixed {
+                    q_exp: q.trim().parse().map_err(|_| bad())?,
+                    k_exp: k.trim().parse().map_err(|_| bad())?,
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Prescale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Prescale::RunTime => f.write_str("run-time"),
+            Prescale::None => f.write_str("none"),
+            Prescale::Fixed { q_exp, k_exp } => write!(f, "fixed:{q_exp}:{k_exp}"),
+        }
+    }
+}
+
 /// Reduction of `S_int` over a block's valid entries (step 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockImportance {
     /// Sum of the integer scores.
@@ -36,6 +129,8 @@ pub enum BlockImportance {
     /// Sum of absolute integer scores.
     AbsSum,
 }
+
+named_options!(BlockImportance, "importance", { "sum" => Sum, "max" => Max, "abs-sum" => AbsSum });
 
 /// Row-balanced block pruning policy (step 4).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +159,7 @@ impl Default for RowThreshold {
 
 /// How a head's importance is computed from integer information (step 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum HeadImportance {
     /// Sum of the importances of the blocks kept by step 4 (hdp.md's default).
@@ -77,6 +173,10 @@ pub enum HeadImportance {
     /// Peakedness: mean over block-rows of (max - mean) block importance.
     Peakedness,
 }
+
+named_options!(HeadImportance, "head-importance", {
+    "kept-sum" => KeptSum, "kept-pos-sum" => KeptPosSum, "all-sum" => AllSum, "peakedness" => Peakedness
+});
 
 /// Early head pruning policy (step 5).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -99,6 +199,7 @@ pub enum HeadPruning {
 
 /// What a pruned head outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum PrunedHeadOutput {
     /// Zeros.
@@ -107,6 +208,12 @@ pub enum PrunedHeadOutput {
     /// The mean of V over valid tokens (what uniform attention would give).
     MeanV,
 }
+
+named_options!(PrunedHeadOutput, "pruned-head-output", { "zero" => Zero, "mean-v" => MeanV });
+
+/// Largest block size accepted: far beyond any useful block (a block is a tile of the N x N
+/// score matrix) and small enough that every size derived from it stays far from overflow.
+pub const MAX_BLOCK_SIZE: usize = 1 << 16;
 
 /// All HDP options.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,14 +273,21 @@ impl HdpConfig {
         }
     }
 
+    /// Checks every option's range and returns the configuration as a [`ValidConfig`]; errors
+    /// name the option and the allowed range.
+    pub fn validated(self) -> Result<ValidConfig> {
+        self.validate()?;
+        Ok(ValidConfig(self))
+    }
+
     /// Checks every option's range; errors name the option and the allowed range.
     pub fn validate(&self) -> Result<()> {
         self.q_format.validate()?;
-        if self.block_size == 0 {
+        if !(1..=MAX_BLOCK_SIZE).contains(&self.block_size) {
             return Err(Error::InvalidOption {
-                name: "block_size",
-                value: "0".into(),
-                expected: "an integer >= 1".into(),
+                name: "block-size",
+                value: self.block_size.to_string(),
+                expected: format!("an integer in 1..={MAX_BLOCK_SIZE}"),
             });
         }
         let unit = |name, x: f64, lo_open: bool| {
@@ -211,7 +325,7 @@ impl HdpConfig {
             HeadPruning::TopK { .. } => {}
         }
         if let Prescale::Fixed { q_exp, k_exp } = self.prescale {
-            let m = hdp_core::fixed::MAX_PRESCALE_EXP;
+            let m = crate::fixed::MAX_PRESCALE_EXP;
             for (name, e) in [("q-prescale-exp", q_exp), ("k-prescale-exp", k_exp)] {
                 if e.abs() > m {
                     return Err(Error::InvalidOption {
@@ -223,6 +337,51 @@ impl HdpConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// An [`HdpConfig`] whose every option is in range: the only form the kernels accept, so they
+/// never re-check. Built by [`HdpConfig::validated`]; deserializing one validates it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "HdpConfig", into = "HdpConfig")]
+pub struct ValidConfig(HdpConfig);
+
+impl ValidConfig {
+    /// The options.
+    pub fn get(&self) -> &HdpConfig {
+        &self.0
+    }
+
+    /// The same options without block or head pruning (always valid).
+    pub fn no_pruning(self) -> Self {
+        ValidConfig(self.0.no_pruning())
+    }
+}
+
+impl Default for ValidConfig {
+    /// [`HdpConfig::default`], which is valid (tested).
+    fn default() -> Self {
+        ValidConfig(HdpConfig::default())
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = HdpConfig;
+    fn deref(&self) -> &HdpConfig {
+        &self.0
+    }
+}
+
+impl TryFrom<HdpConfig> for ValidConfig {
+    type Error = Error;
+    fn try_from(c: HdpConfig) -> Result<Self> {
+        c.validated()
+    }
+}
+
+impl From<ValidConfig> for HdpConfig {
+    fn from(c: ValidConfig) -> Self {
+        c.0
     }
 }
 
@@ -275,6 +434,51 @@ mod tests {
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
+            let json = serde_json::to_string(&c).unwrap();
+            assert!(
+                serde_json::from_str::<ValidConfig>(&json).is_err(),
+                "{json}"
+            );
         }
+    }
+
+    #[test]
+    fn huge_block_size_is_rejected() {
+        let c = HdpConfig {
+            block_size: usize::MAX,
+            ..Default::default()
+        };
+        let e = c.validated().unwrap_err().to_string();
+        assert!(e.contains("block-size"), "{e}");
+    }
+
+    #[test]
+    fn option_names_round_trip_through_from_str_and_serde() {
+        fn check<T>(all: &[T])
+        where
+            T: FromStr<Err = Error> + fmt::Display + Serialize + PartialEq + fmt::Debug + Copy,
+        {
+            for &v in all {
+                assert_eq!(v.to_string().parse::<T>().unwrap(), v);
+                assert_eq!(serde_json::to_value(v).unwrap(), v.to_string().as_str());
+            }
+        }
+        check(ScoreMode::ALL);
+        check(BlockImportance::ALL);
+        check(HeadImportance::ALL);
+        check(PrunedHeadOutput::ALL);
+        for p in [
+            Prescale::RunTime,
+            Prescale::None,
+            Prescale::Fixed {
+                q_exp: -3,
+                k_exp: 2,
+            },
+        ] {
+            assert_eq!(p.to_string().parse::<Prescale>().unwrap(), p);
+        }
+        let e = "sideways".parse::<ScoreMode>().unwrap_err().to_string();
+        assert!(e.contains("approx, exact, float"), "{e}");
+        assert!("fixed:1".parse::<Prescale>().is_err());
     }
 }
