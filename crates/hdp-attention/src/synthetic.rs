@@ -49,7 +49,10 @@ pub struct SyntheticSpec {
 pub fn generate(s: &SyntheticSpec) -> Result<AttentionProblem> {
     let (b, h, n, d) = (s.batch, s.heads, s.seq_len, s.head_dim);
     let mut rng = SplitMix64::new(s.seed);
-    let len = b * h * n * d;
+    // Sizes come from flags: check them before allocating (the problem's own budget check on
+    // heads x N x N follows in AttentionProblem::new).
+    let len = hdp_core::budget::check_elements("synthetic Q/K/V", &[b, h, n, d])?;
+    hdp_core::budget::check_elements("attention scores (heads x N x N)", &[h, n, n])?;
     let (mut q, mut k, mut v) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
     let pos = |i: usize, m: usize| {
         let freq = 1.0 / 10000f64.powf((2 * (m / 2)) as f64 / d as f64);

@@ -60,6 +60,20 @@ pub struct AttentionArgs {
 /// implementation is O(N^2 d) per head and meant for clarity, not scale.
 const MAX_ENTRIES: usize = 1 << 28;
 
+/// Errors when batch x heads x N^2 (checked) exceeds [`MAX_ENTRIES`].
+fn check_reference_size(batch: usize, heads: usize, n: usize) -> Result<()> {
+    let entries = [batch, heads, n, n]
+        .iter()
+        .try_fold(1usize, |acc, &x| acc.checked_mul(x));
+    match entries {
+        Some(e) if e <= MAX_ENTRIES => Ok(()),
+        _ => bail!(
+            "batch x heads x N^2 for batch {batch}, heads {heads}, N {n} exceeds the reference \
+             path's budget of {MAX_ENTRIES} score entries (it is quadratic); use a smaller problem"
+        ),
+    }
+}
+
 /// Runs the command.
 pub fn run(a: &AttentionArgs) -> Result<()> {
     let cfg = a.hdp.config()?;
@@ -74,9 +88,7 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
                     bail!("--valid-len {l} must be in 1..={} (--seq-len)", a.seq_len);
                 }
             }
-            if a.batch * a.heads * a.seq_len * a.seq_len > MAX_ENTRIES {
-                bail!("batch x heads x seq-len^2 = {} exceeds {MAX_ENTRIES}; the reference path is quadratic, use a smaller problem", a.batch * a.heads * a.seq_len * a.seq_len);
-            }
+            check_reference_size(a.batch, a.heads, a.seq_len)?;
             generate(&SyntheticSpec {
                 batch: a.batch,
                 heads: a.heads,
@@ -89,6 +101,7 @@ pub fn run(a: &AttentionArgs) -> Result<()> {
         }
     };
     let dims = problem.dims();
+    check_reference_size(dims.batch, dims.heads, dims.seq_len)?;
     if let Some(path) = &a.save_qkv {
         let mut data = problem.q().data().to_vec();
         data.extend_from_slice(problem.k().data());

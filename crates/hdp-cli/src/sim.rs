@@ -137,6 +137,11 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
         bail!("--block-sizes needs a synthetic workload (--model-shape): a trace fixes its block size");
     }
     let mut points = Vec::new();
+    // Widths as the attention code accepts them (QFormat's 4..=16 bits).
+    for &b in &s.bits {
+        let bits = u32::try_from(b).unwrap_or(u32::MAX);
+        hdp_core::QFormat::new(bits, 0).with_context(|| format!("--bits {b} (sim sweep)"))?;
+    }
     let combos: Vec<_> = or(&s.int_mults, base.int_engine.multipliers)
         .into_iter()
         .flat_map(|i| {

@@ -452,3 +452,112 @@ fn bench_attention_reports_every_documented_field() {
         "block-size",
     );
 }
+
+/// Reproducers of issue #11 (hostile or careless input): each must end with a clear error and a
+/// non-zero exit, never a panic, an abort, a hang or a silent wrong answer.
+#[test]
+fn hostile_inputs_of_issue_11_fail_cleanly() {
+    // Sizes taken on trust.
+    assert_clean_failure(
+        &hdp(&[
+            "attention",
+            "--seq-len",
+            "4294967296",
+            "--heads",
+            "4294967296",
+        ]),
+        "budget",
+    );
+    assert_clean_failure(
+        &hdp(&[
+            "sim",
+            "--model-shape",
+            "bert-base",
+            "--seq-len",
+            "8589934592",
+            "--block-sparsity",
+            "0.5",
+            "--head-sparsity",
+            "0",
+        ]),
+        "budget",
+    );
+    // A tiny .npy that declares a huge shape.
+    let header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 1, 4294967296, 4294967296), }";
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend_from_slice(&[0u8; 64]);
+    let p = tmp("huge.npy");
+    std::fs::write(&p, &npy).unwrap();
+    for cmd in [
+        &["attention", "--qkv"][..],
+        &["bench", "attention", "--qkv"][..],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push(p.to_str().unwrap());
+        assert_clean_failure(&hdp(&args), "shape");
+    }
+    // A .npy with N = 100,000, d = 1 in 1.2 MB: the N x N scores exceed the budget.
+    let data = vec![0.5f32; 3 * 100_000];
+    let p = tmp("long.npy");
+    hdp_core::npy::write(&p, &[3, 1, 1, 100_000, 1], &data).unwrap();
+    assert_clean_failure(&hdp(&["attention", "--qkv", p.to_str().unwrap()]), "budget");
+    // The block size that used to hang the int8 kernel.
+    for args in [
+        &["attention", "--seq-len", "16", "-b", "18446744073709551615"][..],
+        &[
+            "bench",
+            "attention",
+            "--seq-lens",
+            "16",
+            "--block-sizes",
+            "18446744073709551615",
+        ][..],
+    ] {
+        assert_clean_failure(&hdp(args), "block-size");
+    }
+    // Output errors.
+    #[cfg(target_os = "linux")]
+    {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hdp"))
+            .args(["attention", "--seq-len", "16", "--json"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_clean_failure(&out, "standard output");
+        assert_clean_failure(
+            &hdp(&["attention", "--seq-len", "16", "--trace", "/dev/full"]),
+            "/dev/full",
+        );
+    }
+    // Nonsense simulator options.
+    assert_clean_failure(
+        &hdp(&[
+            "sim",
+            "--model-shape",
+            "bert-base",
+            "--seq-len",
+            "64",
+            "--block-sparsity",
+            "0.5",
+            "--head-sparsity",
+            "0",
+            "sweep",
+            "--bits",
+            "1000",
+        ]),
+        "bits",
+    );
+}
+
+#[test]
+fn hdp_options_with_dense_attention_are_refused() {
+    let out = hdp(&["embed", "--attention", "dense", "--keep", "0.2", "hello"]);
+    assert_clean_failure(&out, "HDP options");
+}

@@ -207,6 +207,13 @@ impl SentenceEmbedder {
                 .forward(&ids, &types, &valid, batch, attn, &self.device)?;
             let rows = self.pool(&hidden, &valid, n)?;
             for (&i, mut row) in batch.iter().zip(rows) {
+                if let Some(x) = row.iter().find(|x| !x.is_finite()) {
+                    return Err(Error::InvalidInput(format!(
+                        "the model produced a non-finite value ({x}) for text {i}; the weights in {} \
+                         hold NaN or Inf values (re-fetch the model: python3 scripts/fetch_assets.py)",
+                        self.dir.display()
+                    )));
+                }
                 if normalize {
                     let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                     row.iter_mut().for_each(|x| *x /= norm);

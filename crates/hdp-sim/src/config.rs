@@ -138,6 +138,36 @@ pub struct EnergyTable {
 }
 
 impl EnergyTable {
+    /// Every energy and area must be a finite number > 0 (a negative or NaN entry would make
+    /// every energy figure meaningless), and the process node at least 1 nm.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let fields = [
+            ("int_mac_pj", self.int_mac_pj),
+            ("frac_mac_pj", self.frac_mac_pj),
+            ("dense_mac_pj", self.dense_mac_pj),
+            ("sv_mac_pj", self.sv_mac_pj),
+            ("exp_pj", self.exp_pj),
+            ("prune_op_pj", self.prune_op_pj),
+            ("sram_pj_per_64b_8kib", self.sram_pj_per_64b_8kib),
+            ("dram_pj_per_64b", self.dram_pj_per_64b),
+            ("int_mac_um2", self.int_mac_um2),
+            ("frac_mac_um2", self.frac_mac_um2),
+            ("sv_mac_um2", self.sv_mac_um2),
+            ("exp_unit_um2", self.exp_unit_um2),
+            ("prune_lane_um2", self.prune_lane_um2),
+            ("sram_um2_per_bit", self.sram_um2_per_bit),
+        ];
+        for (name, v) in fields {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a finite number > 0, got {v}"));
+            }
+        }
+        if self.process_nm == 0 {
+            return Err("process_nm must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// SRAM energy per 64 bits for a buffer of `kib` KiB: `(kib / 8)^0.4745` times the 8 KiB
     /// figure, which reproduces the table's 10 pJ (8 KiB) to 100 pJ (1 MiB).
     pub fn sram_pj_per_64b(&self, kib: f64) -> f64 {
@@ -196,8 +226,17 @@ impl HwConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("{name} must be a positive number, got {v}"));
             }
+            // Far beyond any chip, and small enough that totals and products of unit counts
+            // cannot overflow.
+            if v > MAX_UNIT_COUNT {
+                return Err(format!("{name} = {v} exceeds {MAX_UNIT_COUNT:e}"));
+            }
         }
-        if !(self.dram.latency_ns >= 0.0 && self.static_mw >= 0.0) {
+        if !(self.dram.latency_ns.is_finite()
+            && self.static_mw.is_finite()
+            && self.dram.latency_ns >= 0.0
+            && self.static_mw >= 0.0)
+        {
             return Err("dram.latency_ns and static_mw must be >= 0".into());
         }
         Ok(())
@@ -224,6 +263,9 @@ impl HwConfig {
         self.dram.gb_per_s * 1e9 / (self.clock_mhz * 1e6)
     }
 }
+
+/// Largest value accepted for any unit count, size or rate of a preset.
+pub const MAX_UNIT_COUNT: f64 = 1e9;
 
 /// Loads a preset: a built-in name or a TOML file, with its energy table.
 pub fn load_preset(name_or_path: &str) -> Result<(HwConfig, EnergyTable)> {
@@ -257,6 +299,10 @@ pub fn load_preset(name_or_path: &str) -> Result<(HwConfig, EnergyTable)> {
         };
     hw.validate().map_err(|reason| Error::Config {
         path: name_or_path.into(),
+        reason,
+    })?;
+    energy.validate().map_err(|reason| Error::Config {
+        path: format!("energy table of {name_or_path}").into(),
         reason,
     })?;
     Ok((hw, energy))
@@ -299,6 +345,33 @@ mod tests {
             .contains("int_engine.multipliers"));
         assert!(load_preset("nonexistent-preset").is_err());
     }
+
+    /// Issue #11: negative, zero, NaN and infinite table values used to be accepted.
+    #[test]
+    fn nonsense_tables_are_rejected() {
+        let (_, e) = load_preset("edge").unwrap();
+        for v in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
+            let bad = EnergyTable {
+                int_mac_pj: v,
+                ..e.clone()
+            };
+            assert!(bad.validate().is_err(), "{v}");
+        }
+        let (hw, _) = load_preset("edge").unwrap();
+        let mut big = hw.clone();
+        big.int_engine.multipliers = u64::MAX;
+        assert!(big.validate().is_err());
+        let dir = std::env::temp_dir().join(format!("hdp-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("peers.toml");
+        std::fs::write(
+            &p,
+            "[[peer]]\nname = \"x\"\nthroughput_gops_128 = -5.0\nsource = \"y\"\n",
+        )
+        .unwrap();
+        let err = load_peers(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("throughput_gops_128"), "{err}");
+    }
 }
 
 /// A published accelerator figure (`presets/peers.toml`).
@@ -335,7 +408,24 @@ pub fn load_peers(path: Option<&Path>) -> Result<Vec<Peer>> {
             PathBuf::from("<built-in peers>"),
         ),
     };
-    Ok(parse::<PeerFile>(&text, &origin)?.peer)
+    let peers = parse::<PeerFile>(&text, &origin)?.peer;
+    for p in &peers {
+        for (name, v) in [
+            ("throughput_gops_128", p.throughput_gops_128),
+            ("gops_per_w", p.gops_per_w),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(Error::Config {
+                    path: origin,
+                    reason: format!(
+                        "peer {:?}: {name} must be a finite number > 0, got {v}",
+                        p.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(peers)
 }
 
 /// Throughput scaled to 128 multipliers at 1 GHz (the peers' normalization).

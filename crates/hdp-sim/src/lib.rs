@@ -29,6 +29,9 @@ pub enum Error {
     /// An invalid workload request.
     #[error("{0}")]
     Invalid(String),
+    /// A core error (e.g. a workload larger than the element budget).
+    #[error(transparent)]
+    Core(#[from] hdp_core::Error),
 }
 
 /// Result alias of the simulator.

@@ -135,6 +135,11 @@ impl Workload {
             }
         }
         let nb = seq_len.div_ceil(block_size);
+        // The model is walked block by block: bound that work (and its per-row records).
+        hdp_core::budget::check_elements(
+            "simulated blocks (layers x heads x block-rows x blocks)",
+            &[shape.layers, shape.heads, nb, nb],
+        )?;
         let keep = (((1.0 - block_sparsity) * nb as f64).round() as usize).clamp(1, nb);
         let pruned = ((head_sparsity * shape.heads as f64).round() as usize)
             .min(shape.heads.saturating_sub(1));
