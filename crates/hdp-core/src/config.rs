@@ -351,11 +351,6 @@ impl ValidConfig {
     pub fn get(&self) -> &HdpConfig {
         &self.0
     }
-
-    /// The same options without block or head pruning (always valid).
-    pub fn no_pruning(self) -> Self {
-        ValidConfig(self.0.no_pruning())
-    }
 }
 
 impl Default for ValidConfig {

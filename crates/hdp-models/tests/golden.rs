@@ -96,7 +96,7 @@ fn hdp_without_pruning_in_float_mode_matches_reference() {
         ..Default::default()
     }
     .no_pruning();
-    let mut attn = HdpBackend::new((cfg).validated().unwrap(), 0).unwrap();
+    let mut attn = HdpBackend::new(cfg.validated().unwrap(), 0).unwrap();
     let e = model().embed(&g.sentences, &mut attn, 4, true).unwrap();
     assert!(max_err(&e, &g.embeddings) <= GOLDEN_EMBEDDING_ABS);
     assert_eq!(attn.summary().block_sparsity(), 0.0);
@@ -161,8 +161,8 @@ fn truncated_or_mismatched_weights_are_clear_errors() {
 fn fast_and_reference_kernels_agree_inside_the_model() {
     let g = golden();
     let cfg = hdp_attention::HdpConfig::default();
-    let mut fast = HdpBackend::new((cfg).validated().unwrap(), 0).unwrap();
-    let mut reference = HdpBackend::new((cfg).validated().unwrap(), 0).unwrap();
+    let mut fast = HdpBackend::new(cfg.validated().unwrap(), 0).unwrap();
+    let mut reference = HdpBackend::new(cfg.validated().unwrap(), 0).unwrap();
     reference.kernel = hdp_models::HdpKernel::Reference;
     let a = model().embed(&g.sentences, &mut fast, 4, true).unwrap();
     let b = model()
