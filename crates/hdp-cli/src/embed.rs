@@ -3,7 +3,8 @@
 use crate::args::HdpArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use hdp_models::{default_model_dir, AttentionBackend, DenseCandle, HdpBackend, SentenceEmbedder};
+use hdp_models::bert::Stage;
+use hdp_models::{default_model_dir, AttentionBackend, DenseFast, HdpBackend, SentenceEmbedder};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -66,6 +67,10 @@ pub struct EmbedArgs {
     /// every layer; for several, a layers x heads heatmap of kept and pruned fractions.
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
+    /// Print where the time went (tokenization and each stage of the forward pass) to standard
+    /// error
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn lines_of(reader: impl Read, origin: &str) -> Result<Vec<String>> {
@@ -146,7 +151,9 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         model.set_max_length(m)?;
     }
     let normalize = a.normalize.unwrap_or(model.normalizes);
+    let t_tok = Instant::now();
     let enc = model.tokenize(&texts)?;
+    let tokenize_secs = t_tok.elapsed().as_secs_f64();
     for (i, e) in enc.iter().enumerate() {
         if e.truncated {
             eprintln!(
@@ -172,7 +179,7 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     };
     let backend: &mut dyn AttentionBackend = match &mut hdp {
         Some(h) => h,
-        None => &mut DenseCandle,
+        None => &mut DenseFast::default(),
     };
     let emb = model.embed_encoded(&enc, backend, a.batch_size, normalize, &mut |_| {})?;
     let secs = t0.elapsed().as_secs_f64();
@@ -274,5 +281,27 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         summary += &format!("; {truncated} truncated to {} tokens", model.max_length());
     }
     eprintln!("{summary}");
+    if a.profile {
+        let p = model.profile();
+        let forward: f64 = p.seconds.iter().sum();
+        let tokens: usize = enc.iter().map(|e| e.ids.len()).sum();
+        eprintln!(
+            "profile ({} texts, {tokens} tokens, {} thread(s), dense layers on {}):",
+            texts.len(),
+            rayon::current_num_threads(),
+            model.model_tier().name()
+        );
+        let mut rows = vec![("tokenization", tokenize_secs)];
+        rows.extend(Stage::ALL.iter().map(|&s| (s.name(), p.get(s))));
+        rows.push(("pooling, checks, bookkeeping", (secs - forward).max(0.0)));
+        let total = tokenize_secs + secs;
+        for (name, t) in rows {
+            eprintln!(
+                "  {name:<30} {t:>8.3} s  {:>5.1}%",
+                100.0 * t / total.max(1e-12)
+            );
+        }
+        eprintln!("  {:<30} {total:>8.3} s", "total");
+    }
     Ok(())
 }

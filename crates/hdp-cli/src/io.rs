@@ -49,7 +49,7 @@ fn from_safetensors(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
         let vals: Vec<f32> = match t.dtype() {
             Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
             Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-            Dtype::F16 => d.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|c| hdp_core::tensor::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
             Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
             Dtype::BOOL | Dtype::U8 => d.iter().map(|&x| x as f32).collect(),
             Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
@@ -82,28 +82,6 @@ fn from_safetensors(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
 }
 
 /// IEEE half to single precision.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // subnormal: normalize
-            let mut e = 127 - 15 + 1;
-            let mut m = m;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((m & 0x3ff) << 13)
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
-}
-
 fn from_npy(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
     let (shape, vals) = hdp_core::npy::parse(bytes)?;
     if shape.first() != Some(&3) || !(4..=5).contains(&shape.len()) {
@@ -133,9 +111,9 @@ mod tests {
 
     #[test]
     fn half_precision_decodes() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert_eq!(hdp_core::tensor::f16_to_f32(0x3c00), 1.0);
+        assert_eq!(hdp_core::tensor::f16_to_f32(0xc000), -2.0);
+        assert_eq!(hdp_core::tensor::f16_to_f32(0x0001), 2f32.powi(-24));
+        assert!(hdp_core::tensor::f16_to_f32(0x7c00).is_infinite());
     }
 }

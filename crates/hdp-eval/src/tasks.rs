@@ -8,7 +8,7 @@ use crate::logreg::LogReg;
 use crate::metrics::{accuracy, cosine, pearson, spearman};
 use crate::{Error, Result};
 use hdp_attention::ValidConfig;
-use hdp_models::{AttentionBackend, DenseCandle, Encoded, HdpBackend, SentenceEmbedder};
+use hdp_models::{AttentionBackend, DenseFast, Encoded, HdpBackend, SentenceEmbedder};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -207,9 +207,13 @@ pub fn dense_embeddings(
         }
     }
     let total = enc.len();
-    let out = model.embed_encoded(enc, &mut DenseCandle, opts.batch_size, true, &mut |d| {
-        progress("dense embeddings", d, total)
-    })?;
+    let out = model.embed_encoded(
+        enc,
+        &mut DenseFast::default(),
+        opts.batch_size,
+        true,
+        &mut |d| progress("dense embeddings", d, total),
+    )?;
     if let Some(p) = &path {
         let dim = out.first().map_or(0, Vec::len);
         let flat: Vec<f32> = out.iter().flatten().copied().collect();
@@ -447,7 +451,7 @@ impl Evaluation {
             )));
         }
         let mut cap = hdp_models::CaptureQkv {
-            inner: DenseCandle,
+            inner: DenseFast::default(),
             layer,
             captured: None,
         };

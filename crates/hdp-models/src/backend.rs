@@ -1,14 +1,15 @@
-//! Pluggable attention for the model runtime. The model computes Q, K, V (`[batch, heads, N, d]`)
-//! and hands them to an [`AttentionBackend`]; everything else in the forward pass is fixed.
+//! Pluggable attention for the model runtime. The model computes Q, K, V of each sequence
+//! (`[1, heads, N, d]`, exactly its tokens, no padding) and hands a layer's sequences to an
+//! [`AttentionBackend`]; everything else in the forward pass is fixed.
 //!
-//! - [`DenseCandle`]: dense attention with candle matmuls (the fast dense path);
+//! - [`DenseFast`]: dense attention with the fast kernels (`hdp_attention::fast`);
 //! - [`DenseReference`]: `hdp_attention::dense`, the plain f64 reference;
 //! - [`HdpBackend`]: HDP attention with the fast kernels (`hdp_attention::fast`, the default)
 //!   or the reference (`hdp_attention::hdp`); it also accumulates sparsity statistics and, on
 //!   request, the full trace. Both kernels make identical pruning decisions.
 
 use crate::Result;
-use candle_core::{Device, Tensor as CTensor};
+use hdp_attention::fast::Isa;
 use hdp_attention::{AttentionProblem, ValidConfig};
 use hdp_core::trace::LayerTrace;
 use hdp_core::{Tensor, Trace, TraceSummary};
@@ -18,88 +19,37 @@ use rayon::prelude::*;
 pub struct LayerInput<'a> {
     /// Layer index.
     pub layer: usize,
-    /// Queries `[batch, heads, N, d]`.
-    pub q: &'a CTensor,
-    /// Keys.
-    pub k: &'a CTensor,
-    /// Values.
-    pub v: &'a CTensor,
-    /// Key-padding mask, `batch * N` flags, true = real token.
-    pub token_valid: &'a [bool],
-    /// Caller's identifiers of the batch items (their index in the input), for traces.
+    /// One problem per sequence: Q, K, V `[1, heads, N_s, d]`, no padding, not causal.
+    pub problems: &'a [AttentionProblem],
+    /// Caller's identifiers of the sequences (their index in the input), for traces.
     pub sequence_ids: &'a [usize],
 }
 
 /// An attention implementation the model can run.
 pub trait AttentionBackend: Send {
-    /// Attention output `[batch, heads, N, d]` for one layer.
-    fn attend(&mut self, x: &LayerInput) -> Result<CTensor>;
+    /// Attention output `[1, heads, N_s, d]` of each sequence of one layer, in order.
+    fn attend(&mut self, x: &LayerInput) -> Result<Vec<Tensor>>;
 }
 
-/// Dense softmax attention with candle tensor operations.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DenseCandle;
+/// Dense softmax attention with the fast kernels (`hdp_attention::fast::dense_attention`),
+/// sequences in parallel.
+#[derive(Clone, Copy, Debug)]
+pub struct DenseFast(pub Isa);
 
-impl AttentionBackend for DenseCandle {
-    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
-        let (b, _h, n, d) = x.q.dims4()?;
-        let scores = (x.q.matmul(&x.k.t()?)? / (d as f64).sqrt())?;
-        // Additive mask: -inf-like bias on padded keys.
-        let bias: Vec<f32> = x
-            .token_valid
-            .iter()
-            .map(|&v| if v { 0.0 } else { -1e30 })
-            .collect();
-        let bias = CTensor::from_vec(bias, (b, 1, 1, n), x.q.device())?;
-        let p = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&bias)?)?;
-        let out = p.matmul(&x.v.contiguous()?)?;
-        // Padded query rows output zero, as in every hdp implementation.
-        let rows: Vec<f32> = x.token_valid.iter().map(|&v| v as u8 as f32).collect();
-        let rows = CTensor::from_vec(rows, (b, 1, n, 1), x.q.device())?;
-        Ok(out.broadcast_mul(&rows)?)
+impl Default for DenseFast {
+    fn default() -> Self {
+        DenseFast(Isa::detect())
     }
 }
 
-/// Converts a candle `[batch, heads, N, d]` tensor to an hdp tensor.
-pub fn to_hdp(t: &CTensor) -> Result<Tensor> {
-    let shape = t.dims().to_vec();
-    let data = t.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(Tensor::new(shape, data)?)
-}
-
-fn to_candle(t: Tensor, device: &Device) -> Result<CTensor> {
-    let shape = t.shape().to_vec();
-    Ok(CTensor::from_vec(t.into_data(), shape, device)?)
-}
-
-/// Splits a batch into one problem per sequence, so sequences run in parallel and each
-/// sequence's result is independent of its batch-mates.
-fn per_sequence(x: &LayerInput) -> Result<Vec<AttentionProblem>> {
-    let (b, h, n, d) = x.q.dims4()?;
-    let (q, k, v) = (to_hdp(x.q)?, to_hdp(x.k)?, to_hdp(x.v)?);
-    let per = h * n * d;
-    (0..b)
-        .map(|i| {
-            let t = |t: &Tensor| {
-                Tensor::new(vec![1, h, n, d], t.data()[i * per..(i + 1) * per].to_vec())
-            };
-            Ok(AttentionProblem::new(
-                t(&q)?,
-                t(&k)?,
-                t(&v)?,
-                Some(x.token_valid[i * n..(i + 1) * n].to_vec()),
-                false,
-            )?)
-        })
-        .collect()
-}
-
-fn concat(outs: Vec<Tensor>, shape: &[usize], device: &Device) -> Result<CTensor> {
-    let mut data = Vec::with_capacity(shape.iter().product());
-    for o in outs {
-        data.extend_from_slice(o.data());
+impl AttentionBackend for DenseFast {
+    fn attend(&mut self, x: &LayerInput) -> Result<Vec<Tensor>> {
+        let isa = self.0;
+        Ok(x.problems
+            .par_iter()
+            .map(|p| hdp_attention::fast::dense_attention(p, isa))
+            .collect::<hdp_core::Result<Vec<_>>>()?)
     }
-    to_candle(Tensor::new(shape.to_vec(), data)?, device)
 }
 
 /// The plain f64 dense reference (`hdp_attention::dense`).
@@ -107,12 +57,11 @@ fn concat(outs: Vec<Tensor>, shape: &[usize], device: &Device) -> Result<CTensor
 pub struct DenseReference;
 
 impl AttentionBackend for DenseReference {
-    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
-        let outs = per_sequence(x)?
+    fn attend(&mut self, x: &LayerInput) -> Result<Vec<Tensor>> {
+        Ok(x.problems
             .par_iter()
             .map(hdp_attention::dense::attention)
-            .collect::<hdp_core::Result<Vec<_>>>()?;
-        concat(outs, x.q.dims(), x.q.device())
+            .collect::<hdp_core::Result<Vec<_>>>()?)
     }
 }
 
@@ -227,7 +176,13 @@ impl HdpBackend {
             if lt.sequences.is_empty() {
                 return;
             }
-            match trace.layers.iter_mut().find(|l| l.layer == layer) {
+            // Sequences are not padded, so one layer can appear once per sequence length.
+            let n = lt.seq_len;
+            match trace
+                .layers
+                .iter_mut()
+                .find(|l| l.layer == layer && l.seq_len == n)
+            {
                 Some(existing) => existing.sequences.extend(lt.sequences),
                 None => trace.layers.push(lt),
             }
@@ -236,56 +191,54 @@ impl HdpBackend {
 }
 
 impl AttentionBackend for HdpBackend {
-    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
+    fn attend(&mut self, x: &LayerInput) -> Result<Vec<Tensor>> {
         let cfg = self.cfg;
-        let results = per_sequence(x)?
+        let kernel = self.kernel;
+        let results = x
+            .problems
             .par_iter()
-            .map(|p| match self.kernel {
+            .map(|p| match kernel {
                 HdpKernel::Reference => hdp_attention::hdp::attention(p, &cfg, x.layer),
                 HdpKernel::Fast(isa) => hdp_attention::fast::hdp_attention(p, &cfg, x.layer, isa),
             })
             .collect::<hdp_core::Result<Vec<_>>>()?;
         let mut outs = Vec::with_capacity(results.len());
-        let mut merged: Option<LayerTrace> = None;
+        // One record per sequence: sequences differ in length (no padding).
         for (r, &id) in results.into_iter().zip(x.sequence_ids) {
             outs.push(r.output);
             let mut lt = r.trace;
             for s in &mut lt.sequences {
                 s.sequence = id;
             }
-            match &mut merged {
-                None => merged = Some(lt),
-                Some(m) => m.sequences.extend(lt.sequences),
-            }
-        }
-        if let Some(lt) = merged {
             self.record(lt);
         }
-        concat(outs, x.q.dims(), x.q.device())
+        Ok(outs)
     }
 }
 
-/// Wraps a backend and keeps a copy of one layer's Q, K, V (`[batch, heads, N, d]`) from the
-/// first batch that reaches it: real attention inputs for benchmarks (`hdp bench attention
-/// --qkv`) and for `hdp attention --qkv`.
+/// Wraps a backend and keeps a copy of one layer's Q, K, V (`[1, heads, N, d]`) of the first
+/// sequence that reaches it: real attention inputs for benchmarks (`hdp bench attention --qkv`)
+/// and for `hdp attention --qkv`.
 pub struct CaptureQkv<B> {
     /// The backend doing the work.
     pub inner: B,
     /// Layer to capture.
     pub layer: usize,
-    /// Captured Q, K, V and the key-padding mask.
+    /// Captured Q, K, V and the key mask (all true: sequences are never padded).
     pub captured: Option<(Tensor, Tensor, Tensor, Vec<bool>)>,
 }
 
 impl<B: AttentionBackend> AttentionBackend for CaptureQkv<B> {
-    fn attend(&mut self, x: &LayerInput) -> Result<CTensor> {
+    fn attend(&mut self, x: &LayerInput) -> Result<Vec<Tensor>> {
         if x.layer == self.layer && self.captured.is_none() {
-            self.captured = Some((
-                to_hdp(x.q)?,
-                to_hdp(x.k)?,
-                to_hdp(x.v)?,
-                x.token_valid.to_vec(),
-            ));
+            if let Some(p) = x.problems.first() {
+                self.captured = Some((
+                    p.q().clone(),
+                    p.k().clone(),
+                    p.v().clone(),
+                    vec![true; p.dims().seq_len],
+                ));
+            }
         }
         self.inner.attend(x)
     }

@@ -1,173 +1,457 @@
-//! BERT encoder (Devlin et al. 2019) in the Hugging Face checkpoint layout, written so the
-//! attention step is pluggable ([`crate::backend::AttentionBackend`]). One struct per block with
-//! `load(vb, cfg)` and `forward`; weight paths are exactly the checkpoint's names.
+//! BERT encoder (Devlin et al. 2019) in the Hugging Face checkpoint layout, with its own CPU
+//! forward pass: weights read from `model.safetensors` by their checkpoint names, dense layers
+//! on [`crate::linear`] (row-invariant, packed, fused epilogues), attention through a pluggable
+//! [`AttentionBackend`].
+//!
+//! Sequences are never padded: a batch is the concatenation of its sequences' token rows, every
+//! dense layer runs on all rows at once, and attention runs per sequence on exactly its tokens.
+//! With the row-invariant dense layers this makes a text's hidden states (and HDP's decisions)
+//! bit-identical whatever the batch size, the batch composition and the thread count.
 
 use crate::backend::{AttentionBackend, LayerInput};
 use crate::config::{Activation, BertConfig};
-use crate::Result;
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use crate::linear::{layer_norm, Epilogue, Linear, Tier};
+use crate::{Error, Result};
+use hdp_attention::AttentionProblem;
+use hdp_core::Tensor;
+use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-/// `embeddings.*`: word + position + token type, then layer norm.
-pub struct BertEmbeddings {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    layer_norm: LayerNorm,
+/// Stages of the forward pass, for `--profile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Token + position + type embeddings and their layer norm.
+    Embeddings,
+    /// The fused Q/K/V projection.
+    QkvProjection,
+    /// Re-laying Q, K, V per sequence and head, and the context back.
+    AttentionLayout,
+    /// The attention backend (dense or HDP).
+    Attention,
+    /// Output projection + bias + residual, then layer norm.
+    OutputProjection,
+    /// Feed-forward up-projection + bias + activation.
+    FfnUp,
+    /// Feed-forward down-projection + bias + residual, then layer norm.
+    FfnDown,
 }
 
-impl BertEmbeddings {
-    /// Loads from `vb` (prefix `embeddings`).
-    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        Ok(BertEmbeddings {
-            word_embeddings: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
-            position_embeddings: embedding(
-                cfg.max_position_embeddings,
-                cfg.hidden_size,
-                vb.pp("position_embeddings"),
-            )?,
-            token_type_embeddings: embedding(
-                cfg.type_vocab_size,
-                cfg.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
-            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
-        })
+impl Stage {
+    /// Every stage in forward order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Embeddings,
+        Stage::QkvProjection,
+        Stage::AttentionLayout,
+        Stage::Attention,
+        Stage::OutputProjection,
+        Stage::FfnUp,
+        Stage::FfnDown,
+    ];
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Embeddings => "embeddings",
+            Stage::QkvProjection => "qkv projection",
+            Stage::AttentionLayout => "attention layout",
+            Stage::Attention => "attention",
+            Stage::OutputProjection => "output projection + norm",
+            Stage::FfnUp => "ffn up + activation",
+            Stage::FfnDown => "ffn down + norm",
+        }
+    }
+}
+
+/// Seconds spent per [`Stage`], summed over calls.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// Seconds per stage, indexed like [`Stage::ALL`].
+    pub seconds: [f64; 7],
+}
+
+impl Profile {
+    fn add(&mut self, s: Stage, t: Instant) {
+        self.seconds[s as usize] += t.elapsed().as_secs_f64();
     }
 
-    /// `ids`, `type_ids`: `[batch, N]` u32. Output `[batch, N, hidden]`.
-    pub fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> Result<Tensor> {
-        let (_b, n) = ids.dims2()?;
-        let pos = Tensor::arange(0u32, n as u32, ids.device())?;
-        let x = self
-            .word_embeddings
-            .forward(ids)?
-            .broadcast_add(&self.position_embeddings.forward(&pos)?)?
-            .add(&self.token_type_embeddings.forward(type_ids)?)?;
-        Ok(self.layer_norm.forward(&x)?)
+    /// Seconds of one stage.
+    pub fn get(&self, s: Stage) -> f64 {
+        self.seconds[s as usize]
+    }
+}
+
+/// A layer norm's parameters.
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+/// Reads named tensors from a safetensors file, checking shapes against the config and values
+/// for NaN/Inf.
+struct Weights<'a> {
+    st: SafeTensors<'a>,
+    prefix: &'static str,
+    path: &'a Path,
+}
+
+impl Weights<'_> {
+    fn err(&self, reason: String) -> Error {
+        Error::Weights {
+            path: self.path.into(),
+            reason,
+        }
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self.st.tensor(&full).map_err(|_| {
+            self.err(format!(
+                "no tensor {full:?} (does the file match config.json? a BERT checkpoint has \
+                 embeddings.*, encoder.layer.N.* tensors)"
+            ))
+        })?;
+        if t.shape() != shape {
+            return Err(self.err(format!(
+                "tensor {full} has shape {:?}, config.json implies {shape:?} (does the file \
+                 match config.json?)",
+                t.shape()
+            )));
+        }
+        let d = t.data();
+        let vals: Vec<f32> = match t.dtype() {
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => d
+                .chunks_exact(2)
+                .map(|c| hdp_core::tensor::f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(self.err(format!(
+                    "tensor {full} has dtype {other:?}; supported: F32, F16, BF16"
+                )))
+            }
+        };
+        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+            return Err(self.err(format!(
+                "tensor {full} holds a non-finite value ({}) at flat index {i}; the file is \
+                 corrupt (re-fetch the model: python3 scripts/fetch_assets.py)",
+                vals[i]
+            )));
+        }
+        Ok(vals)
+    }
+
+    fn linear(&self, name: &str, n: usize, k: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.get(&format!("{name}.weight"), &[n, k])?,
+            self.get(&format!("{name}.bias"), &[n])?,
+        ))
+    }
+
+    fn norm(&self, name: &str, h: usize) -> Result<Norm> {
+        Ok(Norm {
+            gamma: self.get(&format!("{name}.weight"), &[h])?,
+            beta: self.get(&format!("{name}.bias"), &[h])?,
+        })
     }
 }
 
 /// One encoder layer: self-attention, output projection, feed-forward, each with residual and
 /// layer norm (post-norm, as BERT).
-pub struct BertLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+struct BertLayer {
+    qkv: Linear,
     attn_out: Linear,
-    attn_norm: LayerNorm,
+    attn_norm: Norm,
     intermediate: Linear,
     output: Linear,
-    out_norm: LayerNorm,
-    heads: usize,
-    act: Activation,
-}
-
-impl BertLayer {
-    /// Loads from `vb` (prefix `encoder.layer.{i}`).
-    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let a = vb.pp("attention");
-        Ok(BertLayer {
-            query: linear(h, h, a.pp("self").pp("query"))?,
-            key: linear(h, h, a.pp("self").pp("key"))?,
-            value: linear(h, h, a.pp("self").pp("value"))?,
-            attn_out: linear(h, h, a.pp("output").pp("dense"))?,
-            attn_norm: layer_norm(h, cfg.layer_norm_eps, a.pp("output").pp("LayerNorm"))?,
-            intermediate: linear(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
-            output: linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            out_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
-            heads: cfg.num_attention_heads,
-            act: cfg.hidden_act,
-        })
-    }
-
-    /// `[batch, N, hidden] -> [batch, N, heads, d] -> [batch, heads, N, d]`.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, h) = x.dims3()?;
-        Ok(x.reshape((b, n, self.heads, h / self.heads))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    }
-
-    /// Runs the layer; attention through `attn`.
-    pub fn forward(
-        &self,
-        layer: usize,
-        x: &Tensor,
-        token_valid: &[bool],
-        sequence_ids: &[usize],
-        attn: &mut dyn AttentionBackend,
-    ) -> Result<Tensor> {
-        let (b, n, h) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
-        let ctx = attn.attend(&LayerInput {
-            layer,
-            q: &q,
-            k: &k,
-            v: &v,
-            token_valid,
-            sequence_ids,
-        })?;
-        let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, n, h))?;
-        let x = self
-            .attn_norm
-            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let inner = self.intermediate.forward(&x)?;
-        let inner = match self.act {
-            Activation::Gelu => inner.gelu_erf()?,
-            Activation::GeluNew => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
-        };
-        Ok(self
-            .out_norm
-            .forward(&(self.output.forward(&inner)? + x)?)?)
-    }
+    out_norm: Norm,
 }
 
 /// The encoder: embeddings and layers (the pooler is not used by sentence embeddings).
 pub struct BertModel {
-    embeddings: BertEmbeddings,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    emb_norm: Norm,
     layers: Vec<BertLayer>,
+    tier: Tier,
     /// The configuration the weights were loaded with.
     pub config: BertConfig,
 }
 
+/// Token rows of one forward pass: sequences back to back, no padding.
+pub struct Hidden {
+    /// `[rows, hidden]`, row-major.
+    pub states: Vec<f32>,
+    /// Start row of each sequence, plus the total at the end.
+    pub offsets: Vec<usize>,
+}
+
 impl BertModel {
-    /// Loads every weight; shape mismatches against `cfg` are errors.
-    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        let embeddings = BertEmbeddings::load(vb.pp("embeddings"), cfg)?;
+    /// Loads every weight of `model.safetensors` (bytes at `path`); shapes must match `cfg`,
+    /// values must be finite.
+    pub fn load(bytes: &[u8], path: &Path, cfg: &BertConfig) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights {
+            path: PathBuf::from(path),
+            reason: format!("{e} (is the file complete and does it match config.json?)"),
+        })?;
+        let prefix = if st.tensor("embeddings.word_embeddings.weight").is_err()
+            && st.tensor("bert.embeddings.word_embeddings.weight").is_ok()
+        {
+            "bert."
+        } else {
+            ""
+        };
+        let w = Weights { st, prefix, path };
+        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
+                let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
+                let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+                let o = w.linear(&format!("{p}.attention.output.dense"), h, h)?;
+                let up = w.linear(&format!("{p}.intermediate.dense"), ff, h)?;
+                let down = w.linear(&format!("{p}.output.dense"), h, ff)?;
+                Ok(BertLayer {
+                    qkv: Linear::concat(&[(&q.0, &q.1, h), (&k.0, &k.1, h), (&v.0, &v.1, h)], h),
+                    attn_out: Linear::new(&o.0, &o.1, h, h),
+                    attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                    intermediate: Linear::new(&up.0, &up.1, ff, h),
+                    output: Linear::new(&down.0, &down.1, h, ff),
+                    out_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(BertModel {
-            embeddings,
+            word: w.get("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            position: w.get(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, h],
+            )?,
+            token_type: w.get(
+                "embeddings.token_type_embeddings.weight",
+                &[cfg.type_vocab_size, h],
+            )?,
+            emb_norm: w.norm("embeddings.LayerNorm", h)?,
             layers,
+            tier: Tier::detect(),
             config: cfg.clone(),
         })
     }
 
-    /// Hidden states `[batch, N, hidden]` for token ids `[batch][N]` (equal lengths, padded),
-    /// with `token_valid` (`batch * N`) marking real tokens.
+    /// The instruction-set tier of the dense layers.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Runs the dense layers with `tier` (which must be available on this CPU).
+    pub fn set_tier(&mut self, tier: Tier) -> Result<()> {
+        if !tier.available() {
+            return Err(Error::InvalidInput(format!(
+                "this CPU cannot run the {} tier",
+                tier.name()
+            )));
+        }
+        self.tier = tier;
+        Ok(())
+    }
+
+    fn embed_tokens(&self, ids: &[&[u32]], type_ids: &[&[u32]], rows: usize) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let h = cfg.hidden_size;
+        let mut x = vec![0.0f32; rows * h];
+        let mut r = 0;
+        for (s, (ids, types)) in ids.iter().zip(type_ids).enumerate() {
+            if ids.len() != types.len() {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {s}: {} token ids but {} type ids",
+                    ids.len(),
+                    types.len()
+                )));
+            }
+            for (j, (&id, &t)) in ids.iter().zip(types.iter()).enumerate() {
+                if id as usize >= cfg.vocab_size || t as usize >= cfg.type_vocab_size {
+                    return Err(Error::InvalidInput(format!(
+                        "sequence {s}, token {j}: id {id} / type {t} outside the model's \
+                         vocabulary ({}) / types ({}); was the text tokenized for this model?",
+                        cfg.vocab_size, cfg.type_vocab_size
+                    )));
+                }
+                let row = &mut x[r * h..(r + 1) * h];
+                let (w, p, tt) = (
+                    &self.word[id as usize * h..][..h],
+                    &self.position[j * h..][..h],
+                    &self.token_type[t as usize * h..][..h],
+                );
+                for c in 0..h {
+                    row[c] = (w[c] + p[c]) + tt[c];
+                }
+                r += 1;
+            }
+        }
+        layer_norm(
+            &mut x,
+            h,
+            &self.emb_norm.gamma,
+            &self.emb_norm.beta,
+            cfg.layer_norm_eps,
+        );
+        Ok(x)
+    }
+
+    /// Hidden states of the last layer for token ids `ids[s]` and segment ids `type_ids[s]` of
+    /// each sequence (no padding; each at most `max_position_embeddings` long and not empty).
+    /// `sequence_ids` are the caller's names of the sequences (for traces); `profile` collects
+    /// the time per stage.
     pub fn forward(
         &self,
-        ids: &[Vec<u32>],
-        type_ids: &[Vec<u32>],
-        token_valid: &[bool],
+        ids: &[&[u32]],
+        type_ids: &[&[u32]],
         sequence_ids: &[usize],
         attn: &mut dyn AttentionBackend,
-        device: &Device,
-    ) -> Result<Tensor> {
-        let (b, n) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let flat = |v: &[Vec<u32>]| v.iter().flatten().copied().collect::<Vec<u32>>();
-        let ids_t = Tensor::from_vec(flat(ids), (b, n), device)?;
-        let types_t = Tensor::from_vec(flat(type_ids), (b, n), device)?;
-        let mut x = self.embeddings.forward(&ids_t, &types_t)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(i, &x, token_valid, sequence_ids, attn)?;
+        profile: &mut Profile,
+    ) -> Result<Hidden> {
+        let cfg = &self.config;
+        let (h, heads, ff) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.intermediate_size,
+        );
+        let d = h / heads;
+        if ids.len() != type_ids.len() || ids.len() != sequence_ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} sequences of ids, {} of type ids, {} sequence ids",
+                ids.len(),
+                type_ids.len(),
+                sequence_ids.len()
+            )));
         }
-        Ok(x.to_dtype(DType::F32)?)
+        let mut offsets = vec![0];
+        for (s, t) in ids.iter().enumerate() {
+            if t.is_empty() || t.len() > cfg.max_position_embeddings {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {s} has {} tokens; the model takes 1..={} (truncate the text or \
+                     lower --max-length)",
+                    t.len(),
+                    cfg.max_position_embeddings
+                )));
+            }
+            offsets.push(offsets[s] + t.len());
+        }
+        let rows = *offsets.last().unwrap_or(&0);
+        hdp_core::budget::check_elements("the model's feed-forward activations", &[rows, ff])?;
+        let t = Instant::now();
+        let mut x = self.embed_tokens(ids, type_ids, rows)?;
+        profile.add(Stage::Embeddings, t);
+        let tier = self.tier;
+        let mut qkv = vec![0.0f32; rows * 3 * h];
+        let mut ctx = vec![0.0f32; rows * h];
+        let mut x1 = vec![0.0f32; rows * h];
+        let mut inner = vec![0.0f32; rows * ff];
+        for (li, layer) in self.layers.iter().enumerate() {
+            let t = Instant::now();
+            layer.qkv.forward(&x, rows, &mut qkv, Epilogue::None, tier);
+            profile.add(Stage::QkvProjection, t);
+
+            let t = Instant::now();
+            let problems = (0..ids.len())
+                .into_par_iter()
+                .map(|s| {
+                    let (r0, n) = (offsets[s], offsets[s + 1] - offsets[s]);
+                    let part = |which: usize| {
+                        let mut data = vec![0.0f32; heads * n * d];
+                        for i in 0..n {
+                            let src = &qkv[(r0 + i) * 3 * h + which * h..][..h];
+                            for hd in 0..heads {
+                                data[(hd * n + i) * d..][..d].copy_from_slice(&src[hd * d..][..d]);
+                            }
+                        }
+                        Tensor::new(vec![1, heads, n, d], data)
+                    };
+                    Ok(AttentionProblem::new(
+                        part(0)?,
+                        part(1)?,
+                        part(2)?,
+                        None,
+                        false,
+                    )?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            profile.add(Stage::AttentionLayout, t);
+
+            let t = Instant::now();
+            let outs = attn.attend(&LayerInput {
+                layer: li,
+                problems: &problems,
+                sequence_ids,
+            })?;
+            profile.add(Stage::Attention, t);
+
+            let t = Instant::now();
+            if outs.len() != problems.len() {
+                return Err(Error::InvalidInput(format!(
+                    "the attention backend returned {} outputs for {} sequences",
+                    outs.len(),
+                    problems.len()
+                )));
+            }
+            for (s, o) in outs.iter().enumerate() {
+                let (r0, n) = (offsets[s], offsets[s + 1] - offsets[s]);
+                if o.shape() != [1, heads, n, d] {
+                    return Err(Error::InvalidInput(format!(
+                        "the attention backend returned shape {:?} for [1, {heads}, {n}, {d}]",
+                        o.shape()
+                    )));
+                }
+                let od = o.data();
+                for i in 0..n {
+                    let dst = &mut ctx[(r0 + i) * h..][..h];
+                    for hd in 0..heads {
+                        dst[hd * d..][..d].copy_from_slice(&od[(hd * n + i) * d..][..d]);
+                    }
+                }
+            }
+            profile.add(Stage::AttentionLayout, t);
+
+            let t = Instant::now();
+            layer
+                .attn_out
+                .forward(&ctx, rows, &mut x1, Epilogue::Residual(&x), tier);
+            let eps = cfg.layer_norm_eps;
+            layer_norm(
+                &mut x1,
+                h,
+                &layer.attn_norm.gamma,
+                &layer.attn_norm.beta,
+                eps,
+            );
+            profile.add(Stage::OutputProjection, t);
+
+            let t = Instant::now();
+            let act = match cfg.hidden_act {
+                Activation::Gelu => Epilogue::Gelu,
+                Activation::GeluNew => Epilogue::GeluTanh,
+                Activation::Relu => Epilogue::Relu,
+            };
+            layer.intermediate.forward(&x1, rows, &mut inner, act, tier);
+            profile.add(Stage::FfnUp, t);
+
+            let t = Instant::now();
+            layer
+                .output
+                .forward(&inner, rows, &mut x, Epilogue::Residual(&x1), tier);
+            layer_norm(&mut x, h, &layer.out_norm.gamma, &layer.out_norm.beta, eps);
+            profile.add(Stage::FfnDown, t);
+        }
+        Ok(Hidden { states: x, offsets })
     }
 }

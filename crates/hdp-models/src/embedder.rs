@@ -1,14 +1,14 @@
 //! Sentence embeddings as sentence-transformers computes them for BERT models: tokenize, run the
 //! encoder, pool over real tokens (mean or CLS, per `1_Pooling/config.json`), L2-normalize.
-//! Texts are batched by length (less padding); output rows keep the input order.
+//! Texts are never padded (see [`crate::bert`]), so a text's embedding does not depend on the
+//! batch it shares; output rows keep the input order.
 
 use crate::backend::AttentionBackend;
-use crate::bert::BertModel;
+use crate::bert::{BertModel, Hidden, Profile};
 use crate::config::ModelConfig;
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Pooling over token states.
@@ -42,7 +42,7 @@ pub struct SentenceEmbedder {
     /// Whether sentence-transformers normalizes this model's output (a `Normalize` module in
     /// `modules.json`).
     pub normalizes: bool,
-    device: Device,
+    profile: Mutex<Profile>,
     /// The model folder.
     pub dir: PathBuf,
 }
@@ -68,17 +68,8 @@ impl SentenceEmbedder {
         let ModelConfig::Bert(cfg) = ModelConfig::from_file(&cfg_path)?;
         let weights_path = dir.join("model.safetensors");
         let bytes = std::fs::read(&weights_path).map_err(io(&weights_path))?;
-        let device = Device::Cpu;
-        let weights_err = |e: candle_core::Error| Error::Weights {
-            path: weights_path.clone(),
-            reason: format!("{e} (is the file complete and does it match config.json?)"),
-        };
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
-            .map_err(weights_err)?;
-        let model = BertModel::load(vb, &cfg).map_err(|e| match e {
-            Error::Candle(c) => weights_err(c),
-            other => other,
-        })?;
+        let model = BertModel::load(&bytes, &weights_path, &cfg)?;
+        drop(bytes);
         let tokenizer_path = dir.join("tokenizer.json");
         if !tokenizer_path.exists() {
             return Err(Error::Io {
@@ -114,7 +105,7 @@ impl SentenceEmbedder {
             max_length,
             pooling,
             normalizes,
-            device,
+            profile: Mutex::default(),
             dir: dir.into(),
         };
         e.set_max_length(max_length)?;
@@ -124,6 +115,21 @@ impl SentenceEmbedder {
     /// The model's configuration.
     pub fn config(&self) -> &crate::config::BertConfig {
         &self.model.config
+    }
+
+    /// The encoder (e.g. to choose its instruction-set tier).
+    pub fn model_mut(&mut self) -> &mut BertModel {
+        &mut self.model
+    }
+
+    /// The instruction-set tier of the dense layers.
+    pub fn model_tier(&self) -> crate::linear::Tier {
+        self.model.tier()
+    }
+
+    /// Seconds per forward stage over every call so far (and resets nothing).
+    pub fn profile(&self) -> Profile {
+        self.profile.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Current maximum tokens per text (special tokens included).
@@ -175,8 +181,9 @@ impl SentenceEmbedder {
             .collect()
     }
 
-    /// Embeds tokenized texts with `attn`, `batch_size` at a time, grouped by length. Returns
-    /// one row per input, in input order. `progress` is called with the texts done so far.
+    /// Embeds tokenized texts with `attn`, `batch_size` at a time. Returns one row per input, in
+    /// input order; a row does not depend on the batch size or on the other texts. `progress`
+    /// is called with the texts done so far.
     pub fn embed_encoded(
         &self,
         enc: &[Encoded],
@@ -185,28 +192,18 @@ impl SentenceEmbedder {
         normalize: bool,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<Vec<f32>>> {
-        let mut order: Vec<usize> = (0..enc.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(enc[i].ids.len()));
-        let mut out = vec![Vec::new(); enc.len()];
-        let mut done = 0;
-        for batch in order.chunks(batch_size.max(1)) {
-            let n = batch.iter().map(|&i| enc[i].ids.len()).max().unwrap_or(0);
-            let pad = |v: &[u32]| {
-                let mut v = v.to_vec();
-                v.resize(n, 0);
-                v
-            };
-            let ids: Vec<Vec<u32>> = batch.iter().map(|&i| pad(&enc[i].ids)).collect();
-            let types: Vec<Vec<u32>> = batch.iter().map(|&i| pad(&enc[i].type_ids)).collect();
-            let valid: Vec<bool> = batch
-                .iter()
-                .flat_map(|&i| (0..n).map(move |j| j < enc[i].ids.len()))
-                .collect();
+        let mut out = Vec::with_capacity(enc.len());
+        let mut profile = Profile::default();
+        for (b, batch) in enc.chunks(batch_size.max(1)).enumerate() {
+            let first = b * batch_size.max(1);
+            let ids: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
+            let types: Vec<&[u32]> = batch.iter().map(|e| e.type_ids.as_slice()).collect();
+            let names: Vec<usize> = (first..first + batch.len()).collect();
             let hidden = self
                 .model
-                .forward(&ids, &types, &valid, batch, attn, &self.device)?;
-            let rows = self.pool(&hidden, &valid, n)?;
-            for (&i, mut row) in batch.iter().zip(rows) {
+                .forward(&ids, &types, &names, attn, &mut profile)?;
+            for (s, mut row) in self.pool(&hidden).into_iter().enumerate() {
+                let i = first + s;
                 if let Some(x) = row.iter().find(|x| !x.is_finite()) {
                     return Err(Error::InvalidInput(format!(
                         "the model produced a non-finite value ({x}) for text {i}; the weights in {} \
@@ -218,10 +215,14 @@ impl SentenceEmbedder {
                     let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                     row.iter_mut().for_each(|x| *x /= norm);
                 }
-                out[i] = row;
+                out.push(row);
             }
-            done += batch.len();
-            progress(done);
+            progress(out.len());
+        }
+        if let Ok(mut p) = self.profile.lock() {
+            for (a, b) in p.seconds.iter_mut().zip(profile.seconds) {
+                *a += b;
+            }
         }
         Ok(out)
     }
@@ -238,30 +239,28 @@ impl SentenceEmbedder {
         self.embed_encoded(&enc, attn, batch_size, normalize, &mut |_| {})
     }
 
-    fn pool(&self, hidden: &Tensor, valid: &[bool], n: usize) -> Result<Vec<Vec<f32>>> {
-        let states = hidden.to_vec3::<f32>()?;
-        Ok(states
-            .into_iter()
-            .enumerate()
-            .map(|(b, toks)| match self.pooling {
-                Pooling::Cls => toks[0].clone(),
-                Pooling::Mean => {
-                    let mut sum = vec![0.0f64; toks[0].len()];
-                    let mut count = 0usize;
-                    for (j, t) in toks.iter().enumerate() {
-                        if valid[b * n + j] {
-                            count += 1;
+    fn pool(&self, hidden: &Hidden) -> Vec<Vec<f32>> {
+        let h = self.model.config.hidden_size;
+        hidden
+            .offsets
+            .windows(2)
+            .map(|w| {
+                let rows = &hidden.states[w[0] * h..w[1] * h];
+                match self.pooling {
+                    Pooling::Cls => rows[..h].to_vec(),
+                    Pooling::Mean => {
+                        let mut sum = vec![0.0f64; h];
+                        for t in rows.chunks_exact(h) {
                             for (s, &x) in sum.iter_mut().zip(t) {
                                 *s += x as f64;
                             }
                         }
+                        let count = (w[1] - w[0]).max(1) as f64;
+                        sum.iter().map(|s| (s / count) as f32).collect()
                     }
-                    sum.iter()
-                        .map(|s| (s / count.max(1) as f64) as f32)
-                        .collect()
                 }
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -40,9 +40,6 @@ pub enum Error {
     /// A request the model cannot serve (e.g. a max length beyond its positions).
     #[error("invalid input: {0}")]
     InvalidInput(String),
-    /// A tensor operation failed.
-    #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
     /// The attention implementation rejected its input.
     #[error(transparent)]
     Attention(#[from] hdp_core::Error),

@@ -4,7 +4,7 @@
 
 use hdp_core::tolerance::{GOLDEN_EMBEDDING_ABS, HDP_DEFAULT_MEAN_COSINE_MIN};
 use hdp_models::{
-    default_model_dir, AttentionBackend, DenseCandle, DenseReference, HdpBackend, SentenceEmbedder,
+    default_model_dir, AttentionBackend, DenseFast, DenseReference, HdpBackend, SentenceEmbedder,
 };
 use std::sync::OnceLock;
 
@@ -83,7 +83,7 @@ fn dense_embeddings_match_reference_in_every_batching() {
         );
     };
     for batch in [1, 3, 8] {
-        check(&mut DenseCandle, batch);
+        check(&mut DenseFast::default(), batch);
     }
     check(&mut DenseReference, 4);
 }
@@ -184,4 +184,56 @@ fn fast_and_reference_kernels_agree_inside_the_model() {
         reference.summary().block_sparsity(),
     );
     assert!((sa - sb).abs() < 0.005, "{sa} vs {sb}");
+}
+
+/// Issue #11, part 5: a text's embedding (and HDP's decisions) is bit-identical whatever the
+/// batch size, the batch composition and the thread count, dense and HDP.
+#[test]
+fn embeddings_do_not_depend_on_batching_or_threads() {
+    let g = golden();
+    // The golden sentences plus longer texts, in a shuffled order with repeats.
+    let mut texts = g.sentences.clone();
+    let long = "The jury said the election was conducted fairly, and it praised the city for \
+                the manner in which the vote was held across every precinct of the county. ";
+    texts.push(long.repeat(3));
+    texts.push(long.repeat(7));
+    let mut rng = hdp_core::rng::SplitMix64::new(11);
+    let order: Vec<usize> = (0..24).map(|_| rng.below(texts.len())).collect();
+    let shuffled: Vec<String> = order.iter().map(|&i| texts[i].clone()).collect();
+    let cfg = hdp_attention::HdpConfig::default().validated().unwrap();
+    let run = |texts: &[String], batch: usize, threads: usize, hdp: bool| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            if hdp {
+                let mut b = HdpBackend::new(cfg, 0).unwrap();
+                let e = model().embed(texts, &mut b, batch, true).unwrap();
+                (e, Some(b.summary()))
+            } else {
+                let e = model()
+                    .embed(texts, &mut DenseFast::default(), batch, true)
+                    .unwrap();
+                (e, None)
+            }
+        })
+    };
+    for hdp in [false, true] {
+        let (alone, _) = run(&texts, 1, 1, hdp);
+        for (batch, threads) in [(1, 2), (3, 1), (5, 2), (32, 2)] {
+            let (mixed, summary) = run(&shuffled, batch, threads, hdp);
+            for (row, &i) in mixed.iter().zip(&order) {
+                assert!(
+                    row.iter()
+                        .zip(&alone[i])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "text {i} differs (hdp {hdp}, batch {batch}, threads {threads})"
+                );
+            }
+            if let Some(s) = summary {
+                assert!(s.block_sparsity() > 0.0);
+            }
+        }
+    }
 }

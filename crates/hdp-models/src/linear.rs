@@ -1,0 +1,582 @@
+//! Row-invariant dense layers: `y = x W^T + b` with fused epilogues, on packed weights.
+//!
+//! Every output element is computed the same way whatever the batch, the row's position in it,
+//! the number of threads and the instruction set: one accumulator starting at zero, one fused
+//! multiply-add per input feature in order `k = 0, 1, ..., K-1`, then the bias, then the
+//! epilogue. A fused multiply-add rounds once on every tier (`f32::mul_add` in the portable
+//! twin, `vfmadd` in the SIMD tiers), so the tiers agree bit for bit and an embedding does not
+//! depend on which texts share its batch (issue #11, part 5). Vectorization runs across output
+//! columns, never across `k`, so no reduction order is ever chosen by the shape.
+//!
+//! Layout: weights are packed once at load into panels of [`NR`] output columns, `[panel][k][NR]`
+//! (zero-padded past `n`), so the micro-kernel streams one contiguous panel while `R` rows of
+//! `x` are broadcast, the way BLIS-style kernels do. Work is split across threads by blocks of
+//! rows (or of panels when there are few rows); either split leaves each element's arithmetic
+//! unchanged.
+
+use rayon::prelude::*;
+
+/// Output columns per packed panel.
+pub const NR: usize = 32;
+/// Rows per block handed to a thread.
+const MC: usize = 64;
+
+/// Instruction-set tier of the dense layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Plain Rust (`f32::mul_add`), the meaning of the others.
+    Portable,
+    /// AVX2 + FMA, 256-bit.
+    Avx2,
+    /// AVX-512F, 512-bit.
+    Avx512,
+}
+
+impl Tier {
+    /// Every tier, slowest first.
+    pub const ALL: [Tier; 3] = [Tier::Portable, Tier::Avx2, Tier::Avx512];
+
+    /// Whether this CPU can run the tier.
+    pub fn available(self) -> bool {
+        match self {
+            Tier::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best tier this CPU runs.
+    pub fn detect() -> Tier {
+        *Tier::ALL
+            .iter()
+            .rev()
+            .find(|t| t.available())
+            .unwrap_or(&Tier::Portable)
+    }
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Portable => "portable",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        }
+    }
+}
+
+/// What happens to `x W^T + b` before it is stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
+    /// Nothing more.
+    None,
+    /// Exact GELU, `x Phi(x)` ([`gelu_erf`]).
+    Gelu,
+    /// GELU's tanh approximation ([`gelu_tanh`]).
+    GeluTanh,
+    /// ReLU.
+    Relu,
+    /// Adds a residual of the output's shape.
+    Residual(&'a [f32]),
+}
+
+/// A dense layer with packed weights.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    k: usize,
+    n: usize,
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Linear {
+    /// From a PyTorch-layout weight `[n, k]` (row-major, one row per output) and a bias `[n]`.
+    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize) -> Linear {
+        assert_eq!(weight.len(), n * k, "weight is not [n, k]");
+        assert_eq!(bias.len(), n, "bias is not [n]");
+        let panels = n.div_ceil(NR);
+        let mut packed = vec![0.0; panels * k * NR];
+        for (j, row) in weight.chunks_exact(k).enumerate() {
+            let (p, c) = (j / NR, j % NR);
+            for (kk, &w) in row.iter().enumerate() {
+                packed[(p * k + kk) * NR + c] = w;
+            }
+        }
+        Linear {
+            k,
+            n,
+            packed,
+            bias: bias.to_vec(),
+        }
+    }
+
+    /// Several layers on the same input as one (their outputs side by side), e.g. Q, K, V.
+    pub fn concat(parts: &[(&[f32], &[f32], usize)], k: usize) -> Linear {
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        for (wi, bi, _) in parts {
+            w.extend_from_slice(wi);
+            b.extend_from_slice(bi);
+        }
+        let n = parts.iter().map(|p| p.2).sum();
+        Linear::new(&w, &b, n, k)
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// `out[m, n] = epilogue(x[m, k] W^T + b)` with the given tier (which must be available).
+    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], epi: Epilogue, tier: Tier) {
+        let (k, n) = (self.k, self.n);
+        assert_eq!(x.len(), m * k, "input is not [m, k]");
+        assert_eq!(out.len(), m * n, "output is not [m, n]");
+        if let Epilogue::Residual(r) = epi {
+            assert_eq!(r.len(), m * n, "residual is not [m, n]");
+        }
+        assert!(tier.available(), "tier {} is not available", tier.name());
+        if m == 0 || n == 0 {
+            return;
+        }
+        let panels = n.div_ceil(NR);
+        let threads = rayon::current_num_threads();
+        if m >= 2 * MC || threads == 1 || panels < 2 {
+            out.par_chunks_mut(MC * n)
+                .enumerate()
+                .for_each(|(c, o)| self.block(x, c * MC, o.len() / n, 0..panels, o, epi, tier));
+        } else {
+            // Few rows: split the panels instead (same arithmetic per element).
+            let per = panels.div_ceil(threads).max(1);
+            let parts: Vec<Vec<f32>> = (0..panels)
+                .step_by(per)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|p0| {
+                    let p1 = (p0 + per).min(panels);
+                    let mut o = vec![0.0; m * n];
+                    self.block(x, 0, m, p0..p1, &mut o, epi, tier);
+                    o
+                })
+                .collect();
+            for (i, o) in parts.iter().enumerate() {
+                let c0 = i * per * NR;
+                let c1 = ((i + 1) * per * NR).min(n);
+                for r in 0..m {
+                    out[r * n + c0..r * n + c1].copy_from_slice(&o[r * n + c0..r * n + c1]);
+                }
+            }
+        }
+    }
+
+    /// Rows `row0..row0 + rows` of the output (in `out`, `rows x n`), panels `ps`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        x: &[f32],
+        row0: usize,
+        rows: usize,
+        ps: std::ops::Range<usize>,
+        out: &mut [f32],
+        epi: Epilogue,
+        tier: Tier,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let mut tile = [[0.0f32; NR]; MR_MAX];
+        for p in ps {
+            let panel = &self.packed[p * k * NR..(p + 1) * k * NR];
+            let c0 = p * NR;
+            let cols = NR.min(n - c0);
+            let mut r = 0;
+            while r < rows {
+                let mr = MR_MAX.min(rows - r);
+                let a = &x[(row0 + r) * k..(row0 + r + mr) * k];
+                micro(tier, a, k, panel, mr, &mut tile);
+                for (i, t) in tile.iter().take(mr).enumerate() {
+                    let o = &mut out[(r + i) * n + c0..(r + i) * n + c0 + cols];
+                    let b = &self.bias[c0..c0 + cols];
+                    match epi {
+                        Epilogue::None => {
+                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                *o = t + b;
+                            }
+                        }
+                        Epilogue::Gelu => {
+                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                *o = gelu_erf(t + b);
+                            }
+                        }
+                        Epilogue::GeluTanh => {
+                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                *o = gelu_tanh(t + b);
+                            }
+                        }
+                        Epilogue::Relu => {
+                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                *o = (t + b).max(0.0);
+                            }
+                        }
+                        Epilogue::Residual(res) => {
+                            let g = (row0 + r + i) * n + c0;
+                            for (((o, &t), &b), &z) in
+                                o.iter_mut().zip(t).zip(b).zip(&res[g..g + cols])
+                            {
+                                *o = (t + b) + z;
+                            }
+                        }
+                    }
+                }
+                r += mr;
+            }
+        }
+    }
+}
+
+/// Most rows one micro-kernel call computes.
+const MR_MAX: usize = 8;
+
+/// `tile[i][c] = sum_k a[i][k] * panel[k][c]` for `i < mr`, one fused multiply-add per `k` in
+/// order.
+fn micro(
+    tier: Tier,
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+    mr: usize,
+    tile: &mut [[f32; NR]; MR_MAX],
+) {
+    debug_assert!(a.len() == mr * k && panel.len() == k * NR && mr <= MR_MAX);
+    macro_rules! by_rows {
+        ($f:ident) => {
+            match mr {
+                1 => $f::<1>(a, k, panel, tile),
+                2 => $f::<2>(a, k, panel, tile),
+                3 => $f::<3>(a, k, panel, tile),
+                4 => $f::<4>(a, k, panel, tile),
+                5 => $f::<5>(a, k, panel, tile),
+                6 => $f::<6>(a, k, panel, tile),
+                7 => $f::<7>(a, k, panel, tile),
+                _ => $f::<8>(a, k, panel, tile),
+            }
+        };
+    }
+    match tier {
+        Tier::Portable => by_rows!(micro_portable),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `forward` checked that the CPU has the tier; slice lengths checked above.
+        Tier::Avx2 => unsafe { by_rows!(micro_avx2) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Tier::Avx512 => unsafe { by_rows!(micro_avx512) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => by_rows!(micro_portable),
+    }
+}
+
+/// The portable twin: the meaning of every tier.
+fn micro_portable<const R: usize>(
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; NR]; MR_MAX],
+) {
+    let mut acc = [[0.0f32; NR]; R];
+    for kk in 0..k {
+        let b = &panel[kk * NR..(kk + 1) * NR];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = a[r * k + kk];
+            for (s, &w) in acc.iter_mut().zip(b) {
+                *s = x.mul_add(w, *s);
+            }
+        }
+    }
+    tile[..R].copy_from_slice(&acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2<const R: usize>(
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; NR]; MR_MAX],
+) {
+    use std::arch::x86_64::*;
+    // Two halves of 16 columns, so R x 2 accumulators + 2 weights + 1 broadcast fit in 16 ymm.
+    for half in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let pb = panel.as_ptr().add(half * 16);
+        let pa = a.as_ptr();
+        for kk in 0..k {
+            let b0 = _mm256_loadu_ps(pb.add(kk * NR));
+            let b1 = _mm256_loadu_ps(pb.add(kk * NR + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*pa.add(r * k + kk));
+                acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let t = tile[r].as_mut_ptr().add(half * 16);
+            _mm256_storeu_ps(t, acc[0]);
+            _mm256_storeu_ps(t.add(8), acc[1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512<const R: usize>(
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; NR]; MR_MAX],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let (pa, pb) = (a.as_ptr(), panel.as_ptr());
+    for kk in 0..k {
+        let b0 = _mm512_loadu_ps(pb.add(kk * NR));
+        let b1 = _mm512_loadu_ps(pb.add(kk * NR + 16));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*pa.add(r * k + kk));
+            acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let t = tile[r].as_mut_ptr();
+        _mm512_storeu_ps(t, acc[0]);
+        _mm512_storeu_ps(t.add(16), acc[1]);
+    }
+}
+
+/// The error function, |error| below 1e-6 (tested): a rational approximation on [-4, 4]
+/// (erf is +-1 in f32 outside), odd numerator of degree 13 over even denominator of degree 8,
+/// the coefficients Eigen and XLA use for f32. Plain multiplies and adds (no fused ones), so a
+/// vectorized loop gives the same bits as this scalar code.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_6e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    p *= x;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_2e-3;
+    q = x2 * q + -1.426_473_9e-2;
+    p / q
+}
+
+/// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))` (BERT's `gelu`).
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU's tanh approximation (`gelu_new`), `tanh` from one exponential.
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    let y = C * (x + 0.044_715 * x * x * x);
+    // tanh(y) = 1 - 2 / (e^{2y} + 1), saturating cleanly at both ends.
+    let t = 1.0 - 2.0 / (hdp_attention::fast::fast_exp(2.0 * y) + 1.0);
+    0.5 * x * (1.0 + t)
+}
+
+/// Layer norm of each `width`-wide row of `x` in place: `(x - mean) / sqrt(var + eps) * g + b`,
+/// statistics in f64 (row order fixed, so the result is row-invariant too).
+pub fn layer_norm(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f64) {
+    x.par_chunks_mut(width * 16).for_each(|rows| {
+        for row in rows.chunks_exact_mut(width) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
+            let var = row
+                .iter()
+                .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                .sum::<f64>()
+                / width as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = ((*v as f64 - mean) * inv) as f32 * g + b;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdp_core::rng::SplitMix64 as Rng;
+
+    fn reference(w: &[f32], b: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f32;
+                for kk in 0..k {
+                    s = x[i * k + kk].mul_add(w[j * k + kk], s);
+                }
+                out[i * n + j] = s + b[j];
+            }
+        }
+        out
+    }
+
+    fn random(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// Every available tier gives exactly the bits of the sequential fused-multiply-add
+    /// definition, for awkward shapes (rows and columns not multiples of the tile).
+    #[test]
+    fn every_tier_is_bit_identical_to_the_definition() {
+        let mut rng = Rng::new(7);
+        let mut ran = Vec::new();
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 33, 17),
+            (9, 64, 40),
+            (70, 45, 13),
+            (130, 96, 31),
+        ] {
+            let w = random(&mut rng, n * k);
+            let b = random(&mut rng, n);
+            let x = random(&mut rng, m * k);
+            let want = reference(&w, &b, &x, m, n, k);
+            let lin = Linear::new(&w, &b, n, k);
+            for tier in Tier::ALL.into_iter().filter(|t| t.available()) {
+                let mut out = vec![f32::NAN; m * n];
+                lin.forward(&x, m, &mut out, Epilogue::None, tier);
+                assert!(
+                    out.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "tier {} differs at m={m} n={n} k={k}",
+                    tier.name()
+                );
+                if !ran.contains(&tier.name()) {
+                    ran.push(tier.name());
+                }
+            }
+        }
+        eprintln!("linear tiers tested: {}", ran.join(", "));
+    }
+
+    /// A row's output does not depend on the other rows of the batch nor on the thread count.
+    #[test]
+    fn rows_are_independent_of_the_batch() {
+        let mut rng = Rng::new(3);
+        let (n, k) = (100, 48);
+        let w = random(&mut rng, n * k);
+        let b = random(&mut rng, n);
+        let lin = Linear::new(&w, &b, n, k);
+        let x = random(&mut rng, 300 * k);
+        let tier = Tier::detect();
+        let mut all = vec![0.0; 300 * n];
+        lin.forward(&x, 300, &mut all, Epilogue::Gelu, tier);
+        for (start, m) in [(0, 1), (5, 7), (131, 2), (290, 10)] {
+            let mut part = vec![0.0; m * n];
+            lin.forward(
+                &x[start * k..(start + m) * k],
+                m,
+                &mut part,
+                Epilogue::Gelu,
+                tier,
+            );
+            assert_eq!(part, all[start * n..(start + m) * n]);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut one = vec![0.0; 300 * n];
+        pool.install(|| lin.forward(&x, 300, &mut one, Epilogue::Gelu, tier));
+        assert_eq!(one, all);
+    }
+
+    #[test]
+    fn epilogues_follow_their_definitions() {
+        let mut rng = Rng::new(5);
+        let (m, n, k) = (11, 40, 9);
+        let w = random(&mut rng, n * k);
+        let b = random(&mut rng, n);
+        let x = random(&mut rng, m * k);
+        let res = random(&mut rng, m * n);
+        let lin = Linear::new(&w, &b, n, k);
+        let base = reference(&w, &b, &x, m, n, k);
+        let run = |e| {
+            let mut o = vec![0.0; m * n];
+            lin.forward(&x, m, &mut o, e, Tier::detect());
+            o
+        };
+        type Definition = fn(f32, f32) -> f32;
+        let cases: [(Epilogue, Definition); 4] = [
+            (Epilogue::Gelu, |y, _| gelu_erf(y)),
+            (Epilogue::GeluTanh, |y, _| gelu_tanh(y)),
+            (Epilogue::Relu, |y, _| y.max(0.0)),
+            (Epilogue::Residual(&res), |y, r| y + r),
+        ];
+        for (e, f) in cases {
+            let got = run(e);
+            for i in 0..m * n {
+                assert_eq!(got[i], f(base[i], res[i]), "{e:?} at {i}");
+            }
+        }
+    }
+
+    /// Named tolerance `ERF_ABS` against an f64 error function: Taylor series below 3, the
+    /// continued fraction of erfc above (each accurate to far better than 1e-12 there).
+    #[test]
+    fn erf_and_gelu_are_accurate() {
+        const ERF_ABS: f64 = 1e-6;
+        fn erf64(x: f64) -> f64 {
+            let a = x.abs();
+            if a < 3.0 {
+                let (mut sum, mut term) = (0.0, x);
+                for n in 0..200 {
+                    sum += term / (2 * n + 1) as f64;
+                    term *= -x * x / (n + 1) as f64;
+                }
+                sum * 2.0 / std::f64::consts::PI.sqrt()
+            } else {
+                let mut k = a;
+                for n in (1..200).rev() {
+                    k = a + (n as f64 / 2.0) / k;
+                }
+                let erfc = (-a * a).exp() / (std::f64::consts::PI.sqrt() * k);
+                x.signum() * (1.0 - erfc)
+            }
+        }
+        let mut worst = 0.0f64;
+        for i in -6000..=6000 {
+            let x = i as f64 / 1000.0;
+            let want = erf64(x);
+            worst = worst.max((erf(x as f32) as f64 - want).abs());
+        }
+        assert!(worst < ERF_ABS, "erf max abs error {worst:e}");
+        // GELU's tanh form against f64 tanh.
+        for i in -800..=800 {
+            let x = i as f64 / 100.0;
+            let want = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            assert!(
+                (gelu_tanh(x as f32) as f64 - want).abs() < 1e-5 * (1.0 + x.abs()),
+                "x={x}"
+            );
+        }
+    }
+}
