@@ -37,7 +37,7 @@ fn to_4d(name: &str, shape: &[usize]) -> Result<Vec<usize>> {
     }
 }
 
-fn from_safetensors(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
+pub fn from_safetensors(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
     use safetensors::{Dtype, SafeTensors};
     let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let read = |name: &str| -> Result<Option<(Vec<usize>, Vec<f32>)>> {
@@ -82,7 +82,7 @@ fn from_safetensors(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
 }
 
 /// IEEE half to single precision.
-fn from_npy(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
+pub fn from_npy(bytes: &[u8], causal: bool) -> Result<AttentionProblem> {
     let (shape, vals) = hdp_core::npy::parse(bytes)?;
     if shape.first() != Some(&3) || !(4..=5).contains(&shape.len()) {
         bail!("array has shape {shape:?}; expected [3, heads, N, d] or [3, batch, heads, N, d] (q, k, v stacked)");

@@ -416,11 +416,17 @@ impl Trace {
             path: path.into(),
             source,
         })?;
+        Trace::from_slice(&bytes, path)
+    }
+
+    /// Parses and validates trace JSON bytes (what [`Trace::read`] does after reading the
+    /// file); `path` names the source in errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Trace> {
         let parse = |reason: String| Error::Parse {
             path: path.into(),
             reason,
         };
-        let t: Trace = serde_json::from_slice(&bytes)
+        let t: Trace = serde_json::from_slice(bytes)
             .map_err(|e| parse(format!("{e} (is this an hdp trace written with --trace?)")))?;
         if t.format != TRACE_FORMAT {
             return Err(parse(format!(
@@ -465,6 +471,15 @@ impl Trace {
                         l.layer, s.sequence, s.valid_tokens, l.seq_len
                     ));
                 }
+                if s.heads.len() != l.heads {
+                    return Err(format!(
+                        "layer {} sequence {}: {} head entries, expected {}",
+                        l.layer,
+                        s.sequence,
+                        s.heads.len(),
+                        l.heads
+                    ));
+                }
                 let mut seen = vec![false; l.heads];
                 for h in &s.heads {
                     if h.head >= l.heads || std::mem::replace(&mut seen[h.head], true) {
@@ -498,15 +513,6 @@ impl Trace {
                         s.sequence,
                         s.valid.rows(),
                         s.valid.cols()
-                    ));
-                }
-                if s.heads.len() != l.heads {
-                    return Err(format!(
-                        "layer {} sequence {}: {} head entries, expected {}",
-                        l.layer,
-                        s.sequence,
-                        s.heads.len(),
-                        l.heads
                     ));
                 }
                 for h in &s.heads {

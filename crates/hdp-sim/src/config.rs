@@ -297,14 +297,27 @@ pub fn load_preset(name_or_path: &str) -> Result<(HwConfig, EnergyTable)> {
                 (hw, energy)
             }
         };
+    validate_preset(&hw, &energy, name_or_path)?;
+    Ok((hw, energy))
+}
+
+fn validate_preset(hw: &HwConfig, energy: &EnergyTable, origin: &str) -> Result<()> {
     hw.validate().map_err(|reason| Error::Config {
-        path: name_or_path.into(),
+        path: origin.into(),
         reason,
     })?;
     energy.validate().map_err(|reason| Error::Config {
-        path: format!("energy table of {name_or_path}").into(),
+        path: format!("energy table of {origin}").into(),
         reason,
-    })?;
+    })
+}
+
+/// Parses and validates a preset and its energy table from TOML text (what [`load_preset`]
+/// does after reading the files); `origin` names them in errors.
+pub fn parse_preset(hw_text: &str, energy_text: &str, origin: &str) -> Result<(HwConfig, EnergyTable)> {
+    let hw: HwConfig = parse(hw_text, Path::new(origin))?;
+    let energy: EnergyTable = parse(energy_text, Path::new(origin))?;
+    validate_preset(&hw, &energy, origin)?;
     Ok((hw, energy))
 }
 
@@ -408,7 +421,13 @@ pub fn load_peers(path: Option<&Path>) -> Result<Vec<Peer>> {
             PathBuf::from("<built-in peers>"),
         ),
     };
-    let peers = parse::<PeerFile>(&text, &origin)?.peer;
+    parse_peers(&text, &origin)
+}
+
+/// Parses and validates a peers table from TOML text; `origin` names it in errors.
+pub fn parse_peers(text: &str, origin: &Path) -> Result<Vec<Peer>> {
+    let origin = origin.to_path_buf();
+    let peers = parse::<PeerFile>(text, &origin)?.peer;
     for p in &peers {
         for (name, v) in [
             ("throughput_gops_128", p.throughput_gops_128),
