@@ -20,32 +20,111 @@ use crate::problem::AttentionProblem;
 use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
 use rayon::prelude::*;
 
-/// Instruction set a kernel runs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Instruction set a kernel runs with. Each tier includes the ones before it (a CPU with
+/// AVX-512 VNNI has AVX2 and FMA too), and primitives without a tier of their own run the best
+/// lower tier's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust, whatever the compiler targets by default (SSE2 on x86-64).
     Portable,
     /// AVX2 + FMA (x86-64), chosen at run time.
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI (`vpdpbusd`), plus AVX2 + FMA.
+    Avx512Vnni,
 }
 
+/// The environment variable that caps the tier ([`Isa::detect`]).
+pub const ISA_ENV: &str = "HDP_ISA";
+
 impl Isa {
-    /// The best instruction set this CPU supports.
-    pub fn detect() -> Isa {
+    /// Every tier, lowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni];
+
+    /// Whether this CPU can run the tier.
+    pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2 => avx2,
+                Isa::Avx512Vnni => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
             }
         }
-        Isa::Portable
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
     }
 
-    /// Name for reports.
+    /// Every tier this CPU runs, lowest first.
+    pub fn available_tiers() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|t| t.available()).collect()
+    }
+
+    /// The tier to run: the best this CPU supports, or the one `HDP_ISA` names when it is set
+    /// (call [`Isa::from_env`] first to turn a bad value into an error; here a bad value
+    /// falls back to the best tier).
+    pub fn detect() -> Isa {
+        Isa::from_env()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| *Isa::available_tiers().last().unwrap_or(&Isa::Portable))
+    }
+
+    /// The tier `HDP_ISA` asks for: `None` when unset, an error when the name is unknown or
+    /// this CPU lacks the tier.
+    pub fn from_env() -> Result<Option<Isa>> {
+        match std::env::var(ISA_ENV) {
+            Err(_) => Ok(None),
+            Ok(v) if v.is_empty() => Ok(None),
+            Ok(v) => Ok(Some(Isa::by_name(&v)?)),
+        }
+    }
+
+    /// The tier named `name` (`portable`, `avx2`, `avx512-vnni`), if this CPU runs it.
+    pub fn by_name(name: &str) -> Result<Isa> {
+        let isa = Isa::ALL
+            .into_iter()
+            .find(|t| t.name() == name || (name == "avx512" && *t == Isa::Avx512Vnni))
+            .ok_or_else(|| hdp_core::Error::InvalidOption {
+                name: "instruction-set tier (HDP_ISA, --isa)",
+                value: name.into(),
+                expected: "portable, avx2 or avx512-vnni".into(),
+            })?;
+        if !isa.available() {
+            return Err(hdp_core::Error::InvalidOption {
+                name: "instruction-set tier (HDP_ISA, --isa)",
+                value: name.into(),
+                expected: format!(
+                    "a tier this CPU has: {}",
+                    Isa::available_tiers()
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok(isa)
+    }
+
+    /// Whether the AVX2 + FMA code paths may run (true for every tier above portable).
+    pub fn avx2(self) -> bool {
+        self >= Isa::Avx2
+    }
+
+    /// Name for reports, `HDP_ISA` and `--isa`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
-            Isa::Avx2 => "avx2+fma",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
         }
     }
 }
@@ -143,8 +222,8 @@ fn softmax_dense(s: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn softmax_row(isa: Isa, s: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+    if isa.avx2() {
+        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
         unsafe { crate::simd::softmax_dense(s) };
         return;
     }

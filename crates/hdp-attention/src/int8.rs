@@ -341,6 +341,12 @@ fn tile_rows(
         Isa::Avx2 => unsafe {
             tile_rows_avx2(q, q_stride, depth, kpack, blocks, run, out, out_stride)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Isa::Avx512Vnni is only produced after detecting avx512f/bw/vl/vnni;
+        // bounds asserted.
+        Isa::Avx512Vnni => unsafe {
+            tile_rows_vnni(q, q_stride, depth, kpack, blocks, out, out_stride)
+        },
         _ => {
             let groups = depth / 4;
             for r in 0..TR {
@@ -442,6 +448,51 @@ unsafe fn tile_rows_avx2(
                     let o = out.as_mut_ptr().add(r * out_stride + 16 * t + 8 * half);
                     _mm256_storeu_si256(o as *mut __m256i, *a);
                 }
+            }
+        }
+    }
+}
+
+/// AVX-512 VNNI body of [`tile_rows`]: 4 rows x 16 keys, one `vpdpbusd` per row and group of
+/// 4 dimensions (u8 x i8 products summed in i32, exact whatever the depth: no i16 runs).
+/// The two packed key blocks of a pair (8 keys x 4 bytes each) fill one zmm.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_rows_vnni(
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let groups = depth / 4;
+    let qp = q.as_ptr();
+    for (t, pair) in blocks.chunks_exact(2).enumerate() {
+        // SAFETY (whole loop): the caller asserted that the TR rows of q hold depth bytes, that
+        // every listed key block lies inside kpack and that out's rows hold the columns.
+        let kb0 = unsafe { kpack.as_ptr().add(pair[0] as usize * 8 * depth) };
+        let kb1 = unsafe { kpack.as_ptr().add(pair[1] as usize * 8 * depth) };
+        let mut acc = [_mm512_setzero_si512(); TR];
+        for g in 0..groups {
+            unsafe {
+                let k0 = _mm256_loadu_si256(kb0.add(g * 32) as *const __m256i);
+                let k1 = _mm256_loadu_si256(kb1.add(g * 32) as *const __m256i);
+                let k = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(k0), k1);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_set1_epi32(
+                        (qp.add(r * q_stride + 4 * g) as *const i32).read_unaligned(),
+                    );
+                    *a = _mm512_dpbusd_epi32(*a, qv, k);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            unsafe {
+                let o = out.as_mut_ptr().add(r * out_stride + 16 * t);
+                _mm512_storeu_si512(o as *mut _, *a);
             }
         }
     }
@@ -571,8 +622,8 @@ fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [
 #[inline(always)]
 fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
     #[cfg(target_arch = "x86_64")]
-    if chunk.len() == 64 && simd == Isa::Avx2 {
-        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+    if chunk.len() == 64 && simd.avx2() {
+        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
         return unsafe { crate::simd::compare_word64(chunk, e) };
     }
     let _ = simd;
@@ -1022,8 +1073,8 @@ fn row_probs_body(simd: Isa, z: &[i32], ksg: &[i32], k: Coef, words: &[u64], p: 
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if simd == Isa::Avx2 {
-        // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+    if simd.avx2() {
+        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
         unsafe { crate::simd::softmax_words(p, words) };
         return;
     }
@@ -1140,15 +1191,17 @@ fn attend(
                 }
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                    Isa::Avx2 => unsafe { scores_avx2(hd, dm, i, &sc.idx, &mut sc.sc, k) },
+                    // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
+                    Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                        scores_avx2(hd, dm, i, &sc.idx, &mut sc.sc, k)
+                    },
                     _ => scores_portable(hd, dm, i, &sc.idx, &mut sc.sc, k),
                 }
                 crate::fast::softmax_row(isa, &mut sc.sc);
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
-                    Isa::Avx2 => unsafe { pv_avx2(&sc.idx, &sc.sc, v, d, orow) },
+                    Isa::Avx2 | Isa::Avx512Vnni => unsafe { pv_avx2(&sc.idx, &sc.sc, v, d, orow) },
                     _ => pv_portable(&sc.idx, &sc.sc, v, d, orow),
                 }
             }
@@ -1400,17 +1453,22 @@ pub fn integer_pass_rate(
 /// instruction mix (`vpmaddubsw` pair products added in i16, widened by `vpmaddwd` every 16)
 /// on registers only, 8 independent accumulators, for about `ms` milliseconds. `None` for the
 /// portable path (no fixed instruction mix to measure).
+/// On AVX-512 VNNI: independent `vpdpbusd zmm` chains (64 MACs each).
 pub fn int8_peak_gmacs(isa: Isa, ms: f64) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.avx2() {
         // The best of several windows: a peak, not an average over interruptions.
         let mut best = 0.0f64;
         for _ in 0..8 {
             let t0 = std::time::Instant::now();
             let mut macs = 0u64;
             while t0.elapsed().as_secs_f64() * 1e3 < ms / 8.0 {
-                // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                macs += unsafe { peak_loop_avx2(5_000) };
+                macs += match isa {
+                    // SAFETY: Isa::Avx512Vnni is only produced after detecting its features.
+                    Isa::Avx512Vnni => unsafe { peak_loop_vnni(5_000) },
+                    // SAFETY: tiers above portable are only produced after detecting avx2, fma.
+                    _ => unsafe { peak_loop_avx2(5_000) },
+                };
             }
             best = best.max(macs as f64 / t0.elapsed().as_secs_f64() / 1e9);
         }
@@ -1418,6 +1476,32 @@ pub fn int8_peak_gmacs(isa: Isa, ms: f64) -> Option<f64> {
     }
     let _ = (isa, ms);
     None
+}
+
+/// `iters` rounds of 16 steps of 8 independent `vpdpbusd zmm` (64 MACs each). Returns the
+/// MACs done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn peak_loop_vnni(iters: u64) -> u64 {
+    use std::arch::x86_64::*;
+    const CHAINS: usize = 8;
+    let a = std::hint::black_box(_mm512_set1_epi8(3));
+    let b: [__m512i; 4] =
+        std::hint::black_box(std::array::from_fn(|k| _mm512_set1_epi8(-1 - k as i8)));
+    let mut acc = [_mm512_setzero_si512(); CHAINS];
+    for _ in 0..iters {
+        for _ in 0..16 {
+            for (k, x) in acc.iter_mut().enumerate() {
+                *x = _mm512_dpbusd_epi32(*x, a, b[k % 4]);
+            }
+        }
+    }
+    let mut total = _mm512_setzero_si512();
+    for x in acc {
+        total = _mm512_add_epi32(total, x);
+    }
+    std::hint::black_box(_mm512_reduce_add_epi32(total));
+    iters * 16 * CHAINS as u64 * 64
 }
 
 /// `iters` rounds of 16 steps of 6 independent `vpmaddubsw` (32 MACs each) + i16 adds, then
@@ -1466,11 +1550,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            v.push(Isa::detect());
-        }
-        v
+        // Every tier this CPU runs (HDP_ISA does not narrow the tests).
+        Isa::available_tiers()
     }
 
     fn threshold() -> impl Strategy<Value = RowThreshold> {

@@ -15,8 +15,8 @@ macro_rules! multiversion {
             }
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
-                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2($($arg),*) },
                 _ => $body($($arg),*),
             }
         }

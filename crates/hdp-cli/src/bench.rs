@@ -40,9 +40,10 @@ pub struct BenchAttentionArgs {
     /// Time Q/K/V from a file instead (.npy from `hdp eval --dump-qkv`, or .safetensors).
     #[arg(long)]
     pub qkv: Option<PathBuf>,
-    /// Force the portable kernels (no AVX2).
-    #[arg(long)]
-    pub portable: bool,
+    /// Instruction-set tiers to time, side by side in one run (`portable`, `avx2`,
+    /// `avx512-vnni`; `all` = every tier this CPU has). Default: the best tier (or `HDP_ISA`).
+    #[arg(long, value_delimiter = ',')]
+    pub isa: Option<Vec<String>>,
     /// Run the HDP kernel at each of these block sizes (overrides -b), e.g. `1,16`.
     #[arg(long, value_delimiter = ',')]
     pub block_sizes: Option<Vec<usize>>,
@@ -79,11 +80,17 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         ..Default::default()
     }
     .configs(&base)?;
-    let isa = if a.portable {
-        Isa::Portable
-    } else {
-        Isa::detect()
+    let isas: Vec<Isa> = match &a.isa {
+        None => vec![Isa::detect()],
+        Some(names) if names.iter().any(|n| n == "all") => Isa::available_tiers(),
+        Some(names) => names
+            .iter()
+            .map(|n| Isa::by_name(n))
+            .collect::<hdp_core::Result<_>>()?,
     };
+    if isas.is_empty() {
+        bail!("--isa needs at least one tier");
+    }
     let threads = rayon::current_num_threads();
     let problems: Vec<(String, hdp_attention::AttentionProblem)> = match &a.qkv {
         Some(p) => vec![(p.display().to_string(), load_problem(p, false)?)],
@@ -107,26 +114,41 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    // The int8 peak of one core, measured with the integer tile's own instruction mix.
-    let peak = hdp_attention::int8::int8_peak_gmacs(isa, 300.0);
+    // The int8 peak of one core per tier, measured with the integer tile's own instruction mix.
+    let peaks: Vec<Option<f64>> = isas
+        .iter()
+        .map(|&isa| hdp_attention::int8::int8_peak_gmacs(isa, 300.0))
+        .collect();
     if !a.json {
         outln!(
-            "fast kernels ({}), {threads} thread(s), median of {} runs; HDP {}",
-            isa.name(),
+            "fast kernels, {threads} thread(s), median of {} runs; HDP {}",
             a.repeats,
             serde_json::to_string(&base)?
         );
-        match peak {
-            Some(p) => outln!(
-                "int8 peak of one core (vpmaddubsw + i16 adds, registers only): {p:.1} GMAC/s"
-            ),
-            None => outln!("int8 peak: not measured for the portable path"),
+        for (isa, peak) in isas.iter().zip(&peaks) {
+            match peak {
+                Some(p) => outln!(
+                    "int8 peak of one core, {} ({}, registers only): {p:.1} GMAC/s",
+                    isa.name(),
+                    if *isa == Isa::Avx512Vnni {
+                        "vpdpbusd zmm"
+                    } else {
+                        "vpmaddubsw + i16 adds"
+                    }
+                ),
+                None => outln!(
+                    "int8 peak, {}: not measured (no fixed instruction mix)",
+                    isa.name()
+                ),
+            }
         }
         outln!(
-            "{:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>14}  input",
+            "{:>12} {:>6} {:>6} {:>4} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>14}  input",
+            "isa",
             "N",
             "heads",
             "d",
+            "b",
             "dense ms",
             "hdp ms",
             "speedup",
@@ -136,56 +158,58 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             "int GMAC/s"
         );
     }
-    let mut curves: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
+    let mut curves: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len() * isas.len()];
     for ((source, p), (ci, cfg)) in problems
         .iter()
         .flat_map(|x| configs.iter().enumerate().map(move |c| (x, c)))
     {
-        let cfg = *cfg;
-        let dims = p.dims();
-        let dense_out = fast::dense_attention(p, isa)?;
-        let hdp_out = fast::hdp_attention(p, &cfg, 0, isa)?;
-        // Dense and HDP runs alternate, so that a machine whose speed drifts (shared cores)
-        // slows both alike; each median is over its own runs.
-        let (mut td, mut th) = (Vec::with_capacity(a.repeats), Vec::with_capacity(a.repeats));
-        for _ in 0..a.repeats {
-            td.push(time_ms(|| fast::dense_attention(p, isa).map(|_| ()))?);
-            th.push(time_ms(|| {
-                fast::hdp_attention(p, &cfg, 0, isa).map(|_| ())
-            })?);
-        }
-        let (dense_ms, hdp_ms) = (median(td), median(th));
-        let mut trace = hdp_core::Trace::new("bench", cfg);
-        trace.layers.push(hdp_out.trace);
-        let s = trace.summary();
-        let rel = hdp_out.output.rel_l2_err(&dense_out)?;
-        let speedup = dense_ms / hdp_ms;
-        let int_pass = hdp_attention::int8::integer_pass_rate(p, &cfg, isa, a.repeats)?;
-        let int_gmacs = int_pass.map(|r| r.gmacs);
-        let int_frac = int_gmacs.zip(peak).map(|(g, p)| g / p);
-        curves[ci].push((dims.seq_len as f64, speedup));
-        if a.json {
-            outln!(
-                "{}",
-                json!({
-                    "seq_len": dims.seq_len, "heads": dims.heads, "head_dim": dims.head_dim, "batch": dims.batch,
-                    "input": source, "isa": isa.name(), "threads": threads, "repeats": a.repeats,
-                    "dense_ms": dense_ms, "hdp_ms": hdp_ms, "speedup": speedup,
-                    "block_sparsity": s.block_sparsity(), "head_sparsity": s.head_sparsity(),
-                    "effective_block_sparsity": s.effective_block_sparsity(), "rel_l2_err": rel,
-                    "integer_pass": int_pass, "int8_peak_gmacs": peak,
-                    "integer_pass_peak_fraction": int_frac,
-                    "config": cfg,
-                })
-            );
-        } else {
-            let int_col = match (int_gmacs, int_frac) {
-                (Some(g), Some(f)) => format!("{g:.1} ({:.0}%)", 100.0 * f),
-                (Some(g), None) => format!("{g:.1}"),
-                _ => "-".to_string(),
-            };
-            outln!(
-                "{:>6} {:>6} {:>4} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e} {int_col:>14}  {source}",
+        for (ii, (&isa, &peak)) in isas.iter().zip(&peaks).enumerate() {
+            let cfg = *cfg;
+            let dims = p.dims();
+            let dense_out = fast::dense_attention(p, isa)?;
+            let hdp_out = fast::hdp_attention(p, &cfg, 0, isa)?;
+            // Dense and HDP runs alternate, so that a machine whose speed drifts (shared cores)
+            // slows both alike; each median is over its own runs.
+            let (mut td, mut th) = (Vec::with_capacity(a.repeats), Vec::with_capacity(a.repeats));
+            for _ in 0..a.repeats {
+                td.push(time_ms(|| fast::dense_attention(p, isa).map(|_| ()))?);
+                th.push(time_ms(|| {
+                    fast::hdp_attention(p, &cfg, 0, isa).map(|_| ())
+                })?);
+            }
+            let (dense_ms, hdp_ms) = (median(td), median(th));
+            let mut trace = hdp_core::Trace::new("bench", cfg);
+            trace.layers.push(hdp_out.trace);
+            let s = trace.summary();
+            let rel = hdp_out.output.rel_l2_err(&dense_out)?;
+            let speedup = dense_ms / hdp_ms;
+            let int_pass = hdp_attention::int8::integer_pass_rate(p, &cfg, isa, a.repeats)?;
+            let int_gmacs = int_pass.map(|r| r.gmacs);
+            let int_frac = int_gmacs.zip(peak).map(|(g, p)| g / p);
+            curves[ii * configs.len() + ci].push((dims.seq_len as f64, speedup));
+            if a.json {
+                outln!(
+                    "{}",
+                    json!({
+                        "seq_len": dims.seq_len, "heads": dims.heads, "head_dim": dims.head_dim, "batch": dims.batch,
+                        "input": source, "isa": isa.name(), "threads": threads, "repeats": a.repeats,
+                        "dense_ms": dense_ms, "hdp_ms": hdp_ms, "speedup": speedup,
+                        "block_sparsity": s.block_sparsity(), "head_sparsity": s.head_sparsity(),
+                        "effective_block_sparsity": s.effective_block_sparsity(), "rel_l2_err": rel,
+                        "integer_pass": int_pass, "int8_peak_gmacs": peak,
+                        "integer_pass_peak_fraction": int_frac,
+                        "config": cfg,
+                    })
+                );
+            } else {
+                let int_col = match (int_gmacs, int_frac) {
+                    (Some(g), Some(f)) => format!("{g:.1} ({:.0}%)", 100.0 * f),
+                    (Some(g), None) => format!("{g:.1}"),
+                    _ => "-".to_string(),
+                };
+                outln!(
+                "{:>12} {:>6} {:>6} {:>4} {:>4} {dense_ms:>10.2} {hdp_ms:>10.2} {speedup:>7.2}x {:>8.1}% {:>8.1}% {rel:>10.3e} {int_col:>14}  {source}",
+                isa.name(),
                 dims.seq_len,
                 dims.heads,
                 dims.head_dim,
@@ -193,29 +217,36 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 100.0 * s.block_sparsity(),
                 100.0 * s.head_sparsity()
             );
+            }
         }
     }
     if let Some(path) = &a.plot {
         const COLORS: [&str; 6] = [
             "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
         ];
-        let series: Vec<hdp_plot::Series> = configs
+        let series: Vec<hdp_plot::Series> = isas
             .iter()
+            .flat_map(|isa| configs.iter().map(move |c| (isa, c)))
             .zip(curves)
             .enumerate()
-            .map(|(i, (cfg, mut points))| {
+            .map(|(i, ((isa, cfg), mut points))| {
                 points.sort_by(|x, y| x.0.total_cmp(&y.0));
                 hdp_plot::Series {
-                    name: format!("HDP b = {}", cfg.block_size),
+                    name: if isas.len() > 1 {
+                        format!("HDP b = {}, {}", cfg.block_size, isa.name())
+                    } else {
+                        format!("HDP b = {}", cfg.block_size)
+                    },
                     points,
                     line: true,
                     color: COLORS[i % COLORS.len()].to_string(),
                 }
             })
             .collect();
+        let names: Vec<&str> = isas.iter().map(|t| t.name()).collect();
         let title = format!(
             "HDP vs dense attention, {} ({threads} thread(s), median of {})",
-            isa.name(),
+            names.join(" / "),
             a.repeats
         );
         let svg = hdp_plot::xy_chart_svg(

@@ -67,6 +67,9 @@ pub struct EmbedArgs {
     /// every layer; for several, a layers x heads heatmap of kept and pruned fractions.
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
+    /// Most tokens per forward pass (bounds memory; a longer text runs alone)
+    #[arg(long, default_value_t = hdp_models::embedder::DEFAULT_MAX_BATCH_TOKENS)]
+    pub max_batch_tokens: usize,
     /// Print where the time went (tokenization and each stage of the forward pass) to standard
     /// error
     #[arg(long)]
@@ -141,6 +144,9 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if a.max_batch_tokens == 0 {
+        bail!("--max-batch-tokens must be at least 1");
+    }
     if a.format == FormatArg::Npy && a.output.is_none() {
         bail!("--format npy writes a binary file: give it with --output FILE.npy");
     }
@@ -150,6 +156,7 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     if let Some(m) = a.max_length {
         model.set_max_length(m)?;
     }
+    model.max_batch_tokens = a.max_batch_tokens;
     let normalize = a.normalize.unwrap_or(model.normalizes);
     let t_tok = Instant::now();
     let enc = model.tokenize(&texts)?;
@@ -276,6 +283,9 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
             100.0 * s.head_sparsity()
         );
     }
+    if let Some(mib) = peak_rss_mib() {
+        summary += &format!("; peak memory {mib:.0} MiB");
+    }
     let truncated = enc.iter().filter(|e| e.truncated).count();
     if truncated > 0 {
         summary += &format!("; {truncated} truncated to {} tokens", model.max_length());
@@ -304,4 +314,12 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         eprintln!("  {:<30} {total:>8.3} s", "total");
     }
     Ok(())
+}
+
+/// Peak resident memory of this process (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -45,6 +45,12 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // A tier named by HDP_ISA that is unknown or missing on this CPU is an error, not a
+    // silent fallback.
+    if let Err(e) = hdp_attention::fast::Isa::from_env() {
+        eprintln!("error: {e} (unset HDP_ISA to use the best tier)");
+        std::process::exit(1);
+    }
     let result = match &cli.command {
         Command::Attention(a) => attention::run(a),
         Command::Eval(a) => eval::run_eval(a),

@@ -387,7 +387,7 @@ fn sim_sweep_and_peers() {
 #[test]
 fn bench_attention_reports_every_documented_field() {
     let plot = tmp("speed.svg");
-    for isa in [&[][..], &["--portable"][..]] {
+    for isa in [&[][..], &["--isa", "portable"][..]] {
         let mut args = vec![
             "bench",
             "attention",
@@ -440,6 +440,42 @@ fn bench_attention_reports_every_documented_field() {
         assert_eq!(bs, [1, 8, 1, 8]);
         assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     }
+    // Every tier this CPU has, side by side: one line per tier, length and block size.
+    let out = hdp(&[
+        "bench",
+        "attention",
+        "--seq-lens",
+        "24",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--repeats",
+        "1",
+        "--isa",
+        "all",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tiers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["isa"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(tiers[0], "portable");
+    eprintln!("bench tiers: {tiers:?}");
+    assert_clean_failure(
+        &hdp(&["bench", "attention", "--seq-lens", "16", "--isa", "sse9"]),
+        "portable, avx2 or avx512-vnni",
+    );
     assert_clean_failure(
         &hdp(&[
             "bench",

@@ -33,7 +33,10 @@ fn corpus_replays_and_seeded_mutations_run_clean() {
             "preset",
             "peers",
         ] {
-            assert!(text.lines().any(|l| l.starts_with(t)), "{t} missing:\n{text}");
+            assert!(
+                text.lines().any(|l| l.starts_with(t)),
+                "{t} missing:\n{text}"
+            );
         }
     }
 }

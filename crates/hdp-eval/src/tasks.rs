@@ -174,7 +174,8 @@ pub struct MacReport {
 }
 
 /// Dense embeddings of `enc`, from the cache when present. The key covers the model folder's
-/// weights (size and modification time), the token ids and the pooling/normalization.
+/// weights (size and modification time), the token ids, the pooling/normalization and the
+/// version of the runtime's arithmetic.
 pub fn dense_embeddings(
     model: &SentenceEmbedder,
     enc: &[Encoded],
@@ -196,7 +197,8 @@ pub fn dense_embeddings(
             h.write(&id.to_le_bytes());
         }
     }
-    let key = format!("dense-v1-{:016x}.npy", h.finish());
+    // v2: the model runtime's own forward pass (row-invariant dense layers, no padding).
+    let key = format!("dense-v2-{:016x}.npy", h.finish());
     let path = opts.cache_dir.as_ref().map(|d| d.join(&key));
     if let Some(p) = &path {
         // A cache of the wrong shape (corrupted, or written by another model) is recomputed.

@@ -43,6 +43,9 @@ pub struct SentenceEmbedder {
     /// `modules.json`).
     pub normalizes: bool,
     profile: Mutex<Profile>,
+    /// Most tokens per forward pass (bounds the activations' memory; default
+    /// [`DEFAULT_MAX_BATCH_TOKENS`]).
+    pub max_batch_tokens: usize,
     /// The model folder.
     pub dir: PathBuf,
 }
@@ -106,6 +109,7 @@ impl SentenceEmbedder {
             pooling,
             normalizes,
             profile: Mutex::default(),
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
             dir: dir.into(),
         };
         e.set_max_length(max_length)?;
@@ -181,8 +185,9 @@ impl SentenceEmbedder {
             .collect()
     }
 
-    /// Embeds tokenized texts with `attn`, `batch_size` at a time. Returns one row per input, in
-    /// input order; a row does not depend on the batch size or on the other texts. `progress`
+    /// Embeds tokenized texts with `attn`, at most `batch_size` texts and
+    /// [`Self::max_batch_tokens`] tokens at a time (a longer text runs alone). Returns one row
+    /// per input, in input order; a row does not depend on the batching or on the other texts. `progress`
     /// is called with the texts done so far.
     pub fn embed_encoded(
         &self,
@@ -194,8 +199,7 @@ impl SentenceEmbedder {
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(enc.len());
         let mut profile = Profile::default();
-        for (b, batch) in enc.chunks(batch_size.max(1)).enumerate() {
-            let first = b * batch_size.max(1);
+        for (first, batch) in batches(enc, batch_size, self.max_batch_tokens) {
             let ids: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
             let types: Vec<&[u32]> = batch.iter().map(|e| e.type_ids.as_slice()).collect();
             let names: Vec<usize> = (first..first + batch.len()).collect();
@@ -264,6 +268,29 @@ impl SentenceEmbedder {
     }
 }
 
+/// Default token budget of one forward pass: 16,384 tokens of a 384-wide model hold about
+/// 0.25 GB of activations (the widest, the feed-forward's, is 1,536 floats per token).
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+
+/// Consecutive runs of texts (first index, texts) with at most `max_texts` texts and at most
+/// `max_tokens` tokens each (a text longer than the budget runs alone).
+fn batches(enc: &[Encoded], max_texts: usize, max_tokens: usize) -> Vec<(usize, &[Encoded])> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, e) in enc.iter().enumerate() {
+        let n = e.ids.len();
+        if i > start && (i - start >= max_texts.max(1) || tokens + n > max_tokens) {
+            out.push((start, &enc[start..i]));
+            (start, tokens) = (i, 0);
+        }
+        tokens += n;
+    }
+    if start < enc.len() {
+        out.push((start, &enc[start..]));
+    }
+    out
+}
+
 /// Where assets live: `$HDP_ASSETS`, else `./assets` if it exists, else the repository's
 /// `assets` folder (as built).
 pub fn assets_dir() -> PathBuf {
@@ -280,4 +307,31 @@ pub fn assets_dir() -> PathBuf {
 /// The default model folder (`all-MiniLM-L6-v2` under [`assets_dir`]).
 pub fn default_model_dir() -> PathBuf {
     assets_dir().join("all-MiniLM-L6-v2")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(lens: &[usize]) -> Vec<Encoded> {
+        lens.iter()
+            .map(|&n| Encoded {
+                ids: vec![1; n],
+                type_ids: vec![0; n],
+                truncated: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_respect_text_and_token_budgets_and_keep_order() {
+        let enc = texts(&[5, 5, 5, 20, 1, 1, 1]);
+        let b = batches(&enc, 2, 12);
+        let spans: Vec<(usize, usize)> = b.iter().map(|(f, s)| (*f, s.len())).collect();
+        assert_eq!(spans, vec![(0, 2), (2, 1), (3, 1), (4, 2), (6, 1)]);
+        assert!(batches(&[], 4, 10).is_empty());
+        // Everything covered exactly once, in order.
+        let all: usize = b.iter().map(|(_, s)| s.len()).sum();
+        assert_eq!(all, enc.len());
+    }
 }

@@ -314,7 +314,11 @@ fn validate_preset(hw: &HwConfig, energy: &EnergyTable, origin: &str) -> Result<
 
 /// Parses and validates a preset and its energy table from TOML text (what [`load_preset`]
 /// does after reading the files); `origin` names them in errors.
-pub fn parse_preset(hw_text: &str, energy_text: &str, origin: &str) -> Result<(HwConfig, EnergyTable)> {
+pub fn parse_preset(
+    hw_text: &str,
+    energy_text: &str,
+    origin: &str,
+) -> Result<(HwConfig, EnergyTable)> {
     let hw: HwConfig = parse(hw_text, Path::new(origin))?;
     let energy: EnergyTable = parse(energy_text, Path::new(origin))?;
     validate_preset(&hw, &energy, origin)?;

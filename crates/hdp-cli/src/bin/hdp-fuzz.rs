@@ -153,7 +153,12 @@ fn tiny_weights() -> Vec<u8> {
     let views: Vec<(String, TensorView)> = shapes
         .iter()
         .zip(&data)
-        .map(|((n, s), d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+        .map(|((n, s), d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, &None).expect("tiny weights serialize")
 }
@@ -298,21 +303,67 @@ const TARGETS: &[Target] = &[
         run: |b| {
             let _ = hdp_sim::config::parse_peers(text(b), Path::new("fuzz"));
         },
-        seeds: || vec![include_str!("../../../../presets/peers.toml").as_bytes().to_vec()],
+        seeds: || {
+            vec![include_str!("../../../../presets/peers.toml")
+                .as_bytes()
+                .to_vec()]
+        },
     },
 ];
 
 /// Values that break size arithmetic and numeric parsing.
 const NUMBERS: &[&str] = &[
-    "0", "-1", "1", "2", "255", "256", "65535", "65536", "4294967295", "4294967296",
-    "9223372036854775807", "18446744073709551615", "18446744073709551616", "1e308", "-1e308",
-    "1e-320", "NaN", "nan", "inf", "-inf", "0.0", "-0", "3.5", "1099511627776", "\"x\"", "null",
-    "true", "[]", "{}",
+    "0",
+    "-1",
+    "1",
+    "2",
+    "255",
+    "256",
+    "65535",
+    "65536",
+    "4294967295",
+    "4294967296",
+    "9223372036854775807",
+    "18446744073709551615",
+    "18446744073709551616",
+    "1e308",
+    "-1e308",
+    "1e-320",
+    "NaN",
+    "nan",
+    "inf",
+    "-inf",
+    "0.0",
+    "-0",
+    "3.5",
+    "1099511627776",
+    "\"x\"",
+    "null",
+    "true",
+    "[]",
+    "{}",
 ];
 /// Single tokens worth inserting into text formats.
 const TOKENS: &[&str] = &[
-    ")", "(", ",", "[", "]", "{", "}", ":", "=", "\"", "'", "\\", "é", "\u{1F600}", "\0", "\n",
-    "#", "-", ".",
+    ")",
+    "(",
+    ",",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    "=",
+    "\"",
+    "'",
+    "\\",
+    "é",
+    "\u{1F600}",
+    "\0",
+    "\n",
+    "#",
+    "-",
+    ".",
 ];
 
 fn mutate(rng: &mut SplitMix64, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
@@ -447,16 +498,25 @@ fn parse_args() -> Result<Options, String> {
     let mut max_alloc_mib: usize = 1024;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut val = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
-            "--seconds" => o.seconds = val("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--seconds" => {
+                o.seconds = val("--seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?
+            }
             "--runs" => o.runs = Some(val("--runs")?.parse().map_err(|e| format!("--runs: {e}"))?),
             "--seed" => o.seed = val("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--hang-seconds" => o.hang = val("--hang-seconds")?.parse().map_err(|e| format!("--hang-seconds: {e}"))?,
-            "--max-alloc-mib" => max_alloc_mib = val("--max-alloc-mib")?.parse().map_err(|e| format!("--max-alloc-mib: {e}"))?,
+            "--hang-seconds" => {
+                o.hang = val("--hang-seconds")?
+                    .parse()
+                    .map_err(|e| format!("--hang-seconds: {e}"))?
+            }
+            "--max-alloc-mib" => {
+                max_alloc_mib = val("--max-alloc-mib")?
+                    .parse()
+                    .map_err(|e| format!("--max-alloc-mib: {e}"))?
+            }
             "--replay" => o.replay = true,
             "--list" => {
                 for t in TARGETS {
@@ -534,7 +594,11 @@ fn main() {
             if let Some(msg) = r {
                 panics += 1;
                 let path = save_crash(t.name, input);
-                eprintln!("FAIL {}: panic \"{msg}\"; input saved to {}", t.name, path.display());
+                eprintln!(
+                    "FAIL {}: panic \"{msg}\"; input saved to {}",
+                    t.name,
+                    path.display()
+                );
             }
         };
         // Seeds and corpus files first, unmutated.
