@@ -905,7 +905,9 @@ impl Coef {
 /// Chunks whose kept entries are below this fraction of their entries are scored entry by
 /// entry and multiplied by V row by row (cost proportional to the kept entries); denser
 /// chunks go through the integer tile and one GEMM (cost proportional to the chunk).
-/// Measured crossover on AVX2 (`hdp bench attention --keep K`), see `ARCHITECTURE.md`.
+/// Measured crossover (`hdp bench attention --keep K` with each path forced): about 0.25 on
+/// AVX2 (Zen 3), about 0.2 on AVX-512 VNNI (Zen 4: at keep 0.2 both paths within noise, at 0.1
+/// the sparse path 1.5x faster, at 0.3 the dense path 1.4x faster); see `ARCHITECTURE.md`.
 const SPARSE_BELOW: f64 = 0.25;
 
 /// `Z_ij = qz_i . kz_j` for the keys in `idx`, as f32 scores `2^f (Z - A sum K) * scale`.
@@ -983,6 +985,145 @@ fn scores_avx2(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>
         // SAFETY: zs holds 8 i32.
         unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, v) };
         sc.push(k.score(zs.iter().sum(), hd.k_sum[j as usize]));
+    }
+}
+
+/// AVX-512 VNNI twin of [`scores_portable`]: each kept entry's `w`-byte dot product by
+/// `vpdpbusd` (64 bytes per instruction, exact i32), folded to 8 lanes, then eight entries
+/// reduced together as in [`scores_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn scores_vnni(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>, k: Coef) {
+    use std::arch::x86_64::*;
+    let w = dm.w;
+    let (wide, tail) = (w / 64, w % 64 == 32);
+    assert!(w.is_multiple_of(32));
+    assert!(hd.qz.len() >= (i + 1) * w);
+    assert!(idx.iter().all(|&j| (j as usize) < dm.n) && hd.kz.len() >= dm.n * w);
+    let q = hd.qz[i * w..].as_ptr();
+    let kz = hd.kz.as_ptr();
+    // SAFETY (closure): q holds w bytes; every key row j < n holds w bytes (asserted).
+    let dot = |j: u32| -> __m256i {
+        let kr = unsafe { kz.add(j as usize * w) };
+        let mut acc = _mm512_setzero_si512();
+        for c in 0..wide {
+            unsafe {
+                let qv = _mm512_loadu_si512(q.add(64 * c) as *const _);
+                let kv = _mm512_loadu_si512(kr.add(64 * c) as *const _);
+                acc = _mm512_dpbusd_epi32(acc, qv, kv);
+            }
+        }
+        let mut half = _mm256_add_epi32(
+            _mm512_castsi512_si256(acc),
+            _mm512_extracti64x4_epi64::<1>(acc),
+        );
+        if tail {
+            unsafe {
+                let qv = _mm256_loadu_si256(q.add(64 * wide) as *const __m256i);
+                let kv = _mm256_loadu_si256(kr.add(64 * wide) as *const __m256i);
+                half = _mm256_dpbusd_epi32(half, qv, kv);
+            }
+        }
+        half
+    };
+    sc.clear();
+    let mut e = 0;
+    while e + 8 <= idx.len() {
+        for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
+            // SAFETY: prefetching is a hint; the address is inside kz (asserted above).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w)) };
+            if w > 64 {
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w + 64)) };
+            }
+        }
+        let v: [__m256i; 8] = std::array::from_fn(|t| dot(idx[e + t]));
+        let t0 = _mm256_hadd_epi32(v[0], v[1]);
+        let t1 = _mm256_hadd_epi32(v[2], v[3]);
+        let t2 = _mm256_hadd_epi32(v[4], v[5]);
+        let t3 = _mm256_hadd_epi32(v[6], v[7]);
+        let u0 = _mm256_hadd_epi32(t0, t1);
+        let u1 = _mm256_hadd_epi32(t2, t3);
+        let z = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(u0, u1),
+            _mm256_permute2x128_si256::<0x31>(u0, u1),
+        );
+        let mut zs = [0i32; 8];
+        // SAFETY: zs holds 8 i32.
+        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, z) };
+        for (t, &z) in zs.iter().enumerate() {
+            sc.push(k.score(z, hd.k_sum[idx[e + t] as usize]));
+        }
+        e += 8;
+    }
+    for &j in &idx[e..] {
+        let v = dot(j);
+        let mut zs = [0i32; 8];
+        // SAFETY: zs holds 8 i32.
+        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, v) };
+        sc.push(k.score(zs.iter().sum(), hd.k_sum[j as usize]));
+    }
+}
+
+/// AVX-512 twin of [`pv_portable`]: up to 64 output columns in four zmm registers across all
+/// kept entries, then 16 at a time, the rest (d not a multiple of 16) by the portable loop.
+/// Each output is the same sequence of fused multiply-adds as [`pv_avx2`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn pv_avx512(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(o.len() == d && idx.len() == p.len());
+    assert!(idx.iter().all(|&j| (j as usize + 1) * d <= v.len()));
+    #[inline(always)]
+    unsafe fn pass<const M: usize>(
+        idx: &[u32],
+        p: &[f32],
+        v: &[f32],
+        d: usize,
+        c0: usize,
+        o: &mut [f32],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); M];
+        for (e, (&j, &pj)) in idx.iter().zip(p).enumerate() {
+            if let Some(&ahead) = idx.get(e + 8) {
+                // SAFETY: a hint; the address is inside v (asserted by the caller).
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0) as *const i8)
+                };
+            }
+            let pv = _mm512_set1_ps(pj);
+            // SAFETY: row j of v holds d >= c0 + 16 M floats (asserted by the caller).
+            let row = unsafe { v.as_ptr().add(j as usize * d + c0) };
+            for (m, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(pv, unsafe { _mm512_loadu_ps(row.add(16 * m)) }, *a);
+            }
+        }
+        for (m, a) in acc.iter().enumerate() {
+            // SAFETY: o holds d >= c0 + 16 M floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(c0 + 16 * m), *a) };
+        }
+    }
+    let mut c0 = 0;
+    // SAFETY (all passes): c0 + 16 M <= d in each call.
+    while c0 + 64 <= d {
+        unsafe { pass::<4>(idx, p, v, d, c0, o) };
+        c0 += 64;
+    }
+    if c0 + 32 <= d {
+        unsafe { pass::<2>(idx, p, v, d, c0, o) };
+        c0 += 32;
+    }
+    if c0 + 16 <= d {
+        unsafe { pass::<1>(idx, p, v, d, c0, o) };
+        c0 += 16;
+    }
+    if c0 < d {
+        let o = &mut o[c0..];
+        o.fill(0.0);
+        for (&j, &pj) in idx.iter().zip(p) {
+            for (y, &x) in o.iter_mut().zip(&v[j as usize * d + c0..][..d - c0]) {
+                *y = pj.mul_add(x, *y);
+            }
+        }
     }
 }
 
@@ -1191,17 +1332,21 @@ fn attend(
                 }
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
-                    Isa::Avx2 | Isa::Avx512Vnni => unsafe {
-                        scores_avx2(hd, dm, i, &sc.idx, &mut sc.sc, k)
-                    },
+                    // SAFETY: Isa::Avx2 is only produced after detecting avx2 and fma.
+                    Isa::Avx2 => unsafe { scores_avx2(hd, dm, i, &sc.idx, &mut sc.sc, k) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Isa::Avx512Vnni is only produced after detecting its features.
+                    Isa::Avx512Vnni => unsafe { scores_vnni(hd, dm, i, &sc.idx, &mut sc.sc, k) },
                     _ => scores_portable(hd, dm, i, &sc.idx, &mut sc.sc, k),
                 }
                 crate::fast::softmax_row(isa, &mut sc.sc);
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
-                    Isa::Avx2 | Isa::Avx512Vnni => unsafe { pv_avx2(&sc.idx, &sc.sc, v, d, orow) },
+                    Isa::Avx2 => unsafe { pv_avx2(&sc.idx, &sc.sc, v, d, orow) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx512Vnni => unsafe { pv_avx512(&sc.idx, &sc.sc, v, d, orow) },
                     _ => pv_portable(&sc.idx, &sc.sc, v, d, orow),
                 }
             }
