@@ -35,14 +35,114 @@ pub(crate) fn topk_count(keep: f64, len: usize) -> usize {
     ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len)
 }
 
+/// The scale from integer block importances to estimated logits that top-p uses:
+/// `S_int ~ Q.K 2^(e_q + e_k)`, so a score's logit is about `S_int 2^-(e_q + e_k) / sqrt(d)`;
+/// sum and abs-sum importances add `b^2` entries, so their block logit is the mean entry's.
+pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> f64 {
+    let base = (2f64).powi(-(eq + ek)) / (d.max(1) as f64).sqrt();
+    match cfg.importance {
+        BlockImportance::Max => base,
+        _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
+    }
+}
+
+/// Blocks a top-p block-row keeps: `desc` holds its valid importances as `(value, count)` in
+/// decreasing value order; each block's estimated mass is `exp(scale (v - max))`, and the
+/// row keeps the fewest top blocks whose mass reaches `mass` of the total (ties by column, as
+/// top-k). Every implementation calls this on the same list, so they choose the same count.
+///
+/// The weights are computed down the list as `w(v) = w(v_prev) exp(-scale (v_prev - v))`, with
+/// one shared factor for the common step of 1 (integer scores are dense in their range), so a
+/// row costs about one multiply per distinct value; weights below `exp(-40)` of the maximum
+/// count as zero (and end the walk).
+pub fn topp_count(desc: &[(i64, usize)], scale: f64, mass: f64) -> usize {
+    const FLOOR: f64 = 4.248_354_255_291_589e-18; // exp(-40)
+    let len: usize = desc.iter().map(|x| x.1).sum();
+    if desc.is_empty() {
+        return 0;
+    }
+    let step1 = (-scale).exp();
+    // The weights in list order (the same operations on both passes, so the same bits).
+    let weights = || {
+        let mut w = 1.0f64;
+        desc.iter()
+            .enumerate()
+            .map(move |(i, &(v, c))| {
+                if i > 0 {
+                    let gap = desc[i - 1].0 - v;
+                    w *= if gap == 1 {
+                        step1
+                    } else {
+                        (-scale * gap as f64).exp()
+                    };
+                }
+                (w, c)
+            })
+            .take_while(|&(w, _)| w >= FLOOR)
+    };
+    let total: f64 = weights().map(|(w, c)| c as f64 * w).sum();
+    let target = mass * total;
+    let (mut acc, mut k) = (0.0f64, 0usize);
+    for (w, c) in weights() {
+        if acc + c as f64 * w >= target {
+            // Part of this group of equal values: the fewest that reach the target.
+            let need = ((target - acc) / w - TOPK_EPS).ceil().max(1.0) as usize;
+            return (k + need.min(c)).clamp(1, len);
+        }
+        acc += c as f64 * w;
+        k += c;
+    }
+    len.max(1)
+}
+
+/// Valid importances as `(value, count)` in decreasing value order (plain: by sorting).
+fn value_counts(values: impl Iterator<Item = i64>) -> Vec<(i64, usize)> {
+    let mut v: Vec<i64> = values.collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out: Vec<(i64, usize)> = Vec::new();
+    for x in v {
+        match out.last_mut() {
+            Some((y, c)) if *y == x => *c += 1,
+            _ => out.push((x, 1)),
+        }
+    }
+    out
+}
+
 /// Indices of the blocks a block-row keeps (step 4), given `(column, importance)` of its valid
 /// blocks in column order. Never empty when `row` is not; the result is sorted by column.
+/// Top-p estimates masses with a logit scale of 1 here; see [`select_blocks_scaled`].
 pub fn select_blocks(row: &[(usize, i64)], threshold: RowThreshold) -> Vec<usize> {
-    select_blocks_owned(row.to_vec(), threshold)
+    select_blocks_owned(row.to_vec(), threshold, 1.0)
+}
+
+/// [`select_blocks`] with the logit scale of the importances ([`block_logit_scale`]).
+pub fn select_blocks_scaled(
+    row: &[(usize, i64)],
+    threshold: RowThreshold,
+    logit_scale: f64,
+) -> Vec<usize> {
+    select_blocks_owned(row.to_vec(), threshold, logit_scale)
+}
+
+/// The top-k selection of `k` blocks: most important first, ties to the lower column.
+fn top_blocks(mut order: Vec<(usize, i64)>, k: usize) -> Vec<usize> {
+    // Most important first; ties go to the lower column, a total order, so the chosen set is
+    // deterministic and nested in k. Selection (O(n)) picks the same set as a full sort would.
+    let by_rank = |a: &(usize, i64), b: &(usize, i64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_rank);
+    }
+    order.truncate(k);
+    order.into_iter().map(|(c, _)| c).collect()
 }
 
 /// [`select_blocks`] on a row the caller no longer needs (no copy).
-fn select_blocks_owned(row: Vec<(usize, i64)>, threshold: RowThreshold) -> Vec<usize> {
+fn select_blocks_owned(
+    row: Vec<(usize, i64)>,
+    threshold: RowThreshold,
+    logit_scale: f64,
+) -> Vec<usize> {
     if row.is_empty() {
         return Vec::new();
     }
@@ -60,16 +160,11 @@ fn select_blocks_owned(row: Vec<(usize, i64)>, threshold: RowThreshold) -> Vec<u
         }
         RowThreshold::TopK { keep } => {
             let k = topk_count(keep, row.len());
-            let mut order = row;
-            // Most important first; ties go to the lower column, a total order, so the chosen set
-            // is deterministic and nested in `keep`. Selection (O(n)) picks the same set as a
-            // full sort would.
-            let by_rank = |a: &(usize, i64), b: &(usize, i64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-            if k < order.len() {
-                order.select_nth_unstable_by(k - 1, by_rank);
-            }
-            order.truncate(k);
-            order.into_iter().map(|(c, _)| c).collect()
+            top_blocks(row, k)
+        }
+        RowThreshold::TopP { mass } => {
+            let k = topp_count(&value_counts(row.iter().map(|x| x.1)), logit_scale, mass);
+            top_blocks(row, k)
         }
     };
     kept.sort_unstable();
@@ -195,6 +290,7 @@ pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockM
 pub(crate) struct HeadDecider {
     kept: BlockMask,
     threshold: RowThreshold,
+    logit_scale: f64,
     head_importance: HeadImportance,
     kept_sum: f64,
     kept_pos: f64,
@@ -204,11 +300,13 @@ pub(crate) struct HeadDecider {
 }
 
 impl HeadDecider {
-    /// A decider for `nb x nb` blocks.
-    pub(crate) fn new(nb: usize, cfg: &HdpConfig) -> Self {
+    /// A decider for `nb x nb` blocks whose importances have logit scale `logit_scale`
+    /// ([`block_logit_scale`], used by top-p).
+    pub(crate) fn new(nb: usize, cfg: &HdpConfig, logit_scale: f64) -> Self {
         HeadDecider {
             kept: BlockMask::new(nb, nb),
             threshold: cfg.threshold,
+            logit_scale,
             head_importance: cfg.head_importance,
             kept_sum: 0.0,
             kept_pos: 0.0,
@@ -234,7 +332,7 @@ impl HeadDecider {
         self.all_sum += sum;
         self.peak += max - sum / row_imp.len() as f64;
         self.rows_with_blocks += 1;
-        for c in select_blocks_owned(row_imp, self.threshold) {
+        for c in select_blocks_owned(row_imp, self.threshold, self.logit_scale) {
             self.kept.set(r, c, true);
             let v = imp[c].unwrap_or(0) as f64;
             self.kept_sum += v;
@@ -283,8 +381,15 @@ impl HeadDecider {
                 let mean = sum_f / len as f64;
                 Rule::Above(mean + rho * (max_f - mean), max_f)
             }
-            RowThreshold::TopK { keep } => {
-                let k = topk_count(keep, len);
+            RowThreshold::TopK { .. } | RowThreshold::TopP { .. } => {
+                let k = match self.threshold {
+                    RowThreshold::TopP { mass } => {
+                        let desc = value_counts_fast(imp, ok, min, max, scratch);
+                        topp_count(&desc, self.logit_scale, mass)
+                    }
+                    RowThreshold::TopK { keep } => topk_count(keep, len),
+                    _ => unreachable!("matched above"),
+                };
                 let t = kth_largest(imp, ok, k, min, max, len, scratch);
                 let above = imp.iter().zip(ok).filter(|&(&v, &o)| o && v > t).count();
                 Rule::Rank {
@@ -372,6 +477,38 @@ pub(crate) struct RowScratch {
 /// Value ranges up to this many distinct integers are counted instead of selected.
 const COUNTING_RANGE: i64 = 1 << 14;
 
+/// The valid values of a row (in `min..=max`) as `(value, count)` in decreasing value order,
+/// the same list as [`value_counts`]: by counting when the range is small, else by sorting.
+pub(crate) fn value_counts_fast(
+    imp: &[i64],
+    ok: &[bool],
+    min: i64,
+    max: i64,
+    scratch: &mut RowScratch,
+) -> Vec<(i64, usize)> {
+    let range = max.saturating_sub(min);
+    let len = ok.iter().filter(|&&o| o).count();
+    if range < COUNTING_RANGE && range as usize <= 4 * len + 64 {
+        let counts = &mut scratch.counts;
+        counts.clear();
+        counts.resize(range as usize + 1, 0);
+        for (&v, &o) in imp.iter().zip(ok) {
+            if o {
+                counts[(v - min) as usize] += 1;
+            }
+        }
+        counts
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|x| *x.1 > 0)
+            .map(|(x, &c)| (min + x as i64, c as usize))
+            .collect()
+    } else {
+        value_counts(imp.iter().zip(ok).filter(|x| *x.1).map(|x| *x.0))
+    }
+}
+
 /// The `k`-th largest (1-based, with multiplicity) of the valid values of a row whose valid
 /// values lie in `min..=max` (`len` of them, `1 <= k <= len`).
 fn kth_largest(
@@ -411,8 +548,13 @@ fn kth_largest(
 }
 
 /// [`HeadDecider`] over a whole `nb x nb` importance matrix (row-major).
-pub(crate) fn decide_blocks(imp: &[Option<i64>], nb: usize, cfg: &HdpConfig) -> (BlockMask, f64) {
-    let mut d = HeadDecider::new(nb, cfg);
+pub(crate) fn decide_blocks(
+    imp: &[Option<i64>],
+    nb: usize,
+    cfg: &HdpConfig,
+    logit_scale: f64,
+) -> (BlockMask, f64) {
+    let mut d = HeadDecider::new(nb, cfg, logit_scale);
     for r in 0..nb {
         d.row(r, &imp[r * nb..(r + 1) * nb]);
     }
@@ -596,7 +738,8 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
                     });
                 }
             }
-            let (kept, importance) = decide_blocks(&imp, nb, cfg);
+            let scale = block_logit_scale(cfg, (eq, ek), d);
+            let (kept, importance) = decide_blocks(&imp, nb, cfg, scale);
             head_imp.push(importance);
             kept_masks.push(kept);
         }
@@ -724,6 +867,31 @@ pub(crate) fn write_mean_v(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topp_keeps_the_fewest_blocks_reaching_the_mass() {
+        // Masses exp(0)=1, exp(-1)=0.37 (x2), exp(-3)=0.05: total 1.79.
+        let desc = [(10i64, 1usize), (9, 2), (7, 1)];
+        assert_eq!(topp_count(&desc, 1.0, 0.5), 1); // 1 / 1.79 = 0.56
+        assert_eq!(topp_count(&desc, 1.0, 0.6), 2);
+        assert_eq!(topp_count(&desc, 1.0, 0.9), 3);
+        assert_eq!(topp_count(&desc, 1.0, 1.0), 4);
+        // A tiny scale makes every block equally likely: top-p becomes top-k by fraction.
+        assert_eq!(topp_count(&desc, 1e-12, 0.5), 2);
+        // A huge scale puts all the mass on the maximum.
+        assert_eq!(topp_count(&desc, 1e6, 0.99), 1);
+        assert_eq!(topp_count(&[], 1.0, 0.9), 0);
+        // The same as selecting from the (column, importance) row.
+        let row = [(0usize, 9i64), (1, 10), (2, 7), (3, 9)];
+        assert_eq!(
+            select_blocks_scaled(&row, RowThreshold::TopP { mass: 0.6 }, 1.0),
+            vec![0, 1]
+        );
+        assert_eq!(
+            value_counts([3i64, 5, 3, 1].into_iter()),
+            vec![(5, 1), (3, 2), (1, 1)]
+        );
+    }
 
     #[test]
     fn mean_max_keeps_at_or_above_threshold() {

@@ -76,6 +76,8 @@ struct HeadData {
     k_sum: Vec<i32>,
     q_sat: u64,
     k_sat: u64,
+    /// Logit scale of the block importances (top-p), set by the caller.
+    logit_scale: f64,
 }
 
 /// Shapes shared by every head of a sequence.
@@ -248,6 +250,7 @@ fn prepare_head(
         k_sum: vec![0; n_pad],
         q_sat: 0,
         k_sat: 0,
+        logit_scale: 1.0,
     };
     let mut codes = vec![0i32; d];
     for (i, &valid_i) in valid_tok.iter().enumerate().take(n) {
@@ -524,7 +527,13 @@ fn count_ge(row: &[i32], t: i32) -> usize {
 /// row's value range (each step one counting pass), ties going to the lower column. Writes
 /// the kept columns to `words`.
 #[inline(always)]
-fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [u64]) -> RowStats {
+fn decide_b1_body(
+    simd: Isa,
+    row: &[i32],
+    threshold: RowThreshold,
+    logit_scale: f64,
+    words: &mut [u64],
+) -> RowStats {
     // Separate simple passes: each vectorizes on its own.
     let len = row.iter().map(|&v| (v != MASKED) as u32).sum::<u32>();
     words.fill(0);
@@ -558,8 +567,42 @@ fn decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold, words: &mut [
             let first = t.ceil().clamp(min as f64, max as f64) as i32;
             (first - 1, 0)
         }
-        RowThreshold::TopK { keep } => {
-            let k = hdp::topk_count(keep, len);
+        RowThreshold::TopK { .. } | RowThreshold::TopP { .. } => {
+            let k = match threshold {
+                RowThreshold::TopP { mass } => {
+                    // The same (value, count) list as the reference, by counting (the range
+                    // of integer scores in a row is small) or by sorting.
+                    let range = max as i64 - min as i64;
+                    let desc: Vec<(i64, usize)> = if range <= 4 * len as i64 + 64 {
+                        let mut counts = vec![0u32; range as usize + 1];
+                        for &v in row.iter().filter(|&&v| v != MASKED) {
+                            counts[(v - min) as usize] += 1;
+                        }
+                        counts
+                            .iter()
+                            .enumerate()
+                            .rev()
+                            .filter(|x| *x.1 > 0)
+                            .map(|(x, &c)| (min as i64 + x as i64, c as usize))
+                            .collect()
+                    } else {
+                        let mut v: Vec<i32> =
+                            row.iter().copied().filter(|&v| v != MASKED).collect();
+                        v.sort_unstable_by(|a, b| b.cmp(a));
+                        let mut desc: Vec<(i64, usize)> = Vec::new();
+                        for x in v {
+                            match desc.last_mut() {
+                                Some((y, c)) if *y == x as i64 => *c += 1,
+                                _ => desc.push((x as i64, 1)),
+                            }
+                        }
+                        desc
+                    };
+                    hdp::topp_count(&desc, logit_scale, mass)
+                }
+                RowThreshold::TopK { keep } => hdp::topk_count(keep, len),
+                _ => unreachable!("matched above"),
+            };
             // Invariant: count(v >= lo) = at_lo >= k > count(v >= hi) = above. Each step
             // interpolates the count linearly between lo and hi (few steps on smooth rows);
             // a step that fails to halve the interval is followed by a bisection, so the
@@ -638,7 +681,7 @@ fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
-        words: &mut [u64]) -> RowStats
+        logit_scale: f64, words: &mut [u64]) -> RowStats
 }
 
 /// `row[j] -= bias[j]` (then `|row[j]|` when `abs`), then [`MASKED`] at invalid keys
@@ -731,7 +774,7 @@ fn integer_pass_block_sums(
             *s += x;
         }
     }
-    let mut decider = HeadDecider::new(nb, cfg);
+    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale);
     sc.imp.clear();
     sc.imp.resize(nb, 0);
     sc.ok.clear();
@@ -785,7 +828,7 @@ fn integer_pass(
         return integer_pass_block_sums(hd, dm, valid, valid_tok, causal, cfg, a, sc);
     }
     let nb = n.div_ceil(bs);
-    let mut decider = HeadDecider::new(nb, cfg);
+    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale);
     sc.s.resize(TR * n_pad, 0);
     sc.imp.clear();
     sc.imp.resize(nb, 0);
@@ -821,7 +864,7 @@ fn integer_pass(
                 let abs = cfg.importance == BlockImportance::AbsSum;
                 finish_row(isa, row, &sc.bias[..end], abs, valid);
                 let words = &mut sc.words[..end.div_ceil(64)];
-                let stats = decide_b1(isa, isa, row, cfg.threshold, words);
+                let stats = decide_b1(isa, isa, row, cfg.threshold, hd.logit_scale, words);
                 decider.row_decided(i, &stats, words);
             }
             i0 += TR;
@@ -1460,7 +1503,8 @@ pub(crate) fn hdp_attention(
         let decided: Vec<(HeadData, BlockMask, f64)> = (0..heads)
             .into_par_iter()
             .map_init(PassScratch::default, |sc, h| {
-                let hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
+                let mut hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
+                hd.logit_scale = hdp::block_logit_scale(cfg, exps, d);
                 let (kept, imp) = integer_pass(
                     isa,
                     &hd,
@@ -1704,6 +1748,7 @@ mod tests {
             Just(RowThreshold::KeepAll),
             (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }),
             (0.01f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }),
+            (0.01f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass }),
         ]
     }
 
@@ -1774,11 +1819,12 @@ mod tests {
             rows in prop::collection::vec(prop::collection::vec((-20i32..=20, 0u8..10), 0..150), 1..6),
             spread in prop_oneof![Just(1i32), Just(7), Just(100_000)],
             threshold in threshold(), head_importance in head_importance(),
+            scale in prop_oneof![Just(1e-3f64), Just(0.05), Just(1.0)],
         ) {
             let n = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
             let cfg = HdpConfig { threshold, head_importance, block_size: 1, ..HdpConfig::default() };
             for isa in isas() {
-                let (mut fast, mut reference) = (HeadDecider::new(n, &cfg), HeadDecider::new(n, &cfg));
+                let (mut fast, mut reference) = (HeadDecider::new(n, &cfg, scale), HeadDecider::new(n, &cfg, scale));
                 for (r, row) in rows.iter().enumerate().take(n) {
                     // Entries with tag 0 are masked.
                     let vals: Vec<i32> = row.iter().map(|&(v, tag)| if tag == 0 { MASKED } else { v * spread }).collect();
@@ -1787,7 +1833,7 @@ mod tests {
                         .collect();
                     reference.row(r, &imp);
                     let mut words = vec![0u64; vals.len().div_ceil(64)];
-                    let stats = decide_b1(isa, isa, &vals, threshold, &mut words);
+                    let stats = decide_b1(isa, isa, &vals, threshold, scale, &mut words);
                     fast.row_decided(r, &stats, &words);
                 }
                 let (fk, fi) = fast.finish();
@@ -1803,10 +1849,11 @@ mod tests {
             rows in prop::collection::vec(prop::collection::vec((-50i64..=50, any::<bool>()), 1..80), 1..5),
             spread in prop_oneof![Just(1i64), Just(3), Just(1_000_000)],
             threshold in threshold(), head_importance in head_importance(),
+            scale in prop_oneof![Just(1e-6f64), Just(0.01), Just(0.5)],
         ) {
             let nb = rows.iter().map(|r| r.len()).max().unwrap_or(1);
             let cfg = HdpConfig { threshold, head_importance, block_size: 2, ..HdpConfig::default() };
-            let (mut fast, mut reference) = (HeadDecider::new(nb, &cfg), HeadDecider::new(nb, &cfg));
+            let (mut fast, mut reference) = (HeadDecider::new(nb, &cfg, scale), HeadDecider::new(nb, &cfg, scale));
             let mut scratch = RowScratch::default();
             for (r, row) in rows.iter().enumerate().take(nb) {
                 let mut imp = vec![0i64; nb];

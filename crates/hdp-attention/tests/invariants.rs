@@ -45,6 +45,7 @@ fn threshold_strategy() -> impl Strategy<Value = RowThreshold> {
         Just(RowThreshold::KeepAll),
         (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }),
         (0.01f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }),
+        (0.01f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass }),
     ]
 }
 

@@ -43,6 +43,10 @@ pub struct HdpArgs {
     /// Top-k threshold: keep ceil(keep x blocks) per block-row, keep in (0, 1] [0.3].
     #[arg(long, conflicts_with = "no_block_pruning", allow_hyphen_values = true)]
     pub keep: Option<f64>,
+    /// Top-p threshold: keep the fewest blocks per block-row whose softmax mass, estimated
+    /// from the integer scores, reaches this fraction, in (0, 1] (row-adaptive top-k).
+    #[arg(long, conflicts_with_all = ["keep", "rho", "no_block_pruning"], allow_hyphen_values = true)]
+    pub top_p: Option<f64>,
     /// Keep every valid block (no block pruning).
     #[arg(long)]
     pub no_block_pruning: bool,
@@ -76,6 +80,7 @@ impl HdpArgs {
             importance,
             rho,
             keep,
+            top_p,
             no_block_pruning,
             tau,
             head_top_k,
@@ -92,6 +97,7 @@ impl HdpArgs {
             || importance.is_some()
             || rho.is_some()
             || keep.is_some()
+            || top_p.is_some()
             || *no_block_pruning
             || tau.is_some()
             || head_top_k.is_some()
@@ -130,10 +136,11 @@ impl HdpArgs {
             prescale,
             block_size: self.block_size.unwrap_or(d.block_size),
             importance: self.importance.unwrap_or(d.importance),
-            threshold: match (self.no_block_pruning, self.rho, self.keep) {
-                (true, _, _) => RowThreshold::KeepAll,
-                (_, Some(rho), _) => RowThreshold::MeanMax { rho },
-                (_, _, Some(keep)) => RowThreshold::TopK { keep },
+            threshold: match (self.no_block_pruning, self.rho, self.keep, self.top_p) {
+                (true, ..) => RowThreshold::KeepAll,
+                (_, Some(rho), ..) => RowThreshold::MeanMax { rho },
+                (_, _, Some(keep), _) => RowThreshold::TopK { keep },
+                (.., Some(mass)) => RowThreshold::TopP { mass },
                 _ => d.threshold,
             },
             head_importance: self.head_importance.unwrap_or(d.head_importance),

@@ -276,6 +276,9 @@ pub struct SweepArgs {
     /// Top-k keep fractions to try.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub keeps: Option<Vec<f64>>,
+    /// Top-p masses to try.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub top_ps: Option<Vec<f64>>,
     /// Block sizes to try.
     #[arg(long, value_delimiter = ',')]
     pub block_sizes: Option<Vec<usize>>,
@@ -305,6 +308,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
     let configs = SweepGrid {
         rhos: a.rhos.clone(),
         keeps: a.keeps.clone(),
+        top_ps: a.top_ps.clone(),
         block_sizes: a.block_sizes.clone(),
         formats: a.formats.clone(),
         scores: a.scores.clone(),
@@ -435,6 +439,7 @@ fn describe(c: &ValidConfig) -> String {
         RowThreshold::KeepAll => "keep-all".to_string(),
         RowThreshold::MeanMax { rho } => format!("rho={rho}"),
         RowThreshold::TopK { keep } => format!("keep={keep}"),
+        RowThreshold::TopP { mass } => format!("top-p={mass}"),
     };
     let h = match c.head_pruning {
         hdp_attention::HeadPruning::Off => String::new(),

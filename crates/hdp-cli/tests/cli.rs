@@ -597,3 +597,63 @@ fn hdp_options_with_dense_attention_are_refused() {
     let out = hdp(&["embed", "--attention", "dense", "--keep", "0.2", "hello"]);
     assert_clean_failure(&out, "HDP options");
 }
+
+/// `--top-p`: a run keeps fewer blocks with a smaller mass, the trace records the policy, the
+/// simulator reads it, and nonsense values or two policies at once are refused.
+#[test]
+fn top_p_selection_runs_end_to_end_and_bad_values_are_refused() {
+    let trace = tmp("topp-trace.json");
+    let run = |mass: &str, trace: Option<&str>| {
+        let mut args = vec![
+            "attention",
+            "--seq-len",
+            "64",
+            "--heads",
+            "2",
+            "--head-dim",
+            "16",
+            "--top-p",
+            mass,
+            "--json",
+        ];
+        if let Some(t) = trace {
+            args.extend_from_slice(&["--trace", t]);
+        }
+        let out = hdp(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["block_sparsity"]
+            .as_f64()
+            .unwrap()
+    };
+    let (loose, tight) = (run("0.99", None), run("0.5", trace.to_str()));
+    assert!(
+        tight > loose,
+        "top-p 0.5 prunes {tight}, 0.99 prunes {loose}"
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.contains("\"top-p\""), "the trace names the policy");
+    let sim = hdp(&[
+        "sim",
+        "--preset",
+        "edge",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    for bad in ["0", "1.5", "nan"] {
+        assert_clean_failure(&hdp(&["attention", "--top-p", bad]), "top-p");
+    }
+    assert_clean_failure(
+        &hdp(&["attention", "--top-p", "0.9", "--keep", "0.3"]),
+        "cannot be used with",
+    );
+}

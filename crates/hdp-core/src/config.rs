@@ -148,6 +148,15 @@ pub enum RowThreshold {
         /// Fraction in `(0, 1]`.
         keep: f64,
     },
+    /// Keep the fewest most important blocks of each block-row whose estimated softmax mass
+    /// reaches `mass`: the mass of a block is estimated from its integer importance alone,
+    /// `exp(lambda (imp - max imp))` with `lambda` the known scale from integer units to logits
+    /// (`2^-(e_q + e_k) / sqrt(d)`, divided by `b^2` for sum importances: a block's mean entry).
+    /// A top-k whose k each row chooses (row-adaptive).
+    TopP {
+        /// Fraction of the estimated mass, in `(0, 1]`.
+        mass: f64,
+    },
 }
 
 impl Default for RowThreshold {
@@ -311,6 +320,7 @@ impl HdpConfig {
             RowThreshold::KeepAll => {}
             RowThreshold::MeanMax { rho } => unit("rho", rho, false)?,
             RowThreshold::TopK { keep } => unit("keep", keep, true)?,
+            RowThreshold::TopP { mass } => unit("top-p", mass, true)?,
         }
         match self.head_pruning {
             HeadPruning::Off => {}

@@ -12,6 +12,8 @@ pub struct SweepGrid {
     pub rhos: Option<Vec<f64>>,
     /// Top-k keep fractions.
     pub keeps: Option<Vec<f64>>,
+    /// Top-p masses.
+    pub top_ps: Option<Vec<f64>>,
     /// Block sizes.
     pub block_sizes: Option<Vec<usize>>,
     /// Fixed-point formats.
@@ -46,6 +48,12 @@ impl SweepGrid {
                 .iter()
                 .flatten()
                 .map(|&keep| RowThreshold::TopK { keep }),
+        );
+        thresholds.extend(
+            self.top_ps
+                .iter()
+                .flatten()
+                .map(|&mass| RowThreshold::TopP { mass }),
         );
         if thresholds.is_empty() {
             thresholds.push(base.threshold);
@@ -115,6 +123,7 @@ mod tests {
         let grid = SweepGrid {
             rhos: Some(vec![0.0, 0.1]),
             keeps: Some(vec![0.3]),
+            top_ps: Some(vec![0.9]),
             block_sizes: Some(vec![1, 4]),
             formats: Some(vec![
                 QFormat::new(8, 3).unwrap(),
@@ -123,11 +132,18 @@ mod tests {
             scores: Some(vec![ScoreMode::Approx]),
             taus: Some(vec![0.1, 0.2]),
         };
-        assert_eq!(grid.configs(&base).unwrap().len(), 3 * 2 * 2 * 2);
-        let bad = SweepGrid {
-            keeps: Some(vec![1.5]),
-            ..Default::default()
-        };
-        assert!(bad.configs(&base).is_err());
+        assert_eq!(grid.configs(&base).unwrap().len(), 4 * 2 * 2 * 2);
+        for bad in [
+            SweepGrid {
+                keeps: Some(vec![1.5]),
+                ..Default::default()
+            },
+            SweepGrid {
+                top_ps: Some(vec![0.0]),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.configs(&base).is_err());
+        }
     }
 }
