@@ -148,3 +148,47 @@ fn eval_errors_are_clear() {
     );
     check(&["eval", "--data", "/nonexistent.csv"], "nonexistent.csv");
 }
+
+/// The long-text tasks of issue #16 on small slices: genre classification of Brown passages
+/// and same-document retrieval of their halves, dense vs HDP, with top-p selection.
+#[test]
+fn brown_genre_and_retrieval_report_dense_and_hdp() {
+    let v = json_of(&hdp(&[
+        "eval",
+        "--task",
+        "brown-genre",
+        "--limit",
+        "15",
+        "--max-length",
+        "128",
+        "--no-cache",
+        "--json",
+    ]));
+    assert_eq!(v["dense"]["test_items"].as_f64().unwrap(), 15.0);
+    assert!(
+        v["dense"]["accuracy"].as_f64().unwrap() > v["dense"]["majority_class"].as_f64().unwrap()
+    );
+    let v = json_of(&hdp(&[
+        "eval",
+        "--task",
+        "brown-retrieval",
+        "--limit",
+        "8",
+        "--max-length",
+        "128",
+        "--top-p",
+        "0.9",
+        "--no-cache",
+        "--json",
+    ]));
+    for k in ["dense", "hdp"] {
+        let r = v[k]["recall_at_1"].as_f64().unwrap();
+        let mrr = v[k]["mrr"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&r) && mrr >= r && mrr <= 1.0,
+            "{k}: {r} {mrr}"
+        );
+    }
+    assert_eq!(v["dense"]["documents"].as_f64().unwrap(), 8.0);
+    assert!(v["block_sparsity"].as_f64().unwrap() > 0.3);
+}

@@ -202,6 +202,14 @@ pub fn lee(assets: &Path) -> Result<Lee> {
 /// Running text of Brown corpus files (`word/tag` tokens, tags stripped), in file order:
 /// ca01, ca02, ... `limit` files at most.
 pub fn brown(assets: &Path, limit: usize) -> Result<Vec<String>> {
+    Ok(brown_files(assets, limit)?
+        .into_iter()
+        .map(|f| f.1)
+        .collect())
+}
+
+/// [`brown`] with each file's name (`ca01`: the second letter is the genre, `a`..`r`).
+pub fn brown_files(assets: &Path, limit: usize) -> Result<Vec<(String, String)>> {
     let dir = assets.join("brown");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|e| Error::Data {
@@ -217,11 +225,13 @@ pub fn brown(assets: &Path, limit: usize) -> Result<Vec<String>> {
         .take(limit)
         .map(|n| {
             let text = read_legacy_text(&dir.join(n), FETCH)?;
-            Ok(text
-                .split_whitespace()
-                .map(|tok| tok.rsplit_once('/').map_or(tok, |(w, _)| w))
-                .collect::<Vec<_>>()
-                .join(" "))
+            Ok((
+                n.clone(),
+                text.split_whitespace()
+                    .map(|tok| tok.rsplit_once('/').map_or(tok, |(w, _)| w))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ))
         })
         .collect()
 }

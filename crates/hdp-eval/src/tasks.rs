@@ -24,11 +24,23 @@ pub enum Task {
     LeeSimilarity,
     /// Brown passages at 128/256/512 tokens: cosine of HDP to dense embeddings.
     Fidelity,
+    /// Brown files' first 512 tokens, 15 genres (the file name's second letter): accuracy of a
+    /// logistic head trained on dense embeddings; every fifth file of each genre is test.
+    BrownGenre,
+    /// Brown files cut in two halves by words, the first 512 tokens of each: for each second
+    /// half, the rank of its own first half among all first halves by cosine (recall@1, MRR).
+    BrownRetrieval,
 }
 
 impl Task {
     /// Every built-in task.
-    pub const ALL: [Task; 3] = [Task::RtSentiment, Task::LeeSimilarity, Task::Fidelity];
+    pub const ALL: [Task; 5] = [
+        Task::RtSentiment,
+        Task::LeeSimilarity,
+        Task::Fidelity,
+        Task::BrownGenre,
+        Task::BrownRetrieval,
+    ];
 
     /// The task's name on the command line and in results.
     pub fn name(self) -> &'static str {
@@ -36,6 +48,8 @@ impl Task {
             Task::RtSentiment => "rt-sentiment",
             Task::LeeSimilarity => "lee-similarity",
             Task::Fidelity => "fidelity",
+            Task::BrownGenre => "brown-genre",
+            Task::BrownRetrieval => "brown-retrieval",
         }
     }
 }
@@ -72,6 +86,8 @@ pub enum Metric {
     Pearson,
     /// Mean cosine of HDP to dense embeddings.
     MeanCosine,
+    /// Share of queries whose own document ranks first.
+    RecallAt1,
 }
 
 impl Metric {
@@ -81,6 +97,7 @@ impl Metric {
             Metric::Accuracy => "accuracy",
             Metric::Pearson => "pearson",
             Metric::MeanCosine => "mean cosine(dense, hdp)",
+            Metric::RecallAt1 => "recall@1",
         }
     }
 }
@@ -114,9 +131,20 @@ pub struct EvalOptions {
 pub type Metrics = BTreeMap<String, f64>;
 
 enum Scorer {
-    Classify { head: LogReg, labels: Vec<usize> },
-    Pairs { pairs: Vec<(usize, usize, f64)> },
-    Fidelity { lengths: Vec<usize> },
+    Classify {
+        head: LogReg,
+        labels: Vec<usize>,
+    },
+    Pairs {
+        pairs: Vec<(usize, usize, f64)>,
+    },
+    Fidelity {
+        lengths: Vec<usize>,
+    },
+    /// Texts `0..n` are documents, `n..2n` their queries (query `i` belongs to document `i`).
+    Retrieval {
+        docs: usize,
+    },
 }
 
 /// A prepared task: the texts HDP will embed, their dense embeddings and the scorer.
@@ -267,7 +295,93 @@ impl Evaluation {
                 Self::pairs(model, task.name(), enc, pairs, opts, progress)
             }
             Task::Fidelity => Self::fidelity(model, opts, progress),
+            Task::BrownGenre => {
+                model.set_max_length(opts.max_length.unwrap_or(512))?;
+                let files = data::brown_files(&opts.assets, usize::MAX)?;
+                let mut genres: Vec<char> =
+                    files.iter().filter_map(|f| f.0.chars().nth(1)).collect();
+                genres.sort_unstable();
+                genres.dedup();
+                let mut l = data::Labeled {
+                    classes: genres.iter().map(|g| g.to_string()).collect(),
+                    train: Vec::new(),
+                    train_labels: Vec::new(),
+                    test: Vec::new(),
+                    test_labels: Vec::new(),
+                };
+                // Genres in rounds (the first file of each genre, then the second, ...), so
+                // that --limit keeps every genre.
+                let mut by_genre: Vec<Vec<String>> = vec![Vec::new(); genres.len()];
+                for (name, text) in files {
+                    if let Some(c) = name
+                        .chars()
+                        .nth(1)
+                        .and_then(|g| genres.iter().position(|&x| x == g))
+                    {
+                        by_genre[c].push(text);
+                    }
+                }
+                let rounds = by_genre.iter().map(Vec::len).max().unwrap_or(0);
+                let mut seen = vec![0usize; genres.len()];
+                for (_, c, text) in (0..rounds).flat_map(|r| {
+                    by_genre
+                        .iter()
+                        .enumerate()
+                        .filter_map(move |(c, fs)| fs.get(r).map(|t| (r, c, t.clone())))
+                }) {
+                    seen[c] += 1;
+                    // Every fifth file of each genre (the 5th, 10th, ...) is test: split by file.
+                    if seen[c].is_multiple_of(5) {
+                        l.test.push(text);
+                        l.test_labels.push(c);
+                    } else {
+                        l.train.push(text);
+                        l.train_labels.push(c);
+                    }
+                }
+                Self::classification(model, task.name(), l, opts, progress)
+            }
+            Task::BrownRetrieval => Self::retrieval(model, opts, progress),
         }
+    }
+
+    fn retrieval(
+        model: &mut SentenceEmbedder,
+        opts: &EvalOptions,
+        progress: Progress,
+    ) -> Result<Evaluation> {
+        model.set_max_length(opts.max_length.unwrap_or(512))?;
+        let files = data::brown_files(&opts.assets, opts.limit.unwrap_or(usize::MAX))?;
+        if files.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "brown-retrieval: {} Brown files; retrieval needs at least 2 (run \
+                 scripts/fetch_assets.py, or a larger --limit)",
+                files.len()
+            )));
+        }
+        let (mut docs, mut queries) = (Vec::new(), Vec::new());
+        for (_, text) in &files {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let half = words.len() / 2;
+            docs.push(words[..half].join(" "));
+            queries.push(words[half..].join(" "));
+        }
+        let n = docs.len();
+        docs.extend(queries);
+        let enc = model.tokenize(&docs)?;
+        let dense = dense_embeddings(model, &enc, opts, progress)?;
+        let scorer = Scorer::Retrieval { docs: n };
+        let mut dense_metrics = score_retrieval(n, &dense);
+        dense_metrics.insert("documents".into(), n as f64);
+        Ok(Evaluation {
+            task: Task::BrownRetrieval.name().into(),
+            metric_name: Metric::RecallAt1,
+            max_length: model.max_length(),
+            enc,
+            dense,
+            scorer,
+            dense_metrics,
+        })
     }
 
     fn classification(
@@ -506,6 +620,7 @@ impl Evaluation {
                 Metrics::from([("metric".into(), acc), ("accuracy".into(), acc)])
             }
             Scorer::Pairs { .. } => score_pairs(&self.scorer, &emb),
+            Scorer::Retrieval { docs } => score_retrieval(*docs, &emb),
             Scorer::Fidelity { lengths } => {
                 let mut m = Metrics::new();
                 let per = self.enc.len() / lengths.len().max(1);
@@ -574,6 +689,27 @@ impl Evaluation {
             backend,
         ))
     }
+}
+
+/// Recall@1 and mean reciprocal rank of queries `n..2n` against documents `0..n` by cosine
+/// (ties rank the query's own document last: no credit for a tie).
+fn score_retrieval(n: usize, emb: &[Vec<f32>]) -> Metrics {
+    let mut hits = 0usize;
+    let mut rr = 0.0f64;
+    for q in 0..n {
+        let own = cosine(&emb[n + q], &emb[q]);
+        let better = (0..n)
+            .filter(|&d| d != q && cosine(&emb[n + q], &emb[d]) >= own)
+            .count();
+        hits += usize::from(better == 0);
+        rr += 1.0 / (better + 1) as f64;
+    }
+    let recall = hits as f64 / n.max(1) as f64;
+    Metrics::from([
+        ("metric".into(), recall),
+        ("recall_at_1".into(), recall),
+        ("mrr".into(), rr / n.max(1) as f64),
+    ])
 }
 
 fn score_pairs(scorer: &Scorer, emb: &[Vec<f32>]) -> Metrics {
