@@ -384,7 +384,8 @@ impl HeadDecider {
             RowThreshold::TopK { .. } | RowThreshold::TopP { .. } => {
                 let k = match self.threshold {
                     RowThreshold::TopP { mass } => {
-                        let desc = value_counts_fast(imp, ok, min, max, scratch);
+                        let valid = imp.iter().zip(ok).filter(|x| *x.1).map(|x| *x.0);
+                        let desc = value_counts_in(valid, len, min, max, &mut scratch.counts);
                         topp_count(&desc, self.logit_scale, mass)
                     }
                     RowThreshold::TopK { keep } => topk_count(keep, len),
@@ -477,25 +478,22 @@ pub(crate) struct RowScratch {
 /// Value ranges up to this many distinct integers are counted instead of selected.
 const COUNTING_RANGE: i64 = 1 << 14;
 
-/// The valid values of a row (in `min..=max`) as `(value, count)` in decreasing value order,
-/// the same list as [`value_counts`]: by counting when the range is small, else by sorting.
-pub(crate) fn value_counts_fast(
-    imp: &[i64],
-    ok: &[bool],
+/// Values (`len` of them, in `min..=max`) as `(value, count)` in decreasing value order, the
+/// same list as [`value_counts`]: by counting into `counts` when the range is small (integer
+/// scores usually are), else by sorting.
+pub(crate) fn value_counts_in(
+    values: impl Iterator<Item = i64>,
+    len: usize,
     min: i64,
     max: i64,
-    scratch: &mut RowScratch,
+    counts: &mut Vec<u32>,
 ) -> Vec<(i64, usize)> {
     let range = max.saturating_sub(min);
-    let len = ok.iter().filter(|&&o| o).count();
     if range < COUNTING_RANGE && range as usize <= 4 * len + 64 {
-        let counts = &mut scratch.counts;
         counts.clear();
         counts.resize(range as usize + 1, 0);
-        for (&v, &o) in imp.iter().zip(ok) {
-            if o {
-                counts[(v - min) as usize] += 1;
-            }
+        for v in values {
+            counts[(v - min) as usize] += 1;
         }
         counts
             .iter()
@@ -505,7 +503,7 @@ pub(crate) fn value_counts_fast(
             .map(|(x, &c)| (min + x as i64, c as usize))
             .collect()
     } else {
-        value_counts(imp.iter().zip(ok).filter(|x| *x.1).map(|x| *x.0))
+        value_counts(values)
     }
 }
 

@@ -570,34 +570,10 @@ fn decide_b1_body(
         RowThreshold::TopK { .. } | RowThreshold::TopP { .. } => {
             let k = match threshold {
                 RowThreshold::TopP { mass } => {
-                    // The same (value, count) list as the reference, by counting (the range
-                    // of integer scores in a row is small) or by sorting.
-                    let range = max as i64 - min as i64;
-                    let desc: Vec<(i64, usize)> = if range <= 4 * len as i64 + 64 {
-                        let mut counts = vec![0u32; range as usize + 1];
-                        for &v in row.iter().filter(|&&v| v != MASKED) {
-                            counts[(v - min) as usize] += 1;
-                        }
-                        counts
-                            .iter()
-                            .enumerate()
-                            .rev()
-                            .filter(|x| *x.1 > 0)
-                            .map(|(x, &c)| (min as i64 + x as i64, c as usize))
-                            .collect()
-                    } else {
-                        let mut v: Vec<i32> =
-                            row.iter().copied().filter(|&v| v != MASKED).collect();
-                        v.sort_unstable_by(|a, b| b.cmp(a));
-                        let mut desc: Vec<(i64, usize)> = Vec::new();
-                        for x in v {
-                            match desc.last_mut() {
-                                Some((y, c)) if *y == x as i64 => *c += 1,
-                                _ => desc.push((x as i64, 1)),
-                            }
-                        }
-                        desc
-                    };
+                    // The same (value, count) list as the reference.
+                    let valid = row.iter().filter(|&&v| v != MASKED).map(|&v| v as i64);
+                    let desc =
+                        hdp::value_counts_in(valid, len, min as i64, max as i64, &mut Vec::new());
                     hdp::topp_count(&desc, logit_scale, mass)
                 }
                 RowThreshold::TopK { keep } => hdp::topk_count(keep, len),
@@ -993,6 +969,26 @@ fn scores_avx2(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>
         }
         acc
     };
+    push_scores(hd, w, idx, sc, k, dot)
+}
+
+/// The kept entries' scores from `dot` (8 i32 lanes per entry whose sum is the entry's `Z`),
+/// eight entries reduced together by `vphaddd`, keys of the next eight prefetched; shared by
+/// [`scores_avx2`] and [`scores_vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn push_scores(
+    hd: &HeadData,
+    w: usize,
+    idx: &[u32],
+    sc: &mut Vec<f32>,
+    k: Coef,
+    dot: impl Fn(u32) -> std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    assert!(idx.iter().all(|&j| (j as usize + 1) * w <= hd.kz.len()));
+    let kz = hd.kz.as_ptr();
     sc.clear();
     let mut e = 0;
     while e + 8 <= idx.len() {
@@ -1069,42 +1065,7 @@ fn scores_vnni(hd: &HeadData, dm: Dims, i: usize, idx: &[u32], sc: &mut Vec<f32>
         }
         half
     };
-    sc.clear();
-    let mut e = 0;
-    while e + 8 <= idx.len() {
-        for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
-            // SAFETY: prefetching is a hint; the address is inside kz (asserted above).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w)) };
-            if w > 64 {
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(kz.add(j as usize * w + 64)) };
-            }
-        }
-        let v: [__m256i; 8] = std::array::from_fn(|t| dot(idx[e + t]));
-        let t0 = _mm256_hadd_epi32(v[0], v[1]);
-        let t1 = _mm256_hadd_epi32(v[2], v[3]);
-        let t2 = _mm256_hadd_epi32(v[4], v[5]);
-        let t3 = _mm256_hadd_epi32(v[6], v[7]);
-        let u0 = _mm256_hadd_epi32(t0, t1);
-        let u1 = _mm256_hadd_epi32(t2, t3);
-        let z = _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(u0, u1),
-            _mm256_permute2x128_si256::<0x31>(u0, u1),
-        );
-        let mut zs = [0i32; 8];
-        // SAFETY: zs holds 8 i32.
-        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, z) };
-        for (t, &z) in zs.iter().enumerate() {
-            sc.push(k.score(z, hd.k_sum[idx[e + t] as usize]));
-        }
-        e += 8;
-    }
-    for &j in &idx[e..] {
-        let v = dot(j);
-        let mut zs = [0i32; 8];
-        // SAFETY: zs holds 8 i32.
-        unsafe { _mm256_storeu_si256(zs.as_mut_ptr() as *mut __m256i, v) };
-        sc.push(k.score(zs.iter().sum(), hd.k_sum[j as usize]));
-    }
+    push_scores(hd, w, idx, sc, k, dot)
 }
 
 /// AVX-512 twin of [`pv_portable`]: up to 64 output columns in four zmm registers across all
