@@ -624,7 +624,7 @@ struct HeadCodes {
     /// Width of `qq`/`kk` rows (0 in float mode, which uses the float Q and K).
     w: usize,
     /// Logit scale of the block importances (top-p).
-    logit_scale: f64,
+    logit_scale: hdp::LogitScale,
 }
 
 /// Integer pass of one head (steps 2-4): each block-row's importances are reduced from exact
@@ -644,7 +644,7 @@ fn integer_pass_body(
     let bs = cfg.block_size;
     let nb = n.div_ceil(bs);
     transpose(&c.k_int, n, d, kt);
-    let mut decider = HeadDecider::new(nb, cfg, c.logit_scale);
+    let mut decider = HeadDecider::new(nb, cfg, c.logit_scale.clone());
     let mut acc: Vec<Option<i64>> = vec![None; nb];
     for br in 0..nb {
         acc.fill(None);

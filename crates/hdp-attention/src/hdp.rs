@@ -38,11 +38,41 @@ pub(crate) fn topk_count(keep: f64, len: usize) -> usize {
 /// The scale from integer block importances to estimated logits that top-p uses:
 /// `S_int ~ Q.K 2^(e_q + e_k)`, so a score's logit is about `S_int 2^-(e_q + e_k) / sqrt(d)`;
 /// sum and abs-sum importances add `b^2` entries, so their block logit is the mean entry's.
-pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> f64 {
+pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> LogitScale {
     let base = (2f64).powi(-(eq + ek)) / (d.max(1) as f64).sqrt();
-    match cfg.importance {
+    let scale = match cfg.importance {
         BlockImportance::Max => base,
         _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
+    };
+    LogitScale::new(scale, matches!(cfg.threshold, RowThreshold::TopP { .. }))
+}
+
+/// A logit scale with `exp(-scale g)` cached for the small gaps `g` between consecutive
+/// distinct importances (what [`topp_count`] multiplies by): the cached values are the same
+/// bits as computing them, so the cache changes speed only.
+#[derive(Clone, Debug)]
+pub struct LogitScale {
+    scale: f64,
+    steps: Vec<f64>,
+}
+
+impl LogitScale {
+    /// `scale`, with the gap cache when `cache` (top-p runs).
+    pub fn new(scale: f64, cache: bool) -> LogitScale {
+        let steps = if cache {
+            (0..256).map(|g| (-scale * g as f64).exp()).collect()
+        } else {
+            Vec::new()
+        };
+        LogitScale { scale, steps }
+    }
+
+    /// `exp(-scale gap)`.
+    fn step(&self, gap: i64) -> f64 {
+        match self.steps.get(gap as usize) {
+            Some(&w) => w,
+            None => (-self.scale * gap as f64).exp(),
+        }
     }
 }
 
@@ -51,17 +81,15 @@ pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> f64
 /// row keeps the fewest top blocks whose mass reaches `mass` of the total (ties by column, as
 /// top-k). Every implementation calls this on the same list, so they choose the same count.
 ///
-/// The weights are computed down the list as `w(v) = w(v_prev) exp(-scale (v_prev - v))`, with
-/// one shared factor for the common step of 1 (integer scores are dense in their range), so a
-/// row costs about one multiply per distinct value; weights below `exp(-40)` of the maximum
-/// count as zero (and end the walk).
-pub fn topp_count(desc: &[(i64, usize)], scale: f64, mass: f64) -> usize {
+/// The weights are computed down the list as `w(v) = w(v_prev) exp(-scale (v_prev - v))`, the
+/// factors for small gaps cached ([`LogitScale`]), so a row costs about one multiply per
+/// distinct value; weights below `exp(-40)` of the maximum count as zero (and end the walk).
+pub fn topp_count(desc: &[(i64, usize)], scale: &LogitScale, mass: f64) -> usize {
     const FLOOR: f64 = 4.248_354_255_291_589e-18; // exp(-40)
     let len: usize = desc.iter().map(|x| x.1).sum();
     if desc.is_empty() {
         return 0;
     }
-    let step1 = (-scale).exp();
     // The weights in list order (the same operations on both passes, so the same bits).
     let weights = || {
         let mut w = 1.0f64;
@@ -70,11 +98,7 @@ pub fn topp_count(desc: &[(i64, usize)], scale: f64, mass: f64) -> usize {
             .map(move |(i, &(v, c))| {
                 if i > 0 {
                     let gap = desc[i - 1].0 - v;
-                    w *= if gap == 1 {
-                        step1
-                    } else {
-                        (-scale * gap as f64).exp()
-                    };
+                    w *= scale.step(gap);
                 }
                 (w, c)
             })
@@ -113,7 +137,7 @@ fn value_counts(values: impl Iterator<Item = i64>) -> Vec<(i64, usize)> {
 /// blocks in column order. Never empty when `row` is not; the result is sorted by column.
 /// Top-p estimates masses with a logit scale of 1 here; see [`select_blocks_scaled`].
 pub fn select_blocks(row: &[(usize, i64)], threshold: RowThreshold) -> Vec<usize> {
-    select_blocks_owned(row.to_vec(), threshold, 1.0)
+    select_blocks_owned(row.to_vec(), threshold, &LogitScale::new(1.0, false))
 }
 
 /// [`select_blocks`] with the logit scale of the importances ([`block_logit_scale`]).
@@ -122,7 +146,11 @@ pub fn select_blocks_scaled(
     threshold: RowThreshold,
     logit_scale: f64,
 ) -> Vec<usize> {
-    select_blocks_owned(row.to_vec(), threshold, logit_scale)
+    select_blocks_owned(
+        row.to_vec(),
+        threshold,
+        &LogitScale::new(logit_scale, false),
+    )
 }
 
 /// The top-k selection of `k` blocks: most important first, ties to the lower column.
@@ -141,7 +169,7 @@ fn top_blocks(mut order: Vec<(usize, i64)>, k: usize) -> Vec<usize> {
 fn select_blocks_owned(
     row: Vec<(usize, i64)>,
     threshold: RowThreshold,
-    logit_scale: f64,
+    logit_scale: &LogitScale,
 ) -> Vec<usize> {
     if row.is_empty() {
         return Vec::new();
@@ -290,7 +318,7 @@ pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockM
 pub(crate) struct HeadDecider {
     kept: BlockMask,
     threshold: RowThreshold,
-    logit_scale: f64,
+    logit_scale: LogitScale,
     head_importance: HeadImportance,
     kept_sum: f64,
     kept_pos: f64,
@@ -302,7 +330,7 @@ pub(crate) struct HeadDecider {
 impl HeadDecider {
     /// A decider for `nb x nb` blocks whose importances have logit scale `logit_scale`
     /// ([`block_logit_scale`], used by top-p).
-    pub(crate) fn new(nb: usize, cfg: &HdpConfig, logit_scale: f64) -> Self {
+    pub(crate) fn new(nb: usize, cfg: &HdpConfig, logit_scale: LogitScale) -> Self {
         HeadDecider {
             kept: BlockMask::new(nb, nb),
             threshold: cfg.threshold,
@@ -332,7 +360,7 @@ impl HeadDecider {
         self.all_sum += sum;
         self.peak += max - sum / row_imp.len() as f64;
         self.rows_with_blocks += 1;
-        for c in select_blocks_owned(row_imp, self.threshold, self.logit_scale) {
+        for c in select_blocks_owned(row_imp, self.threshold, &self.logit_scale) {
             self.kept.set(r, c, true);
             let v = imp[c].unwrap_or(0) as f64;
             self.kept_sum += v;
@@ -386,7 +414,7 @@ impl HeadDecider {
                     RowThreshold::TopP { mass } => {
                         let valid = imp.iter().zip(ok).filter(|x| *x.1).map(|x| *x.0);
                         let desc = value_counts_in(valid, len, min, max, &mut scratch.counts);
-                        topp_count(&desc, self.logit_scale, mass)
+                        topp_count(&desc, &self.logit_scale, mass)
                     }
                     RowThreshold::TopK { keep } => topk_count(keep, len),
                     _ => unreachable!("matched above"),
@@ -550,7 +578,7 @@ pub(crate) fn decide_blocks(
     imp: &[Option<i64>],
     nb: usize,
     cfg: &HdpConfig,
-    logit_scale: f64,
+    logit_scale: LogitScale,
 ) -> (BlockMask, f64) {
     let mut d = HeadDecider::new(nb, cfg, logit_scale);
     for r in 0..nb {
@@ -870,15 +898,15 @@ mod tests {
     fn topp_keeps_the_fewest_blocks_reaching_the_mass() {
         // Masses exp(0)=1, exp(-1)=0.37 (x2), exp(-3)=0.05: total 1.79.
         let desc = [(10i64, 1usize), (9, 2), (7, 1)];
-        assert_eq!(topp_count(&desc, 1.0, 0.5), 1); // 1 / 1.79 = 0.56
-        assert_eq!(topp_count(&desc, 1.0, 0.6), 2);
-        assert_eq!(topp_count(&desc, 1.0, 0.9), 3);
-        assert_eq!(topp_count(&desc, 1.0, 1.0), 4);
+        assert_eq!(topp_count(&desc, &LogitScale::new(1.0, true), 0.5), 1); // 1 / 1.79 = 0.56
+        assert_eq!(topp_count(&desc, &LogitScale::new(1.0, true), 0.6), 2);
+        assert_eq!(topp_count(&desc, &LogitScale::new(1.0, true), 0.9), 3);
+        assert_eq!(topp_count(&desc, &LogitScale::new(1.0, true), 1.0), 4);
         // A tiny scale makes every block equally likely: top-p becomes top-k by fraction.
-        assert_eq!(topp_count(&desc, 1e-12, 0.5), 2);
+        assert_eq!(topp_count(&desc, &LogitScale::new(1e-12, true), 0.5), 2);
         // A huge scale puts all the mass on the maximum.
-        assert_eq!(topp_count(&desc, 1e6, 0.99), 1);
-        assert_eq!(topp_count(&[], 1.0, 0.9), 0);
+        assert_eq!(topp_count(&desc, &LogitScale::new(1e6, true), 0.99), 1);
+        assert_eq!(topp_count(&[], &LogitScale::new(1.0, true), 0.9), 0);
         // The same as selecting from the (column, importance) row.
         let row = [(0usize, 9i64), (1, 10), (2, 7), (3, 9)];
         assert_eq!(

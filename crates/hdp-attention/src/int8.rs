@@ -77,7 +77,7 @@ struct HeadData {
     q_sat: u64,
     k_sat: u64,
     /// Logit scale of the block importances (top-p), set by the caller.
-    logit_scale: f64,
+    logit_scale: hdp::LogitScale,
 }
 
 /// Shapes shared by every head of a sequence.
@@ -250,7 +250,7 @@ fn prepare_head(
         k_sum: vec![0; n_pad],
         q_sat: 0,
         k_sat: 0,
-        logit_scale: 1.0,
+        logit_scale: hdp::LogitScale::new(1.0, false),
     };
     let mut codes = vec![0i32; d];
     for (i, &valid_i) in valid_tok.iter().enumerate().take(n) {
@@ -531,7 +531,7 @@ fn decide_b1_body(
     simd: Isa,
     row: &[i32],
     threshold: RowThreshold,
-    logit_scale: f64,
+    logit_scale: &hdp::LogitScale,
     words: &mut [u64],
 ) -> RowStats {
     // Separate simple passes: each vectorizes on its own.
@@ -657,7 +657,7 @@ fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
-        logit_scale: f64, words: &mut [u64]) -> RowStats
+        logit_scale: &hdp::LogitScale, words: &mut [u64]) -> RowStats
 }
 
 /// `row[j] -= bias[j]` (then `|row[j]|` when `abs`), then [`MASKED`] at invalid keys
@@ -750,7 +750,7 @@ fn integer_pass_block_sums(
             *s += x;
         }
     }
-    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale);
+    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale.clone());
     sc.imp.clear();
     sc.imp.resize(nb, 0);
     sc.ok.clear();
@@ -804,7 +804,7 @@ fn integer_pass(
         return integer_pass_block_sums(hd, dm, valid, valid_tok, causal, cfg, a, sc);
     }
     let nb = n.div_ceil(bs);
-    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale);
+    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale.clone());
     sc.s.resize(TR * n_pad, 0);
     sc.imp.clear();
     sc.imp.resize(nb, 0);
@@ -840,7 +840,7 @@ fn integer_pass(
                 let abs = cfg.importance == BlockImportance::AbsSum;
                 finish_row(isa, row, &sc.bias[..end], abs, valid);
                 let words = &mut sc.words[..end.div_ceil(64)];
-                let stats = decide_b1(isa, isa, row, cfg.threshold, hd.logit_scale, words);
+                let stats = decide_b1(isa, isa, row, cfg.threshold, &hd.logit_scale, words);
                 decider.row_decided(i, &stats, words);
             }
             i0 += TR;
@@ -1697,6 +1697,7 @@ unsafe fn peak_loop_avx2(iters: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::config::{HeadImportance, RowThreshold};
+    use crate::hdp::LogitScale;
     use proptest::prelude::*;
 
     fn isas() -> Vec<Isa> {
@@ -1785,7 +1786,7 @@ mod tests {
             let n = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
             let cfg = HdpConfig { threshold, head_importance, block_size: 1, ..HdpConfig::default() };
             for isa in isas() {
-                let (mut fast, mut reference) = (HeadDecider::new(n, &cfg, scale), HeadDecider::new(n, &cfg, scale));
+                let (mut fast, mut reference) = (HeadDecider::new(n, &cfg, LogitScale::new(scale, true)), HeadDecider::new(n, &cfg, LogitScale::new(scale, false)));
                 for (r, row) in rows.iter().enumerate().take(n) {
                     // Entries with tag 0 are masked.
                     let vals: Vec<i32> = row.iter().map(|&(v, tag)| if tag == 0 { MASKED } else { v * spread }).collect();
@@ -1794,7 +1795,7 @@ mod tests {
                         .collect();
                     reference.row(r, &imp);
                     let mut words = vec![0u64; vals.len().div_ceil(64)];
-                    let stats = decide_b1(isa, isa, &vals, threshold, scale, &mut words);
+                    let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), &mut words);
                     fast.row_decided(r, &stats, &words);
                 }
                 let (fk, fi) = fast.finish();
@@ -1814,7 +1815,7 @@ mod tests {
         ) {
             let nb = rows.iter().map(|r| r.len()).max().unwrap_or(1);
             let cfg = HdpConfig { threshold, head_importance, block_size: 2, ..HdpConfig::default() };
-            let (mut fast, mut reference) = (HeadDecider::new(nb, &cfg, scale), HeadDecider::new(nb, &cfg, scale));
+            let (mut fast, mut reference) = (HeadDecider::new(nb, &cfg, LogitScale::new(scale, true)), HeadDecider::new(nb, &cfg, LogitScale::new(scale, false)));
             let mut scratch = RowScratch::default();
             for (r, row) in rows.iter().enumerate().take(nb) {
                 let mut imp = vec![0i64; nb];
