@@ -121,11 +121,6 @@ impl SentenceEmbedder {
         &self.model.config
     }
 
-    /// The encoder (e.g. to choose its instruction-set tier).
-    pub fn model_mut(&mut self) -> &mut BertModel {
-        &mut self.model
-    }
-
     /// The instruction-set tier of the dense layers.
     pub fn model_tier(&self) -> crate::linear::Tier {
         self.model.tier()
@@ -187,8 +182,8 @@ impl SentenceEmbedder {
 
     /// Embeds tokenized texts with `attn`, at most `batch_size` texts and
     /// [`Self::max_batch_tokens`] tokens at a time (a longer text runs alone). Returns one row
-    /// per input, in input order; a row does not depend on the batching or on the other texts. `progress`
-    /// is called with the texts done so far.
+    /// per input, in input order; a row does not depend on the batching or on the other texts.
+    /// `progress` is called with the texts done so far.
     pub fn embed_encoded(
         &self,
         enc: &[Encoded],
@@ -210,8 +205,8 @@ impl SentenceEmbedder {
                 let i = first + s;
                 if let Some(x) = row.iter().find(|x| !x.is_finite()) {
                     return Err(Error::InvalidInput(format!(
-                        "the model produced a non-finite value ({x}) for text {i}; the weights in {} \
-                         hold NaN or Inf values (re-fetch the model: python3 scripts/fetch_assets.py)",
+                        "the model produced a non-finite value ({x}) for text {i}: the finite weights \
+                         in {} overflow f32 on this input (is the checkpoint meant for this config?)",
                         self.dir.display()
                     )));
                 }

@@ -237,3 +237,29 @@ fn embeddings_do_not_depend_on_batching_or_threads() {
         }
     }
 }
+
+/// Issue #11: a checkpoint with a NaN weight is refused at load time, naming the tensor, on
+/// every attention path (before: the dense path printed `null` embeddings).
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let src = default_model_dir();
+    let dir = std::env::temp_dir().join(format!("hdp-nan-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    // The first f32 of a tensor the model loads, found through the safetensors header.
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    let name = "encoder.layer.0.attention.self.query.weight";
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    weights[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+    let e = SentenceEmbedder::load(&dir)
+        .err()
+        .expect("NaN weights must fail")
+        .to_string();
+    assert!(e.contains("non-finite") && e.contains(name), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
