@@ -187,6 +187,60 @@ pub struct Series {
     pub color: String,
 }
 
+/// Round axis ticks: `count + 1` values `start + k step`, `step` of the form 1, 2 or 5 times a
+/// power of ten, the first at or below the data and the last at or above it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ticks {
+    /// First tick.
+    pub start: f64,
+    /// Distance between ticks.
+    pub step: f64,
+    /// Intervals (ticks minus one).
+    pub count: usize,
+}
+
+impl Ticks {
+    /// The `k`-th tick value.
+    pub fn value(&self, k: usize) -> f64 {
+        self.start + k as f64 * self.step
+    }
+
+    /// The last tick.
+    pub fn end(&self) -> f64 {
+        self.value(self.count)
+    }
+
+    /// The `k`-th tick as text: as many decimals as the step needs, no `-0`.
+    pub fn label(&self, k: usize) -> String {
+        let decimals = (-self.step.log10().floor()).max(0.0) as usize;
+        let v = self.value(k);
+        let text = format!("{v:.decimals$}");
+        if text
+            .trim_start_matches('-')
+            .chars()
+            .all(|c| c == '0' || c == '.')
+        {
+            text.trim_start_matches('-').to_string()
+        } else {
+            text
+        }
+    }
+}
+
+/// Ticks for data in `lo..=hi` (finite, `lo < hi`), about `target` intervals.
+pub fn nice_ticks((lo, hi): (f64, f64), target: usize) -> Ticks {
+    let raw = (hi - lo) / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|&st| st >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * mag);
+    let start = (lo / step + 1e-9).floor() * step;
+    let count = (((hi - start) / step) - 1e-9).ceil().max(1.0) as usize;
+    Ticks { start, step, count }
+}
+
 /// A scatter/line chart with axes, a legend and an optional labeled horizontal reference line.
 pub fn xy_chart_svg(
     title: &str,
@@ -217,11 +271,13 @@ pub fn xy_chart_svg(
         } else if hi - lo < 1e-12 {
             (lo - 0.5, hi + 0.5)
         } else {
-            let pad = 0.05 * (hi - lo);
-            (lo - pad, hi + pad)
+            (lo, hi)
         }
     };
-    let ((x0, x1), (y0, y1)) = (range(&xs), range(&ys));
+    // Axes end on round ticks (1-2-5 steps) that enclose the data.
+    let (xt, yt) = (nice_ticks(range(&xs), 6), nice_ticks(range(&ys), 6));
+    let (x0, x1) = (xt.start, xt.end());
+    let (y0, y1) = (yt.start, yt.end());
     let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom);
     let mut s = format!(
@@ -233,19 +289,27 @@ pub fn xy_chart_svg(
         w - left - right,
         h - top - bottom
     );
-    for k in 0..=4 {
-        let (xv, yv) = (
-            x0 + (x1 - x0) * k as f64 / 4.0,
-            y0 + (y1 - y0) * k as f64 / 4.0,
-        );
+    for k in 0..=xt.count {
+        let xv = xt.value(k);
         s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{xv:.3}</text>\n\
-             <text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{yv:.4}</text>\n\
-             <line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n\
+             <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#eee\"/>\n",
             px(xv),
             h - bottom + 16.0,
+            xt.label(k),
+            px(xv),
+            px(xv),
+            h - bottom
+        );
+    }
+    for k in 0..=yt.count {
+        let yv = yt.value(k);
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>\n\
+             <line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
             left - 6.0,
             py(yv) + 4.0,
+            yt.label(k),
             w - right,
             py(yv),
             py(yv)
@@ -286,10 +350,11 @@ pub fn xy_chart_svg(
                 ser.color
             );
         }
+        // Every measured point gets a marker, on lines too.
         for &(x, y) in ser
             .points
             .iter()
-            .filter(|p| !ser.line && p.0.is_finite() && p.1.is_finite())
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
         {
             s += &format!(
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
@@ -338,6 +403,48 @@ mod chart_tests {
     }
 
     #[test]
+    fn ticks_are_round_and_enclose_the_data() {
+        for &(lo, hi) in &[
+            (0.0, 1.0),
+            (-70.4, 4096.0),
+            (0.3767, 2.4458),
+            (10017.98, 10020.1),
+            (-3.0, -2.5),
+            (1e-6, 3e-6),
+            (0.0, 6.936e7),
+        ] {
+            let t = nice_ticks((lo, hi), 6);
+            assert!(
+                t.start <= lo + 1e-12 * lo.abs() && t.end() >= hi - 1e-12 * hi.abs(),
+                "{lo} {hi} {t:?}"
+            );
+            assert!((2..=12).contains(&t.count), "{lo} {hi} {t:?}");
+            let m = t.step / 10f64.powf(t.step.log10().floor());
+            assert!(
+                [1.0, 2.0, 5.0].iter().any(|x| (x - m).abs() < 1e-9),
+                "step {}",
+                t.step
+            );
+            for k in 0..=t.count {
+                let label = t.label(k);
+                let v: f64 = label.parse().unwrap();
+                assert!(
+                    (v - t.value(k)).abs() <= t.step * 1e-6,
+                    "{label} vs {}",
+                    t.value(k)
+                );
+                assert!(!label.starts_with("-0") || v != 0.0, "{label}");
+                // Round: the label has no more decimals than the step needs.
+                let decimals = label.split('.').nth(1).map_or(0, str::len);
+                assert!(
+                    decimals <= (-t.step.log10().floor()).max(0.0) as usize,
+                    "{label}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn chart_draws_every_point() {
         let s = Series {
             name: "a".into(),
@@ -347,7 +454,8 @@ mod chart_tests {
         };
         let s2 = s.clone();
         let svg = xy_chart_svg("t", "x", "y", &[s], Some((1.5, "dense")));
-        assert_eq!(svg.matches("<circle").count(), 1); // a line series: legend marker only
+        // Measured points are marked on lines too (issue #14): two points + legend marker.
+        assert_eq!(svg.matches("<circle").count(), 3);
         let dots = Series { line: false, ..s2 };
         let svg2 = xy_chart_svg("t", "x", "y", &[dots], None);
         assert_eq!(svg2.matches("<circle").count(), 3); // two points + legend marker
