@@ -202,8 +202,10 @@ impl Linear {
             let c0 = p * NR;
             let cols = NR.min(n - c0);
             let mut r = 0;
+            // AVX2 has 16 vector registers: 6 rows x 16 columns per half-panel pass.
+            let mr_max = if tier == Tier::Avx2 { 6 } else { MR_MAX };
             while r < rows {
-                let mr = MR_MAX.min(rows - r);
+                let mr = mr_max.min(rows - r);
                 let a = &x[(row0 + r) * k..(row0 + r + mr) * k];
                 micro(tier, a, k, panel, mr, &mut tile);
                 for (i, t) in tile.iter().take(mr).enumerate() {
@@ -315,12 +317,11 @@ unsafe fn micro_avx2<const R: usize>(
     panel: &[f32],
     tile: &mut [[f32; NR]; MR_MAX],
 ) {
-    // 16 ymm registers: groups of at most 4 rows x 16 columns (8 accumulators + 2 weight
-    // vectors + 1 broadcast), so nothing spills (8 rows x 32 columns at once would need 32
-    // accumulators; 6-row groups measured slower, as 8 rows split 6 + 2).
+    // 16 ymm registers: groups of at most 6 rows x 16 columns (12 accumulators + 2 weight
+    // vectors + 1 broadcast), so nothing spills; `block` hands AVX2 at most 6 rows.
     let mut r0 = 0;
     while r0 < R {
-        let g = (R - r0).min(4);
+        let g = (R - r0).min(6);
         for half in 0..2 {
             let a = &a[r0 * k..(r0 + g) * k];
             let t = &mut tile[r0..r0 + g];
@@ -328,7 +329,9 @@ unsafe fn micro_avx2<const R: usize>(
                 1 => avx2_group::<1>(a, k, panel, half, t),
                 2 => avx2_group::<2>(a, k, panel, half, t),
                 3 => avx2_group::<3>(a, k, panel, half, t),
-                _ => avx2_group::<4>(a, k, panel, half, t),
+                4 => avx2_group::<4>(a, k, panel, half, t),
+                5 => avx2_group::<5>(a, k, panel, half, t),
+                _ => avx2_group::<6>(a, k, panel, half, t),
             }
         }
         r0 += g;
