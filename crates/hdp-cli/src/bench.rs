@@ -249,12 +249,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             names.join(" / "),
             a.repeats
         );
-        let svg = hdp_plot::xy_chart_svg(
+        let svg = hdp_plot::xy_chart_svg_scaled(
             &title,
             "sequence length N",
             "speedup over our dense kernel",
             &series,
             Some((1.0, "dense")),
+            hdp_plot::XScale::Log2,
         );
         hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write the plot {}: {e}", path.display()))?;

@@ -241,6 +241,16 @@ pub fn nice_ticks((lo, hi): (f64, f64), target: usize) -> Ticks {
     Ticks { start, step, count }
 }
 
+/// How the x axis maps values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XScale {
+    /// Linear, round 1-2-5 ticks.
+    Linear,
+    /// Base-2 logarithmic, ticks at powers of two (sequence lengths, block sizes); points with
+    /// x <= 0 are not drawn.
+    Log2,
+}
+
 /// A scatter/line chart with axes, a legend and an optional labeled horizontal reference line.
 pub fn xy_chart_svg(
     title: &str,
@@ -249,10 +259,27 @@ pub fn xy_chart_svg(
     series: &[Series],
     reference: Option<(f64, &str)>,
 ) -> String {
+    xy_chart_svg_scaled(title, x_label, y_label, series, reference, XScale::Linear)
+}
+
+/// [`xy_chart_svg`] with a choice of x scale.
+pub fn xy_chart_svg_scaled(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    reference: Option<(f64, &str)>,
+    x_scale: XScale,
+) -> String {
+    let tx = |x: f64| match x_scale {
+        XScale::Linear => x,
+        XScale::Log2 if x > 0.0 => x.log2(),
+        XScale::Log2 => f64::NAN,
+    };
     let (w, h, left, right, top, bottom) = (720.0, 460.0, 70.0, 190.0, 40.0, 50.0);
     let mut xs: Vec<f64> = series
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .flat_map(|s| s.points.iter().map(|p| tx(p.0)))
         .collect();
     let mut ys: Vec<f64> = series
         .iter()
@@ -275,10 +302,28 @@ pub fn xy_chart_svg(
         }
     };
     // Axes end on round ticks (1-2-5 steps) that enclose the data.
-    let (xt, yt) = (nice_ticks(range(&xs), 6), nice_ticks(range(&ys), 6));
+    let yt = nice_ticks(range(&ys), 6);
+    let xt = match x_scale {
+        XScale::Linear => nice_ticks(range(&xs), 6),
+        XScale::Log2 => {
+            let (lo, hi) = range(&xs);
+            let start = lo.floor();
+            Ticks {
+                start,
+                step: 1.0,
+                count: ((hi.ceil() - start) as usize).max(1),
+            }
+        }
+    };
+    let x_label_at = |k: usize| match x_scale {
+        XScale::Linear => xt.label(k),
+        XScale::Log2 => format!("{}", 2f64.powf(xt.value(k))),
+    };
     let (x0, x1) = (xt.start, xt.end());
     let (y0, y1) = (yt.start, yt.end());
-    let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
+    let px = |x: f64| left + (tx(x) - x0) / (x1 - x0) * (w - left - right);
+    // Tick positions are already on the transformed axis.
+    let pt = |v: f64| left + (v - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
@@ -294,11 +339,11 @@ pub fn xy_chart_svg(
         s += &format!(
             "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n\
              <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#eee\"/>\n",
-            px(xv),
+            pt(xv),
             h - bottom + 16.0,
-            xt.label(k),
-            px(xv),
-            px(xv),
+            x_label_at(k),
+            pt(xv),
+            pt(xv),
             h - bottom
         );
     }
@@ -342,6 +387,7 @@ pub fn xy_chart_svg(
             let pts: Vec<String> = ser
                 .points
                 .iter()
+                .filter(|p| tx(p.0).is_finite() && p.1.is_finite())
                 .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
                 .collect();
             s += &format!(
@@ -354,7 +400,7 @@ pub fn xy_chart_svg(
         for &(x, y) in ser
             .points
             .iter()
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .filter(|p| tx(p.0).is_finite() && p.1.is_finite())
         {
             s += &format!(
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
@@ -442,6 +488,21 @@ mod chart_tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn log2_axis_ticks_are_powers_of_two() {
+        let s = Series {
+            name: "a".into(),
+            points: vec![(128.0, 0.5), (512.0, 0.8), (4096.0, 1.2)],
+            line: true,
+            color: "#000".into(),
+        };
+        let svg = xy_chart_svg_scaled("t", "N", "y", &[s], None, XScale::Log2);
+        for n in ["128", "256", "512", "1024", "2048", "4096"] {
+            assert!(svg.contains(&format!(">{n}</text>")), "tick {n} missing");
+        }
+        assert_eq!(svg.matches("<circle").count(), 4);
     }
 
     #[test]
