@@ -17,7 +17,20 @@ fn isas() -> Vec<Isa> {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let names: Vec<&str> = v.iter().map(|t| t.name()).collect();
-        eprintln!("kernel tiers tested: {}", names.join(", "));
+        let missing: Vec<&str> = Isa::ALL
+            .iter()
+            .filter(|t| !t.available())
+            .map(|t| t.name())
+            .collect();
+        eprintln!(
+            "kernel tiers tested: {}; not on this CPU (untested here): {}",
+            names.join(", "),
+            if missing.is_empty() {
+                "none".to_string()
+            } else {
+                missing.join(", ")
+            }
+        );
     });
     v
 }

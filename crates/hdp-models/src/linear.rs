@@ -507,7 +507,20 @@ mod tests {
                 }
             }
         }
-        eprintln!("linear tiers tested: {}", ran.join(", "));
+        let missing: Vec<&str> = Tier::ALL
+            .iter()
+            .filter(|t| !t.available())
+            .map(|t| t.name())
+            .collect();
+        eprintln!(
+            "linear tiers tested: {}; not on this CPU (untested here): {}",
+            ran.join(", "),
+            if missing.is_empty() {
+                "none".to_string()
+            } else {
+                missing.join(", ")
+            }
+        );
     }
 
     /// A row's output does not depend on the other rows of the batch nor on the thread count.
