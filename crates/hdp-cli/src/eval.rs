@@ -361,7 +361,13 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &a.plot {
-        let mut series = Vec::new();
+        // The front first, so the configurations' own markers are drawn over it.
+        let mut series = vec![hdp_plot::Series {
+            name: "Pareto front".into(),
+            points: front.iter().map(|&i| xy[i]).collect(),
+            line: true,
+            color: "#999".into(),
+        }];
         let palette = [
             "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
         ];
@@ -382,12 +388,6 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
                 color: palette[k % palette.len()].into(),
             });
         }
-        series.push(hdp_plot::Series {
-            name: "Pareto front".into(),
-            points: front.iter().map(|&i| xy[i]).collect(),
-            line: true,
-            color: "#333".into(),
-        });
         let svg = hdp_plot::xy_chart_svg(
             &format!(
                 "{}: {} vs sparsity ({} texts)",
