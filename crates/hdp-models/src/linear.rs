@@ -52,9 +52,11 @@ impl Tier {
     /// The best tier this CPU runs, capped by `HDP_ISA` when it names a tier (`portable`,
     /// `avx2`, `avx512-vnni`: the dense layers then use at most that width).
     pub fn detect() -> Tier {
-        let cap = match std::env::var(hdp_attention::fast::ISA_ENV).as_deref() {
-            Ok("portable") => Tier::Portable,
-            Ok("avx2") => Tier::Avx2,
+        use hdp_attention::fast::Isa;
+        // One parser of HDP_ISA: the kernels' (a bad value is refused at start-up there).
+        let cap = match Isa::from_env() {
+            Ok(Some(Isa::Portable)) => Tier::Portable,
+            Ok(Some(Isa::Avx2)) => Tier::Avx2,
             _ => Tier::Avx512,
         };
         *Tier::ALL
