@@ -20,16 +20,21 @@ use crate::problem::AttentionProblem;
 use hdp_core::{BlockMask, Result, ScoreMode, Tensor};
 use rayon::prelude::*;
 
-/// Instruction set a kernel runs with. Each tier includes the ones before it (a CPU with
-/// AVX-512 VNNI has AVX2 and FMA too), and primitives without a tier of their own run the best
-/// lower tier's code.
+/// Instruction set a kernel runs with, in order of preference. Every tier above portable
+/// includes AVX2 + FMA; the two VNNI tiers are independent of each other (Zen 4 has AVX-512
+/// VNNI without AVX-VNNI, Alder Lake the reverse, Sapphire Rapids both), so a tier's
+/// availability is checked on its own ([`Isa::available`]). The int8 primitives of each tier
+/// live in `kernels/` (one file per tier, one table); a tier that has nothing better for a
+/// primitive names a lower tier's code there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust, whatever the compiler targets by default (SSE2 on x86-64).
     Portable,
     /// AVX2 + FMA (x86-64), chosen at run time.
     Avx2,
-    /// AVX-512 F/BW/VL with VNNI (`vpdpbusd`), plus AVX2 + FMA.
+    /// AVX-VNNI (VEX `vpdpbusd ymm`) plus AVX2 + FMA.
+    AvxVnni,
+    /// AVX-512 F/BW/VL with VNNI (`vpdpbusd zmm`), plus AVX2 + FMA.
     Avx512Vnni,
 }
 
@@ -38,7 +43,7 @@ pub const ISA_ENV: &str = "HDP_ISA";
 
 impl Isa {
     /// Every tier, lowest first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
 
     /// Whether this CPU can run the tier.
     pub fn available(self) -> bool {
@@ -48,6 +53,7 @@ impl Isa {
             match self {
                 Isa::Portable => true,
                 Isa::Avx2 => avx2,
+                Isa::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
                 Isa::Avx512Vnni => {
                     avx2 && is_x86_feature_detected!("avx512f")
                         && is_x86_feature_detected!("avx512bw")
@@ -87,7 +93,8 @@ impl Isa {
         }
     }
 
-    /// The tier named `name` (`portable`, `avx2`, `avx512-vnni`), if this CPU runs it.
+    /// The tier named `name` (`portable`, `avx2`, `avx-vnni`, `avx512-vnni` or `avx512`), if
+    /// this CPU runs it.
     pub fn by_name(name: &str) -> Result<Isa> {
         let isa = Isa::ALL
             .into_iter()
@@ -95,7 +102,7 @@ impl Isa {
             .ok_or_else(|| hdp_core::Error::InvalidOption {
                 name: "instruction-set tier (HDP_ISA, --isa)",
                 value: name.into(),
-                expected: "portable, avx2 or avx512-vnni".into(),
+                expected: "portable, avx2, avx-vnni or avx512-vnni (avx512)".into(),
             })?;
         if !isa.available() {
             return Err(hdp_core::Error::InvalidOption {
@@ -124,8 +131,19 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
             Isa::Avx512Vnni => "avx512-vnni",
         }
+    }
+}
+
+/// Refuses a tier this CPU lacks (an `Isa` value can be built by hand; the kernels must never
+/// run instructions the CPU does not have).
+pub(crate) fn check_isa(isa: Isa) -> Result<()> {
+    if isa.available() {
+        Ok(())
+    } else {
+        Isa::by_name(isa.name()).map(|_| ())
     }
 }
 
@@ -580,6 +598,7 @@ fn dense_head_gemm(
 /// Q.K^T and P.V run on the `gemm` crate's kernels; [`Isa::Portable`] runs our own tiled
 /// portable code.
 pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
+    check_isa(isa)?;
     let dims = p.dims();
     let (heads, n, d) = (dims.heads, dims.seq_len, dims.head_dim);
     let mut out = Tensor::zeros(p.q().shape().to_vec());
@@ -766,7 +785,8 @@ pub fn hdp_attention(
 ) -> Result<HdpOutput> {
     let dims = p.dims();
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
-    if crate::int8::supported(cfg, d) {
+    check_isa(isa)?;
+    if crate::int8::supported(cfg, d, isa) {
         return crate::int8::hdp_attention(p, cfg, layer, isa);
     }
     if !f32_exact(cfg, d) {

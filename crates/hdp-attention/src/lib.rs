@@ -11,6 +11,7 @@ pub mod dense;
 pub mod fast;
 pub mod hdp;
 pub mod int8;
+mod kernels;
 pub mod problem;
 mod simd;
 pub mod synthetic;

@@ -108,8 +108,10 @@ fn wide_formats_fall_back_to_the_reference() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// The int8 kernel (approximated scores, formats of at most 8 bits) on longer, ragged
-    /// sequences and every kind of block size: identical traces, outputs within tolerance.
+    /// The int8 kernel (approximated or exact scores, formats of at most 8 bits) on longer,
+    /// ragged sequences and every kind of block size: identical traces, outputs within
+    /// tolerance. Exact scores run in the int8 kernel on tiers with `vpdpbusd` (and the
+    /// portable one), in the f32 kernel on AVX2.
     #[test]
     fn int8_kernel_matches_the_reference(
         (heads, n, d) in (1usize..=3, 1usize..=150, prop_oneof![Just(4usize), Just(12), Just(32), Just(48), Just(64)]),
@@ -119,17 +121,19 @@ proptest! {
         importance in prop_oneof![Just(BlockImportance::Sum), Just(BlockImportance::Max), Just(BlockImportance::AbsSum)],
         head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
         (bits, f) in (4u32..=8).prop_flat_map(|bits| (Just(bits), (bits.saturating_sub(7)).max(1)..bits)),
+        score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact)],
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch: 2, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
         let cfg = HdpConfig {
             q_format: QFormat::new(bits, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
-            score_mode: ScoreMode::Approx,
+            score_mode,
             ..HdpConfig::default()
         };
-        prop_assert!(hdp_attention::int8::supported(&cfg, d));
         let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
         for isa in isas() {
+            let int8 = hdp_attention::int8::supported(&cfg, d, isa);
+            prop_assert!(int8 || (score_mode == ScoreMode::Exact && isa == Isa::Avx2), "{:?}", isa);
             let got = fast::hdp_attention(&p, &cfg.validated().unwrap(), 0, isa).unwrap();
             prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
             let e = got.output.max_abs_diff(&reference.output);
@@ -144,7 +148,10 @@ proptest! {
 /// tolerance.
 #[test]
 fn sparse_kept_path_matches_the_reference_on_every_tier() {
-    for d in [16usize, 32, 48, 64, 80] {
+    for (d, score_mode) in [16usize, 32, 48, 64, 80]
+        .into_iter()
+        .flat_map(|d| [(d, ScoreMode::Approx), (d, ScoreMode::Exact)])
+    {
         let p = generate(&SyntheticSpec {
             batch: 1,
             heads: 2,
@@ -157,6 +164,7 @@ fn sparse_kept_path_matches_the_reference_on_every_tier() {
         .unwrap();
         let cfg = HdpConfig {
             threshold: RowThreshold::TopK { keep: 0.1 },
+            score_mode,
             ..HdpConfig::default()
         }
         .validated()
@@ -164,9 +172,12 @@ fn sparse_kept_path_matches_the_reference_on_every_tier() {
         let reference = hdp::attention(&p, &cfg, 0).unwrap();
         for isa in isas() {
             let got = fast::hdp_attention(&p, &cfg, 0, isa).unwrap();
-            assert_eq!(got.trace, reference.trace, "{isa:?} d {d}");
+            assert_eq!(got.trace, reference.trace, "{isa:?} d {d} {score_mode:?}");
             let e = got.output.max_abs_diff(&reference.output);
-            assert!(e <= FAST_VS_REFERENCE_ABS, "{isa:?} d {d}: err {e}");
+            assert!(
+                e <= FAST_VS_REFERENCE_ABS,
+                "{isa:?} d {d} {score_mode:?}: err {e}"
+            );
         }
     }
 }

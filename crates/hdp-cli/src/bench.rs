@@ -41,7 +41,7 @@ pub struct BenchAttentionArgs {
     #[arg(long)]
     pub qkv: Option<PathBuf>,
     /// Instruction-set tiers to time, side by side in one run (`portable`, `avx2`,
-    /// `avx512-vnni`; `all` = every tier this CPU has). Default: the best tier (or `HDP_ISA`).
+    /// `avx-vnni`, `avx512-vnni`; `all` = every tier this CPU has). Default: the best tier (or `HDP_ISA`).
     #[arg(long, value_delimiter = ',')]
     pub isa: Option<Vec<String>>,
     /// Run the HDP kernel at each of these block sizes (overrides -b), e.g. `1,16`.
@@ -115,26 +115,22 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             .collect::<Result<_>>()?,
     };
     // The int8 peak of one core per tier, measured with the integer tile's own instruction mix.
-    let peaks: Vec<Option<f64>> = isas
+    let measured: Vec<Option<(f64, &str)>> = isas
         .iter()
         .map(|&isa| hdp_attention::int8::int8_peak_gmacs(isa, 300.0))
         .collect();
+    let peaks: Vec<Option<f64>> = measured.iter().map(|m| m.map(|x| x.0)).collect();
     if !a.json {
         outln!(
             "fast kernels, {threads} thread(s), median of {} runs; HDP {}",
             a.repeats,
             serde_json::to_string(&base)?
         );
-        for (isa, peak) in isas.iter().zip(&peaks) {
+        for (isa, peak) in isas.iter().zip(&measured) {
             match peak {
-                Some(p) => outln!(
-                    "int8 peak of one core, {} ({}, registers only): {p:.1} GMAC/s",
-                    isa.name(),
-                    if *isa == Isa::Avx512Vnni {
-                        "vpdpbusd zmm"
-                    } else {
-                        "vpmaddubsw + i16 adds"
-                    }
+                Some((p, what)) => outln!(
+                    "int8 peak of one core, {} ({what}): {p:.1} GMAC/s",
+                    isa.name()
                 ),
                 None => outln!(
                     "int8 peak, {}: not measured (no fixed instruction mix)",

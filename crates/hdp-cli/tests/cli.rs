@@ -474,7 +474,7 @@ fn bench_attention_reports_every_documented_field() {
     eprintln!("bench tiers: {tiers:?}");
     assert_clean_failure(
         &hdp(&["bench", "attention", "--seq-lens", "16", "--isa", "sse9"]),
-        "portable, avx2 or avx512-vnni",
+        "portable, avx2, avx-vnni or avx512-vnni (avx512)",
     );
     assert_clean_failure(
         &hdp(&[

@@ -50,13 +50,14 @@ impl Tier {
     }
 
     /// The best tier this CPU runs, capped by `HDP_ISA` when it names a tier (`portable`,
-    /// `avx2`, `avx512-vnni`: the dense layers then use at most that width).
+    /// `avx2`, `avx-vnni`, `avx512-vnni`: the dense layers then use at most that width).
     pub fn detect() -> Tier {
         use hdp_attention::fast::Isa;
         // One parser of HDP_ISA: the kernels' (a bad value is refused at start-up there).
         let cap = match Isa::from_env() {
             Ok(Some(Isa::Portable)) => Tier::Portable,
-            Ok(Some(Isa::Avx2)) => Tier::Avx2,
+            // AVX-VNNI adds int8 products to AVX2, nothing for f32 GEMMs.
+            Ok(Some(Isa::Avx2 | Isa::AvxVnni)) => Tier::Avx2,
             _ => Tier::Avx512,
         };
         *Tier::ALL

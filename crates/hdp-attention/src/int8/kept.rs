@@ -1,0 +1,303 @@
+//! The kept side (steps 6-7): scores of the kept entries, masked softmax, P.V.
+
+use super::*;
+
+/// Query rows per chunk of the kept-entry stage (their probabilities stay in L2 for P.V).
+pub(super) const CH: usize = 64;
+
+/// Scratch of the kept-entry stage.
+#[derive(Default)]
+pub(super) struct AttendScratch {
+    /// Kept columns per row of the chunk, as `wn` words each.
+    pub(super) rw: Vec<u64>,
+    /// Union of the chunk's kept columns.
+    pub(super) union: Vec<u64>,
+    /// The union as key blocks of 8.
+    pub(super) blocks: Vec<u32>,
+    /// Per row, its kept columns in the numbering of `blocks`.
+    pub(super) crw: Vec<u64>,
+    /// V rows of the union's keys.
+    pub(super) vg: Vec<f32>,
+    /// `sum_k K` of the union's keys.
+    pub(super) ksg: Vec<i32>,
+    /// One tile of `Z`.
+    pub(super) z: Vec<i32>,
+    /// Probabilities of the chunk, `CH x m`.
+    pub(super) p: Vec<f32>,
+    /// Kept keys and their scores/probabilities of one row (sparse chunks).
+    pub(super) idx: Vec<u32>,
+    pub(super) sc: Vec<f32>,
+    /// `Z` of one row's kept entries (sparse chunks).
+    pub(super) zs: Vec<i32>,
+}
+
+/// Turns `Z` into the f32 score the reference uses.
+#[derive(Clone, Copy)]
+pub(super) struct Coef {
+    pub(super) a: i32,
+    pub(super) two_f: f32,
+    pub(super) scale: f32,
+}
+
+impl Coef {
+    /// Exact integer, exact in f32 (|x| < 2^24, checked by `supported`), then one rounding by
+    /// `scale`, as the f32 reference path does; [`row_probs_body`] computes the same.
+    #[inline(always)]
+    fn score(self, z: i32, k_sum: i32) -> f32 {
+        ((z - self.a * k_sum) as f32 * self.two_f) * self.scale
+    }
+}
+
+/// Chunks whose kept entries are below this fraction of their entries are scored entry by
+/// entry and multiplied by V row by row (cost proportional to the kept entries); denser
+/// chunks go through the integer tile and one GEMM (cost proportional to the chunk).
+/// Measured crossover (`hdp bench attention --keep K` with each path forced): about 0.25 on
+/// AVX2 (Zen 3), about 0.2 on AVX-512 VNNI (Zen 4: at keep 0.2 both paths within noise, at 0.1
+/// the sparse path 1.5x faster, at 0.3 the dense path 1.4x faster); see `ARCHITECTURE.md`.
+pub(super) const SPARSE_BELOW: f64 = 0.25;
+
+/// Sets bits `lo..hi` of a word set.
+pub(super) fn set_range(words: &mut [u64], lo: usize, hi: usize) {
+    let mut c = lo;
+    while c < hi {
+        let (w, b) = (c / 64, c % 64);
+        let take = (64 - b).min(hi - c);
+        let mask = if take == 64 {
+            !0
+        } else {
+            ((1u64 << take) - 1) << b
+        };
+        words[w] |= mask;
+        c += take;
+    }
+}
+
+/// Scores of one row from its `Z` values: `2^f (Z - A sum K) * scale` (exact integer, exact
+/// in f32, one rounding by `scale`: the same f32 as the reference's score path), then softmax
+/// over the kept entries (`words`, compact numbering); other entries get probability 0.
+#[inline(always)]
+pub(super) fn row_probs_body(
+    simd: Isa,
+    z: &[i32],
+    ksg: &[i32],
+    k: Coef,
+    words: &[u64],
+    p: &mut [f32],
+) {
+    for ((p, &z), &ks) in p.iter_mut().zip(z).zip(ksg) {
+        *p = k.score(z, ks);
+    }
+    if words.iter().all(|&w| w == 0) {
+        p.fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd.avx2() {
+        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
+        unsafe { crate::simd::softmax_words(p, words) };
+        return;
+    }
+    let _ = simd;
+    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
+    let max = (0..p.len())
+        .filter(|&t| kept(t))
+        .map(|t| p[t])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for (t, x) in p.iter_mut().enumerate() {
+        *x = if kept(t) { fast_exp(*x - max) } else { 0.0 };
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in p.iter_mut() {
+        *x *= inv;
+    }
+}
+
+multiversion! {
+    /// [`row_probs_body`] for `isa`.
+    fn row_probs => row_probs_body(simd: Isa, z: &[i32], ksg: &[i32], k: Coef, words: &[u64],
+        p: &mut [f32])
+}
+
+/// Steps 6-7 for one surviving head, a chunk of query rows at a time. Each row's kept
+/// columns (its block-row's kept blocks, valid keys, causal prefix) are word sets. `Z` is
+/// computed by the integer tile for the chunk's rows against a set of key blocks of 8: every
+/// key when blocks are smaller than 8 (with one-entry blocks nearly every key is kept by some
+/// row of a chunk, and dense work on the fractional side is cheaper on a CPU than gathering
+/// scattered entries), else the union of the chunk's kept blocks (chunks are then whole
+/// block-rows). A masked softmax gives the kept entries' probabilities, one GEMM `P . V`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend(
+    isa: Isa,
+    hd: &HeadData,
+    dm: Dims,
+    all_blocks: &[u32],
+    kept: &BlockMask,
+    valid_words: &[u64],
+    causal: bool,
+    bs: usize,
+    v: &[f32],
+    k: Coef,
+    out: &mut [f32],
+    sc: &mut AttendScratch,
+) {
+    let (n, d, w) = (dm.n, dm.d, dm.w);
+    let kn = crate::kernels::for_isa(isa);
+    let wn = n.div_ceil(64);
+    let gather = bs.is_multiple_of(8);
+    let rows = if bs >= 8 { bs.div_ceil(TR) * TR } else { CH };
+    let mut c0 = 0;
+    while c0 < n {
+        let ch = rows.min(n - c0);
+        // Kept columns of each row.
+        sc.rw.clear();
+        sc.rw.resize(ch * wn, 0);
+        for r in 0..ch {
+            let i = c0 + r;
+            if valid_words[i / 64] >> (i % 64) & 1 == 0 {
+                continue;
+            }
+            let rw = &mut sc.rw[r * wn..(r + 1) * wn];
+            let blocks = kept.row_words(i / bs);
+            if bs == 1 {
+                rw.copy_from_slice(blocks);
+            } else {
+                for (bw, &word) in blocks.iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        let c = bw * 64 + word.trailing_zeros() as usize;
+                        word &= word - 1;
+                        set_range(rw, c * bs, ((c + 1) * bs).min(n));
+                    }
+                }
+            }
+            for (x, &m) in rw.iter_mut().zip(valid_words) {
+                *x &= m;
+            }
+            if causal {
+                let end = i + 1;
+                if end % 64 != 0 {
+                    rw[end / 64] &= (1u64 << (end % 64)) - 1;
+                }
+                for x in rw.iter_mut().skip(end.div_ceil(64)) {
+                    *x = 0;
+                }
+            }
+        }
+        let o = &mut out[c0 * d..(c0 + ch) * d];
+        if sc.rw.iter().all(|&x| x == 0) {
+            o.fill(0.0);
+            c0 += ch;
+            continue;
+        }
+        let kept_entries: u64 = sc.rw.iter().map(|x| x.count_ones() as u64).sum();
+        if (kept_entries as f64) < SPARSE_BELOW * (ch * n) as f64 {
+            for r in 0..ch {
+                let i = c0 + r;
+                let orow = &mut o[r * d..(r + 1) * d];
+                sc.idx.clear();
+                for (bw, &word) in sc.rw[r * wn..(r + 1) * wn].iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        sc.idx
+                            .push((bw * 64 + word.trailing_zeros() as usize) as u32);
+                        word &= word - 1;
+                    }
+                }
+                if sc.idx.is_empty() {
+                    orow.fill(0.0);
+                    continue;
+                }
+                sc.zs.resize(sc.idx.len(), 0);
+                kn.dots(&hd.qz[i * w..][..w], &hd.kz, w, &sc.idx, &mut sc.zs);
+                sc.sc.clear();
+                sc.sc.extend(
+                    sc.idx
+                        .iter()
+                        .zip(&sc.zs)
+                        .map(|(&j, &z)| k.score(z, hd.k_sum[j as usize])),
+                );
+                crate::fast::softmax_row(isa, &mut sc.sc);
+                kn.pv(&sc.idx, &sc.sc, v, d, orow);
+            }
+            c0 += ch;
+            continue;
+        }
+        // The key blocks to score, each row's kept columns in their numbering, and V.
+        let (blocks, cwn, vsrc, kdim, ksg): (&[u32], usize, &[f32], usize, &[i32]) = if gather {
+            sc.union.clear();
+            sc.union.resize(wn, 0);
+            for r in 0..ch {
+                for (u, &x) in sc.union.iter_mut().zip(&sc.rw[r * wn..(r + 1) * wn]) {
+                    *u |= x;
+                }
+            }
+            let byte = |ws: &[u64], kb: usize| (ws[kb / 8] >> (8 * (kb % 8))) & 0xff;
+            sc.blocks.clear();
+            sc.blocks.extend(
+                (0..n.div_ceil(8))
+                    .filter(|&kb| byte(&sc.union, kb) != 0)
+                    .map(|kb| kb as u32),
+            );
+            if sc.blocks.len() % 2 == 1 {
+                sc.blocks.push(zero_block(n));
+            }
+            let m = sc.blocks.len() * 8;
+            let cwn = m.div_ceil(64);
+            sc.crw.clear();
+            sc.crw.resize(ch * cwn, 0);
+            for r in 0..ch {
+                let rw = &sc.rw[r * wn..(r + 1) * wn];
+                let crw = &mut sc.crw[r * cwn..(r + 1) * cwn];
+                for (t, &kb) in sc.blocks.iter().enumerate() {
+                    if (kb as usize) < n.div_ceil(8) {
+                        crw[t / 8] |= byte(rw, kb as usize) << (8 * (t % 8));
+                    }
+                }
+            }
+            sc.ksg.clear();
+            sc.vg.clear();
+            for &kb in &sc.blocks {
+                let (lo, hi) = ((kb as usize * 8).min(n), (kb as usize * 8 + 8).min(n));
+                sc.ksg.extend_from_slice(&hd.k_sum[lo..hi]);
+                sc.ksg.resize(sc.ksg.len() + 8 - (hi - lo), 0);
+                sc.vg.extend_from_slice(&v[lo * d..hi * d]);
+                sc.vg.resize(sc.vg.len() + (8 - (hi - lo)) * d, 0.0);
+            }
+            (&sc.blocks, cwn, &sc.vg, m, &sc.ksg)
+        } else {
+            (all_blocks, wn, v, n, &hd.k_sum)
+        };
+        let m = blocks.len() * 8;
+        let crw: &[u64] = if gather { &sc.crw } else { &sc.rw };
+        // Z and probabilities, TR rows at a time.
+        sc.z.resize(TR * m, 0);
+        sc.p.clear();
+        sc.p.resize(ch * m, 0.0);
+        let mut r0 = 0;
+        while r0 < ch {
+            let q = &hd.qz[(c0 + r0) * w..];
+            kn.tile_rows(q, w, w, &hd.kz_pack, blocks, dm.run_z, &mut sc.z, m);
+            for r in r0..(r0 + TR).min(ch) {
+                let z = &sc.z[(r - r0) * m..][..m];
+                let words = &crw[r * cwn..(r + 1) * cwn];
+                row_probs(isa, isa, z, ksg, k, words, &mut sc.p[r * m..(r + 1) * m]);
+            }
+            r0 += TR;
+        }
+        // O = P . V over the scored keys (the first `kdim` columns of P).
+        let pv = View {
+            data: &sc.p,
+            rs: m,
+            cs: 1,
+        };
+        let vv = View {
+            data: vsrc,
+            rs: d,
+            cs: 1,
+        };
+        matmul(ch, d, kdim, o, d, pv, vv, 1.0);
+        c0 += ch;
+    }
+}

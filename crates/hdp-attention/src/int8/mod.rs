@@ -1,0 +1,177 @@
+//! The int8 HDP kernel: the fast path of [`crate::fast::hdp_attention`] for formats of at most
+//! 8 bits in approximate-score mode (the default operating point). `ARCHITECTURE.md` has the
+//! measurements behind each choice.
+//!
+//! Data layout per head (built while quantizing, O(N d)):
+//! - `qu`: `Q_int + A` as u8, where `A = 2^(bits-1-f)` makes the integer part non-negative
+//!   (`u8 x i8` products are what AVX2 `vpmaddubsw` and VNNI `vpdpbusd` multiply);
+//! - `K_int` as i8, packed for the integer tile (8 keys x 4 dimensions per 32 bytes);
+//! - per key `sum_k K_int`, so `S_int = qu . K_int - A sum K_int` is exact;
+//! - `[Q_int + A, Q_frac]` per query and `[K, K_int]` per key (row-major and packed), so that
+//!   `Z = [Q_int + A, Q_frac] . [K, K_int]` gives `Q_int . K + Q_frac . K_int = Z - A sum_k K`:
+//!   the approximated score of hdp.md step 6 in units of `2^-f`.
+//!
+//! Integer pass (steps 2-5): 4 query rows x 16 keys register tiles (`tile_rows`); one-entry
+//! blocks are decided row by row by vectorized passes (`decide_b1_body`); larger blocks with
+//! `sum` importance take their importances from block sums of `Q_int` and `K_int`
+//! (`integer_pass_block_sums`), other importances reduce the tile rows per block.
+//!
+//! Kept entries (steps 6-7), by chunks of rows: dense enough chunks compute `Z` with the same
+//! tile over the key blocks they keep, a masked softmax and one GEMM for P.V; sparse chunks
+//! score entry by entry and accumulate V rows (`attend`).
+//!
+//! Exactness: `vpmaddubsw` adds two u8 x i8 products into i16, at most `2 * 127 * 128 < 2^15`
+//! when `A <= 64` ([`supported`] checks it); such pair sums are added in i16 only for as many
+//! groups as cannot overflow (`i16_run`), then widened to i32. So the integer results, and
+//! with them every decision, equal the reference's exactly.
+
+use crate::config::{BlockImportance, HdpConfig, RowThreshold};
+use crate::fast::{fast_exp, matmul, Isa, View};
+use crate::hdp::{self, prune_heads, HdpOutput, HeadDecider, RowScratch, RowStats};
+use crate::problem::AttentionProblem;
+use hdp_core::{BlockMask, QFormat, Result, ScoreMode, Tensor};
+use rayon::prelude::*;
+
+mod kept;
+mod layout;
+mod pass;
+mod probe;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use crate::kernels::{TC, TR};
+use kept::*;
+use layout::*;
+use pass::*;
+pub use probe::{int8_peak_gmacs, integer_pass_rate, IntegerPassRate};
+
+/// Whether the int8 kernel computes `cfg` at head dimension `d` exactly on tier `isa`: codes
+/// fit i8; on tiers whose int8 products go through `vpmaddubsw` (`Kernels::exact_u8` false)
+/// the offset integer part keeps its pairwise sums below 2^15 and scores are approximate (the
+/// exact score's `Q + 128` operand would overflow them: such tiers use the f32 kernel); and
+/// every score in units of `2^-2f` stays below 2^24 (exact in f32): approximate
+/// `2^f |Z - A sum K| <= 2^f d (2A 2^(bits-1) + 2^f A)`, exact `|Q . K| <= d 2^(2 (bits-1))`.
+pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
+    let f = cfg.q_format;
+    if f.bits > 8 || f.frac_bits >= f.bits || !isa.available() {
+        return false;
+    }
+    let exact_u8 = crate::kernels::for_isa(isa).exact_u8;
+    let a = offset(f) as f64;
+    let one = f.one() as f64;
+    let code = (1u64 << (f.bits - 1)) as f64;
+    let (score, mode_ok) = match cfg.score_mode {
+        ScoreMode::Approx => (one * d as f64 * (2.0 * a * 128.0 + one * a), true),
+        ScoreMode::Exact => (d as f64 * code * code, exact_u8),
+        ScoreMode::Float => (0.0, false),
+    };
+    mode_ok && (a <= 64.0 || exact_u8) && score < (1u64 << 24) as f64
+}
+
+/// `A = 2^(bits-1-f)`: `Q_int + A` is in `0..2A`.
+fn offset(f: QFormat) -> i32 {
+    1 << (f.bits - 1 - f.frac_bits)
+}
+
+/// The int8 HDP kernel (see the module docs); the caller checked [`supported`].
+pub(crate) fn hdp_attention(
+    p: &AttentionProblem,
+    cfg: &HdpConfig,
+    layer: usize,
+    isa: Isa,
+) -> Result<HdpOutput> {
+    let dims = p.dims();
+    debug_assert!(supported(cfg, dims.head_dim, isa));
+    let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
+    let fmt = cfg.q_format;
+    let a = offset(fmt);
+    let dm = Dims::new(n, d, fmt, cfg.score_mode == ScoreMode::Exact);
+    // Every key block in order (the integer pass and one-entry-block chunks use all keys).
+    let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
+    let mut out = Tensor::zeros(p.q().shape().to_vec());
+    let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
+    for b in 0..dims.batch {
+        let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
+        let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
+        let mut valid_words = vec![0u64; n.div_ceil(64)];
+        for (i, _) in valid_tok.iter().enumerate().filter(|x| *x.1) {
+            valid_words[i / 64] |= 1 << (i % 64);
+        }
+        let exps = hdp::prescale_exponents(p, cfg, b, heads, n, d);
+        // Steps 1-5 per head, in parallel.
+        let decided: Vec<(HeadData, BlockMask, f64)> = (0..heads)
+            .into_par_iter()
+            .map_init(PassScratch::default, |sc, h| {
+                let mut hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
+                hd.logit_scale = hdp::block_logit_scale(cfg, exps, d);
+                let (kept, imp) = integer_pass(
+                    isa,
+                    &hd,
+                    dm,
+                    &all,
+                    &valid,
+                    &valid_tok,
+                    p.causal(),
+                    cfg,
+                    a,
+                    sc,
+                );
+                (hd, kept, imp)
+            })
+            .collect();
+        let head_imp: Vec<f64> = decided.iter().map(|x| x.2).collect();
+        let pruned = prune_heads(&head_imp, cfg.head_pruning);
+        let coef = Coef {
+            a: dm.za,
+            two_f: if dm.exact { 1.0 } else { fmt.one() as f32 },
+            scale: ((2f64).powi(-(2 * fmt.frac_bits as i32 + exps.0 + exps.1)) / (d as f64).sqrt())
+                as f32,
+        };
+        let seq_off = p.row_offset(b, 0, 0);
+        let out_seq = &mut out.data_mut()[seq_off..seq_off + heads * n * d];
+        out_seq.par_chunks_mut(n * d).enumerate().for_each_init(
+            AttendScratch::default,
+            |sc, (h, o)| {
+                if pruned[h] {
+                    return;
+                }
+                let off = p.row_offset(b, h, 0);
+                let v = &p.v().data()[off..off + n * d];
+                let (hd, kept, _) = &decided[h];
+                attend(
+                    isa,
+                    hd,
+                    dm,
+                    &all,
+                    kept,
+                    &valid_words,
+                    p.causal(),
+                    bs,
+                    v,
+                    coef,
+                    o,
+                    sc,
+                );
+            },
+        );
+        let saturated = decided
+            .iter()
+            .fold((0, 0), |(q, k), x| (q + x.0.q_sat, k + x.0.k_sat));
+        let decided = decided
+            .into_iter()
+            .map(|(_, kept, imp)| (kept, imp))
+            .collect();
+        trace.sequences.push(hdp::finish_sequence(
+            p,
+            cfg,
+            &mut out,
+            b,
+            (valid, valid_tokens),
+            exps,
+            saturated,
+            decided,
+            &pruned,
+        ));
+    }
+    Ok(HdpOutput { output: out, trace })
+}

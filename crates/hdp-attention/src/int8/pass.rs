@@ -1,0 +1,385 @@
+//! The integer pass (steps 2-5): exact `S_int` tiles, block importances, row decisions.
+
+use super::*;
+
+/// Scratch of the integer pass.
+#[derive(Default)]
+pub(super) struct PassScratch {
+    pub(super) s: Vec<i32>,
+    pub(super) imp: Vec<i64>,
+    pub(super) ok: Vec<bool>,
+    pub(super) row: RowScratch,
+    pub(super) words: Vec<u64>,
+    pub(super) bias: Vec<i32>,
+}
+
+/// A masked entry of a one-block row (valid integer scores are far inside +-2^24).
+pub(super) const MASKED: i32 = i32::MIN;
+
+/// Number of entries `>= t` (t > [`MASKED`], so masked entries never count).
+#[inline(always)]
+pub(super) fn count_ge(row: &[i32], t: i32) -> usize {
+    row.iter().map(|&v| (v >= t) as u32).sum::<u32>() as usize
+}
+
+/// Step 4 for a block-row of one-entry blocks (b = 1), the entries' `S_int` in `row`
+/// ([`MASKED`] where masked): the same decision as [`HeadDecider::row`], by whole-row passes
+/// that vectorize. Top-k finds its threshold by a safeguarded interpolation search over the
+/// row's value range (each step one counting pass), ties going to the lower column. Writes
+/// the kept columns to `words`.
+#[inline(always)]
+pub(super) fn decide_b1_body(
+    simd: Isa,
+    row: &[i32],
+    threshold: RowThreshold,
+    logit_scale: &hdp::LogitScale,
+    words: &mut [u64],
+) -> RowStats {
+    // Separate simple passes: each vectorizes on its own.
+    let len = row.iter().map(|&v| (v != MASKED) as u32).sum::<u32>();
+    words.fill(0);
+    if len == 0 {
+        return RowStats::default();
+    }
+    let max = row.iter().copied().max().unwrap_or(MASKED);
+    let min = row
+        .iter()
+        .map(|&v| if v == MASKED { i32::MAX } else { v })
+        .min()
+        .unwrap_or(i32::MAX);
+    // Sums in i32 lanes (8 per vector) when no partial sum can overflow, else in i64.
+    let narrow = (row.len() as i64) * (max as i64).abs().max((min as i64).abs()) < i32::MAX as i64;
+    let masked_sum = |keep: &dyn Fn(i32) -> i32| -> i64 {
+        if narrow {
+            row.iter().map(|&v| keep(v)).sum::<i32>() as i64
+        } else {
+            row.iter().map(|&v| keep(v) as i64).sum::<i64>()
+        }
+    };
+    let sum = masked_sum(&|v| if v == MASKED { 0 } else { v });
+    let len = len as usize;
+    // Kept: v > e, plus the first `eq_left` entries with v == e.
+    let (e, mut eq_left) = match threshold {
+        RowThreshold::KeepAll => (MASKED, 0),
+        RowThreshold::MeanMax { rho } => {
+            let mean = sum as f64 / len as f64;
+            let t = mean + rho * (max as f64 - mean);
+            // For integers, v as f64 >= t <=> v >= ceil(t); the maximum is always kept.
+            let first = t.ceil().clamp(min as f64, max as f64) as i32;
+            (first - 1, 0)
+        }
+        RowThreshold::TopK { .. } | RowThreshold::TopP { .. } => {
+            let k = match threshold {
+                RowThreshold::TopP { mass } => {
+                    // The same (value, count) list as the reference.
+                    let valid = row.iter().filter(|&&v| v != MASKED).map(|&v| v as i64);
+                    let desc =
+                        hdp::value_counts_in(valid, len, min as i64, max as i64, &mut Vec::new());
+                    hdp::topp_count(&desc, logit_scale, mass)
+                }
+                RowThreshold::TopK { keep } => hdp::topk_count(keep, len),
+                _ => unreachable!("matched above"),
+            };
+            // Invariant: count(v >= lo) = at_lo >= k > count(v >= hi) = above. Each step
+            // interpolates the count linearly between lo and hi (few steps on smooth rows);
+            // a step that fails to halve the interval is followed by a bisection, so the
+            // worst case stays within twice the bisection's count.
+            let (mut lo, mut hi) = (min as i64, max as i64 + 1);
+            let (mut at_lo, mut above) = (len, 0usize);
+            let mut bisect = false;
+            while hi - lo > 1 {
+                let width = hi - lo;
+                let mid = if bisect {
+                    lo + width / 2
+                } else {
+                    let frac = (at_lo - k) as f64 / (at_lo - above) as f64;
+                    (lo + (width as f64 * frac) as i64).clamp(lo + 1, hi - 1)
+                };
+                let c = count_ge(row, mid as i32);
+                if c >= k {
+                    lo = mid;
+                    at_lo = c;
+                } else {
+                    hi = mid;
+                    above = c;
+                }
+                bisect = !bisect && 2 * (hi - lo) > width;
+            }
+            (lo as i32, k - above)
+        }
+    };
+    let kept_sum = masked_sum(&|v| if v > e { v } else { 0 });
+    let kept_pos = masked_sum(&|v| if v > e { v.max(0) } else { 0 });
+    let mut taken = 0i64;
+    for (w, chunk) in words.iter_mut().zip(row.chunks(64)) {
+        let (gt, mut eq) = compare_word(simd, chunk, e);
+        let mut take = 0u64;
+        if eq_left > 0 && eq != 0 {
+            if (eq.count_ones() as usize) <= eq_left {
+                take = eq;
+            } else {
+                for _ in 0..eq_left {
+                    let low = eq & eq.wrapping_neg();
+                    take |= low;
+                    eq ^= low;
+                }
+            }
+            eq_left -= take.count_ones() as usize;
+            taken += take.count_ones() as i64;
+        }
+        *w = gt | take;
+    }
+    RowStats {
+        len,
+        sum,
+        max: max as i64,
+        kept_sum: kept_sum + e as i64 * taken,
+        kept_pos: kept_pos + (e.max(0) as i64) * taken,
+    }
+}
+
+/// Bits of `v > e` and `v == e` for up to 64 entries.
+#[inline(always)]
+pub(super) fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if chunk.len() == 64 && simd.avx2() {
+        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
+        return unsafe { crate::simd::compare_word64(chunk, e) };
+    }
+    let _ = simd;
+    let (mut gt, mut eq) = (0u64, 0u64);
+    for (l, &v) in chunk.iter().enumerate() {
+        gt |= ((v > e) as u64) << l;
+        eq |= ((v == e) as u64) << l;
+    }
+    (gt, eq)
+}
+
+multiversion! {
+    /// [`decide_b1_body`] for `isa`.
+    pub(super) fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
+        logit_scale: &hdp::LogitScale, words: &mut [u64]) -> RowStats
+}
+
+/// `row[j] -= bias[j]` (then `|row[j]|` when `abs`), then [`MASKED`] at invalid keys
+/// (`valid` = None: all valid).
+#[inline(always)]
+pub(super) fn finish_row_body(row: &mut [i32], bias: &[i32], abs: bool, valid: Option<&[bool]>) {
+    for (v, &b) in row.iter_mut().zip(bias) {
+        *v -= b;
+    }
+    if abs {
+        for v in row.iter_mut() {
+            *v = v.abs();
+        }
+    }
+    if let Some(valid) = valid {
+        for (v, &ok) in row.iter_mut().zip(valid) {
+            if !ok {
+                *v = MASKED;
+            }
+        }
+    }
+}
+
+/// Adds one row of entry importances (`row`, [`MASKED`] where masked, already made absolute
+/// for abs-sum) into the block importances `imp` (blocks of `bs` keys).
+#[inline(always)]
+pub(super) fn accumulate_blocks_body(
+    row: &[i32],
+    bs: usize,
+    importance: BlockImportance,
+    imp: &mut [i64],
+) {
+    for (seg, slot) in row.chunks(bs).zip(imp.iter_mut()) {
+        match importance {
+            BlockImportance::Max => {
+                let m = seg.iter().copied().max().unwrap_or(MASKED);
+                if m != MASKED {
+                    *slot = (*slot).max(m as i64);
+                }
+            }
+            _ => {
+                *slot += seg
+                    .iter()
+                    .map(|&v| if v == MASKED { 0 } else { v as i64 })
+                    .sum::<i64>();
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`accumulate_blocks_body`] for `isa`.
+    fn accumulate_blocks => accumulate_blocks_body(row: &[i32], bs: usize,
+        importance: BlockImportance, imp: &mut [i64])
+}
+
+multiversion! {
+    /// [`finish_row_body`] for `isa`.
+    fn finish_row => finish_row_body(row: &mut [i32], bias: &[i32], abs: bool,
+        valid: Option<&[bool]>)
+}
+
+/// Steps 2-5 for one head when block importance is the sum over blocks larger than one entry.
+/// By linearity the sum of `S_int` over a block's valid entries is
+/// `(sum of its valid Q_int rows) . (sum of its valid K_int rows)`, exact in integers, so the
+/// importances cost `nb^2 d` instead of `N^2 d` multiply-adds (the decisions are identical;
+/// the trace still counts the method's `N^2 d`, which is what the accelerator does). Causal
+/// diagonal blocks keep only `j <= i`: there, each query meets the running sum of the keys up
+/// to it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn integer_pass_block_sums(
+    hd: &HeadData,
+    dm: Dims,
+    valid: &BlockMask,
+    valid_tok: &[bool],
+    causal: bool,
+    cfg: &HdpConfig,
+    a: i32,
+    sc: &mut PassScratch,
+) -> (BlockMask, f64) {
+    let (n, d, dp, bs) = (dm.n, dm.d, dm.dp, cfg.block_size);
+    let nb = n.div_ceil(bs);
+    let q_int = |i: usize| {
+        hd.qu[i * dp..i * dp + d]
+            .iter()
+            .map(move |&x| x as i64 - a as i64)
+    };
+    let k_int = |j: usize| hd.k_int[j * dp..j * dp + d].iter().map(|&x| x as i64);
+    let (mut qs, mut ks) = (vec![0i64; nb * d], vec![0i64; nb * d]);
+    for t in (0..n).filter(|&t| valid_tok[t]) {
+        for (s, x) in qs[t / bs * d..][..d].iter_mut().zip(q_int(t)) {
+            *s += x;
+        }
+        for (s, x) in ks[t / bs * d..][..d].iter_mut().zip(k_int(t)) {
+            *s += x;
+        }
+    }
+    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale.clone());
+    sc.imp.clear();
+    sc.imp.resize(nb, 0);
+    sc.ok.clear();
+    sc.ok.resize(nb, false);
+    let mut prefix = vec![0i64; d];
+    for br in 0..nb {
+        let qb = &qs[br * d..][..d];
+        for c in 0..nb {
+            sc.ok[c] = valid.get(br, c);
+            sc.imp[c] = if !sc.ok[c] {
+                0
+            } else if causal && c == br {
+                // Diagonal block under the causal mask: sum_i Q_int_i . (sum_{j <= i} K_int_j).
+                prefix.fill(0);
+                let mut total = 0i64;
+                let rows = br * bs..((br + 1) * bs).min(n);
+                for t in rows.filter(|&t| valid_tok[t]) {
+                    for (p, x) in prefix.iter_mut().zip(k_int(t)) {
+                        *p += x;
+                    }
+                    total += q_int(t).zip(&prefix).map(|(x, p)| x * p).sum::<i64>();
+                }
+                total
+            } else {
+                qb.iter().zip(&ks[c * d..][..d]).map(|(x, y)| x * y).sum()
+            };
+        }
+        decider.row_fast(br, &sc.imp, &sc.ok, &mut sc.row);
+    }
+    decider.finish()
+}
+
+/// Steps 2-5 for one head: exact `S_int` by tiles of [`TR`] rows, block importances, the
+/// row-balanced decision per block-row. Returns the kept blocks and the head importance.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn integer_pass(
+    isa: Isa,
+    hd: &HeadData,
+    dm: Dims,
+    all_blocks: &[u32],
+    valid: &BlockMask,
+    valid_tok: &[bool],
+    causal: bool,
+    cfg: &HdpConfig,
+    a: i32,
+    sc: &mut PassScratch,
+) -> (BlockMask, f64) {
+    let (n, n_pad) = (dm.n, dm.n_pad);
+    let bs = cfg.block_size;
+    if bs > 1 && cfg.importance == BlockImportance::Sum {
+        return integer_pass_block_sums(hd, dm, valid, valid_tok, causal, cfg, a, sc);
+    }
+    let nb = n.div_ceil(bs);
+    let kn = crate::kernels::for_isa(isa);
+    let mut decider = HeadDecider::new(nb, cfg, hd.logit_scale.clone());
+    sc.s.resize(TR * n_pad, 0);
+    sc.imp.clear();
+    sc.imp.resize(nb, 0);
+    sc.ok.clear();
+    sc.ok.resize(nb, false);
+    sc.bias.clear();
+    sc.bias.extend(hd.k_int_sum.iter().map(|&s| a * s));
+    sc.words.resize(n.div_ceil(64), 0);
+    let all_valid = valid_tok.iter().all(|&v| v);
+    let mut i0 = 0;
+    while i0 < n {
+        // Keys past the last row of the tile are causally masked for all of its rows.
+        let cols = if causal {
+            (i0 + TR).min(n).div_ceil(TC) * TC
+        } else {
+            n_pad
+        };
+        let q = &hd.qu[i0 * dm.dp..];
+        let blocks = &all_blocks[..cols / 8];
+        kn.tile_rows(
+            q, dm.dp, dm.dp, &hd.k_pack, blocks, dm.run_int, &mut sc.s, n_pad,
+        );
+        if bs == 1 {
+            for r in 0..TR.min(n - i0) {
+                let i = i0 + r;
+                if !valid_tok[i] {
+                    continue;
+                }
+                let end = if causal { i + 1 } else { n };
+                let row = &mut sc.s[r * n_pad..][..end];
+                let valid = (!all_valid).then_some(&valid_tok[..end]);
+                // One-entry blocks: sum and max are the entry itself, abs-sum its magnitude.
+                let abs = cfg.importance == BlockImportance::AbsSum;
+                finish_row(isa, row, &sc.bias[..end], abs, valid);
+                let words = &mut sc.words[..end.div_ceil(64)];
+                let stats = decide_b1(isa, isa, row, cfg.threshold, &hd.logit_scale, words);
+                decider.row_decided(i, &stats, words);
+            }
+            i0 += TR;
+            continue;
+        }
+        let abs = cfg.importance == BlockImportance::AbsSum;
+        let max_init = if cfg.importance == BlockImportance::Max {
+            i64::MIN
+        } else {
+            0
+        };
+        for r in 0..TR.min(n - i0) {
+            let i = i0 + r;
+            let br = i / bs;
+            if i % bs == 0 {
+                sc.imp.fill(max_init);
+            }
+            if valid_tok[i] {
+                let end = if causal { i + 1 } else { n };
+                let row = &mut sc.s[r * n_pad..][..end];
+                let valid = (!all_valid).then_some(&valid_tok[..end]);
+                finish_row(isa, row, &sc.bias[..end], abs, valid);
+                accumulate_blocks(isa, row, bs, cfg.importance, &mut sc.imp);
+            }
+            if (i + 1) % bs == 0 || i + 1 == n {
+                for (c, ok) in sc.ok.iter_mut().enumerate() {
+                    *ok = valid.get(br, c);
+                }
+                decider.row_fast(br, &sc.imp, &sc.ok, &mut sc.row);
+            }
+        }
+        i0 += TR;
+    }
+    decider.finish()
+}

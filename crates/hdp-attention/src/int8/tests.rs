@@ -1,0 +1,162 @@
+use super::*;
+use crate::config::{HeadImportance, RowThreshold};
+use crate::hdp::LogitScale;
+use proptest::prelude::*;
+
+fn isas() -> Vec<Isa> {
+    // Every tier this CPU runs (HDP_ISA does not narrow the tests).
+    Isa::available_tiers()
+}
+
+fn threshold() -> impl Strategy<Value = RowThreshold> {
+    prop_oneof![
+        Just(RowThreshold::KeepAll),
+        (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }),
+        (0.01f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }),
+        (0.01f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass }),
+    ]
+}
+
+fn head_importance() -> impl Strategy<Value = HeadImportance> {
+    prop_oneof![
+        Just(HeadImportance::KeptSum),
+        Just(HeadImportance::KeptPosSum),
+        Just(HeadImportance::AllSum),
+        Just(HeadImportance::Peakedness),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The integer tile (every ISA) equals a plain i64 dot product, including operands at
+    /// the extremes the i16 runs are sized for.
+    #[test]
+    fn tile_rows_is_exact(
+        groups in 1usize..=40, nblocks in 1usize..=6, extreme in any::<bool>(),
+        a_exp in 0u32..=6, seed in any::<u64>(), with_zero in any::<bool>(),
+    ) {
+        let depth = 4 * groups;
+        let a = 1i64 << a_exp;
+        let mut rng = hdp_core::rng::SplitMix64::new(seed);
+        let mut pick = |lo: i64, hi: i64| lo + (rng.next_u64() % (hi - lo + 1) as u64) as i64;
+        let q: Vec<u8> = (0..TR * depth)
+            .map(|_| if extreme { (2 * a - 1) as u8 } else { pick(0, 2 * a - 1) as u8 })
+            .collect();
+        let m = nblocks * 8;
+        let keys: Vec<Vec<i8>> = (0..m)
+            .map(|_| (0..depth).map(|_| if extreme { -128 } else { pick(-128, 127) as i8 }).collect())
+            .collect();
+        let mut kpack = Vec::new();
+        pack_keys(&mut kpack, keys.iter().map(|k| k.as_slice()), m, depth);
+        let mut blocks: Vec<u32> = (0..m.div_ceil(8) as u32).rev().collect();
+        if with_zero || blocks.len() % 2 == 1 {
+            blocks.push(zero_block(m));
+        }
+        if blocks.len() % 2 == 1 {
+            blocks.push(0);
+        }
+        let run = i16_run(2 * (2 * a - 1) * 128);
+        let cols = blocks.len() * 8;
+        for isa in isas() {
+            let mut out = vec![0i32; TR * cols];
+            crate::kernels::for_isa(isa).tile_rows(&q, depth, depth, &kpack, &blocks, run, &mut out, cols);
+            for r in 0..TR {
+                for (t, &kb) in blocks.iter().enumerate() {
+                    for c in 0..8 {
+                        let j = kb as usize * 8 + c;
+                        let want: i64 = if j < m {
+                            q[r * depth..][..depth].iter().zip(&keys[j]).map(|(&x, &y)| x as i64 * y as i64).sum()
+                        } else {
+                            0
+                        };
+                        prop_assert_eq!(out[r * cols + 8 * t + c] as i64, want, "{:?} r {} key {}", isa, r, j);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One-entry-block rows decided by `decide_b1` update the head exactly as the
+    /// reference's `HeadDecider::row` does (kept entries, ties, head importance).
+    #[test]
+    fn decide_b1_matches_the_reference_rows(
+        rows in prop::collection::vec(prop::collection::vec((-20i32..=20, 0u8..10), 0..150), 1..6),
+        spread in prop_oneof![Just(1i32), Just(7), Just(100_000)],
+        threshold in threshold(), head_importance in head_importance(),
+        scale in prop_oneof![Just(1e-3f64), Just(0.05), Just(1.0)],
+    ) {
+        let n = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let cfg = HdpConfig { threshold, head_importance, block_size: 1, ..HdpConfig::default() };
+        for isa in isas() {
+            let (mut fast, mut reference) = (HeadDecider::new(n, &cfg, LogitScale::new(scale, true)), HeadDecider::new(n, &cfg, LogitScale::new(scale, false)));
+            for (r, row) in rows.iter().enumerate().take(n) {
+                // Entries with tag 0 are masked.
+                let vals: Vec<i32> = row.iter().map(|&(v, tag)| if tag == 0 { MASKED } else { v * spread }).collect();
+                let imp: Vec<Option<i64>> = (0..n)
+                    .map(|j| vals.get(j).filter(|&&v| v != MASKED).map(|&v| v as i64))
+                    .collect();
+                reference.row(r, &imp);
+                let mut words = vec![0u64; vals.len().div_ceil(64)];
+                let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), &mut words);
+                fast.row_decided(r, &stats, &words);
+            }
+            let (fk, fi) = fast.finish();
+            let (rk, ri) = reference.finish();
+            prop_assert_eq!(&fk, &rk, "{:?}", isa);
+            prop_assert_eq!(fi.to_bits(), ri.to_bits(), "{:?} importance {} vs {}", isa, fi, ri);
+        }
+    }
+
+    /// `row_fast` (counting or selection) decides block-rows as `row` does.
+    #[test]
+    fn row_fast_matches_the_reference_rows(
+        rows in prop::collection::vec(prop::collection::vec((-50i64..=50, any::<bool>()), 1..80), 1..5),
+        spread in prop_oneof![Just(1i64), Just(3), Just(1_000_000)],
+        threshold in threshold(), head_importance in head_importance(),
+        scale in prop_oneof![Just(1e-6f64), Just(0.01), Just(0.5)],
+    ) {
+        let nb = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+        let cfg = HdpConfig { threshold, head_importance, block_size: 2, ..HdpConfig::default() };
+        let (mut fast, mut reference) = (HeadDecider::new(nb, &cfg, LogitScale::new(scale, true)), HeadDecider::new(nb, &cfg, LogitScale::new(scale, false)));
+        let mut scratch = RowScratch::default();
+        for (r, row) in rows.iter().enumerate().take(nb) {
+            let mut imp = vec![0i64; nb];
+            let mut ok = vec![false; nb];
+            for (c, &(v, o)) in row.iter().enumerate() {
+                imp[c] = v * spread;
+                ok[c] = o;
+            }
+            let opt: Vec<Option<i64>> = (0..nb).map(|c| ok[c].then_some(imp[c])).collect();
+            reference.row(r, &opt);
+            fast.row_fast(r, &imp, &ok, &mut scratch);
+        }
+        let (fk, fi) = fast.finish();
+        let (rk, ri) = reference.finish();
+        prop_assert_eq!(&fk, &rk);
+        prop_assert_eq!(fi.to_bits(), ri.to_bits());
+    }
+}
+
+#[test]
+fn supported_formats() {
+    let cfg = |bits, f, score_mode| HdpConfig {
+        q_format: QFormat::new(bits, f).unwrap(),
+        score_mode,
+        ..HdpConfig::default()
+    };
+    for isa in isas() {
+        let vnni = crate::kernels::for_isa(isa).exact_u8;
+        assert!(supported(&HdpConfig::default(), 64, isa));
+        assert!(supported(&cfg(8, 1, ScoreMode::Approx), 64, isa)); // A = 64
+                                                                    // A = 128 saturates vpmaddubsw's i16 pairs; vpdpbusd takes it.
+        assert_eq!(supported(&cfg(8, 0, ScoreMode::Approx), 64, isa), vnni);
+        assert!(supported(&cfg(4, 2, ScoreMode::Approx), 64, isa));
+        assert!(!supported(&cfg(9, 4, ScoreMode::Approx), 64, isa)); // codes beyond i8
+                                                                     // Exact scores: one u8 x i8 product of the codes, `Q + 128` up to 255.
+        assert_eq!(supported(&cfg(8, 3, ScoreMode::Exact), 64, isa), vnni);
+        assert!(!supported(&cfg(8, 3, ScoreMode::Exact), 1024, isa)); // 1024 * 2^14 = 2^24
+        assert!(!supported(&cfg(8, 3, ScoreMode::Float), 64, isa));
+        assert!(!supported(&cfg(8, 3, ScoreMode::Approx), 1 << 20, isa)); // scores beyond 2^24
+    }
+}

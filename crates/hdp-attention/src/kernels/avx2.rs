@@ -1,0 +1,258 @@
+//! AVX2 + FMA: `vpmaddubsw` pair products added in i16 for as many groups as cannot overflow
+//! (`run`), widened by `vpmaddwd`; P.V by 256-bit FMAs.
+
+use super::{Kernels, TR};
+use crate::fast::Isa;
+use std::arch::x86_64::*;
+
+pub(crate) static KERNELS: Kernels = Kernels {
+    isa: Isa::Avx2,
+    exact_u8: false,
+    tile_rows,
+    dots,
+    pv,
+    peak: Some((peak_loop, "vpmaddubsw + i16 adds, registers only")),
+};
+
+/// [`super::TileRows`]: 4 x 16 register tiles; `vpmaddubsw` pair sums are added in i16 for
+/// `run` groups, then widened by `vpmaddwd` into the i32 accumulators.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows(
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    run: usize,
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    let groups = depth / 4;
+    let ones = _mm256_set1_epi16(1);
+    let qp = q.as_ptr();
+    for (t, pair) in blocks.chunks_exact(2).enumerate() {
+        // SAFETY (whole loop): the caller asserted that the TR rows of q hold depth bytes, that
+        // every listed key block lies inside kpack and that out's rows hold the columns.
+        let kb0 = unsafe { kpack.as_ptr().add(pair[0] as usize * 8 * depth) };
+        let kb1 = unsafe { kpack.as_ptr().add(pair[1] as usize * 8 * depth) };
+        if run >= groups {
+            // One i16 run covers the whole depth (the integer pass at 8 bits): no i32
+            // accumulators live in the loop, 11 vector registers, nothing spills.
+            let mut a16 = [[_mm256_setzero_si256(); 2]; TR];
+            for g in 0..groups {
+                unsafe {
+                    let k0 = _mm256_loadu_si256(kb0.add(g * 32) as *const __m256i);
+                    let k1 = _mm256_loadu_si256(kb1.add(g * 32) as *const __m256i);
+                    for (r, a) in a16.iter_mut().enumerate() {
+                        let qv = _mm256_set1_epi32(
+                            (qp.add(r * q_stride + 4 * g) as *const i32).read_unaligned(),
+                        );
+                        a[0] = _mm256_add_epi16(a[0], _mm256_maddubs_epi16(qv, k0));
+                        a[1] = _mm256_add_epi16(a[1], _mm256_maddubs_epi16(qv, k1));
+                    }
+                }
+            }
+            for (r, a) in a16.iter().enumerate() {
+                unsafe {
+                    let o = out.as_mut_ptr().add(r * out_stride + 16 * t);
+                    _mm256_storeu_si256(o as *mut __m256i, _mm256_madd_epi16(a[0], ones));
+                    _mm256_storeu_si256(o.add(8) as *mut __m256i, _mm256_madd_epi16(a[1], ones));
+                }
+            }
+            continue;
+        }
+        // Several i16 runs (`Z`): one key block of 8 at a time, so that the i32 and i16
+        // accumulators of 4 rows fit the 16 vector registers with the operands (11 live);
+        // still bound by `vpmaddubsw`, not by the loads.
+        for (half, kb) in [kb0, kb1].into_iter().enumerate() {
+            let mut acc = [_mm256_setzero_si256(); TR];
+            let mut g0 = 0;
+            while g0 < groups {
+                let g1 = (g0 + run).min(groups);
+                let mut a16 = [_mm256_setzero_si256(); TR];
+                for g in g0..g1 {
+                    unsafe {
+                        let k = _mm256_loadu_si256(kb.add(g * 32) as *const __m256i);
+                        for (r, a) in a16.iter_mut().enumerate() {
+                            let qv = _mm256_set1_epi32(
+                                (qp.add(r * q_stride + 4 * g) as *const i32).read_unaligned(),
+                            );
+                            *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(qv, k));
+                        }
+                    }
+                }
+                for (a, s) in acc.iter_mut().zip(&a16) {
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*s, ones));
+                }
+                g0 = g1;
+            }
+            for (r, a) in acc.iter().enumerate() {
+                unsafe {
+                    let o = out.as_mut_ptr().add(r * out_stride + 16 * t + 8 * half);
+                    _mm256_storeu_si256(o as *mut __m256i, *a);
+                }
+            }
+        }
+    }
+}
+
+/// Sums of the 8 lanes of each of `v[0..8]`, as the 8 lanes of the result.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn reduce8(v: [__m256i; 8]) -> __m256i {
+    let t0 = _mm256_hadd_epi32(v[0], v[1]);
+    let t1 = _mm256_hadd_epi32(v[2], v[3]);
+    let t2 = _mm256_hadd_epi32(v[4], v[5]);
+    let t3 = _mm256_hadd_epi32(v[6], v[7]);
+    let u0 = _mm256_hadd_epi32(t0, t1);
+    let u1 = _mm256_hadd_epi32(t2, t3);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(u0, u1),
+        _mm256_permute2x128_si256::<0x31>(u0, u1),
+    )
+}
+
+/// The shared loop of every tier's [`super::Dots`]: `dot(row)` gives 8 i32 lanes whose sum is
+/// the dot product with the key row at `row`; eight entries are reduced together, the keys of
+/// the next eight prefetched.
+///
+/// # Safety
+/// The caller's `Kernels::dots` checked the bounds; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dots_with(
+    kz: &[i8],
+    w: usize,
+    idx: &[u32],
+    z: &mut [i32],
+    dot: impl Fn(*const i8) -> __m256i,
+) {
+    let kp = kz.as_ptr();
+    let mut e = 0;
+    while e + 8 <= idx.len() {
+        for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
+            // SAFETY: prefetching is a hint; the address is inside kz.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(kp.add(j as usize * w)) };
+            if w > 64 {
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(kp.add(j as usize * w + 64)) };
+            }
+        }
+        // SAFETY: every key row idx[e] holds w bytes (checked by the caller).
+        let v: [__m256i; 8] =
+            std::array::from_fn(|t| dot(unsafe { kp.add(idx[e + t] as usize * w) }));
+        // SAFETY: z holds idx.len() >= e + 8 entries.
+        unsafe { _mm256_storeu_si256(z.as_mut_ptr().add(e) as *mut __m256i, reduce8(v)) };
+        e += 8;
+    }
+    for t in e..idx.len() {
+        let v = dot(unsafe { kp.add(idx[t] as usize * w) });
+        let mut lanes = [0i32; 8];
+        // SAFETY: lanes holds 8 i32.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
+        z[t] = lanes.iter().sum();
+    }
+}
+
+/// [`super::Dots`]: each entry a `w`-byte `vpmaddubsw`/`vpmaddwd` dot product (pair sums of
+/// one `vpmaddubsw` must stay below 2^15: `exact_u8` is false).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
+    let chunks = w / 32;
+    let qp = q.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let dot = |kr: *const i8| -> __m256i {
+        let mut acc = _mm256_setzero_si256();
+        for c in 0..chunks {
+            // SAFETY: q and the key row hold w bytes.
+            unsafe {
+                let qv = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                let kv = _mm256_loadu_si256(kr.add(32 * c) as *const __m256i);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qv, kv), ones));
+            }
+        }
+        acc
+    };
+    unsafe { dots_with(kz, w, idx, z, dot) }
+}
+
+/// [`super::Pv`]: 32 output columns held in four registers across all kept entries, the rest
+/// (d not a multiple of 32) by the portable loop.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+    let full = d / 32 * 32;
+    let mut c0 = 0;
+    while c0 < full {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (e, (&j, &pj)) in idx.iter().zip(p).enumerate() {
+            if let Some(&ahead) = idx.get(e + 8) {
+                // SAFETY: a hint; the address is inside v (asserted above).
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0) as *const i8)
+                };
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        v.as_ptr().add(ahead as usize * d + c0 + 16) as *const i8
+                    )
+                };
+            }
+            let pv = _mm256_set1_ps(pj);
+            // SAFETY: row j of v holds d >= c0 + 32 floats (asserted above).
+            let row = unsafe { v.as_ptr().add(j as usize * d + c0) };
+            for (m, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(row.add(8 * m)) }, *a);
+            }
+        }
+        for (m, a) in acc.iter().enumerate() {
+            // SAFETY: o holds d >= c0 + 32 floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * m), *a) };
+        }
+        c0 += 32;
+    }
+    if full < d {
+        let o = &mut o[full..];
+        o.fill(0.0);
+        for (&j, &pj) in idx.iter().zip(p) {
+            for (y, &x) in o.iter_mut().zip(&v[j as usize * d + full..][..d - full]) {
+                *y += pj * x;
+            }
+        }
+    }
+}
+
+/// [`super::PeakLoop`]: 16 steps of 6 independent `vpmaddubsw` (32 MACs each) + i16 adds per
+/// round, then 6 `vpmaddwd` widenings: 15 live vector registers, so nothing spills.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_loop(iters: u64) -> u64 {
+    const CHAINS: usize = 6;
+    let ones = _mm256_set1_epi16(1);
+    // Operands hidden from the optimizer, so nothing is folded or hoisted.
+    let mut a = std::hint::black_box(_mm256_set1_epi8(3));
+    let step = std::hint::black_box(_mm256_set1_epi8(1));
+    // Four different right operands: distinct products per step (no common subexpression).
+    let b: [__m256i; 4] =
+        std::hint::black_box(std::array::from_fn(|k| _mm256_set1_epi8(-1 - k as i8)));
+    let mut acc32 = [_mm256_setzero_si256(); 2];
+    for _ in 0..iters {
+        let mut acc16 = [_mm256_setzero_si256(); CHAINS];
+        for _ in 0..16 {
+            for (k, x) in acc16.iter_mut().enumerate() {
+                *x = _mm256_add_epi16(*x, _mm256_maddubs_epi16(a, b[k % 4]));
+            }
+            a = _mm256_add_epi8(a, step);
+        }
+        for (k, x) in acc16.iter().enumerate() {
+            acc32[k % 2] = _mm256_add_epi32(acc32[k % 2], _mm256_madd_epi16(*x, ones));
+        }
+    }
+    let mut s = [0i32; 8];
+    // SAFETY: s holds 8 i32.
+    unsafe {
+        _mm256_storeu_si256(
+            s.as_mut_ptr() as *mut __m256i,
+            _mm256_add_epi32(acc32[0], acc32[1]),
+        )
+    };
+    std::hint::black_box(s);
+    iters * 16 * CHAINS as u64 * 32
+}

@@ -1,0 +1,173 @@
+//! AVX-512 F/BW/VL with VNNI: `vpdpbusd zmm` (64 u8 x i8 products into exact i32 lanes per
+//! instruction, no i16 runs); P.V by 512-bit FMAs.
+
+use super::{Kernels, TR};
+use crate::fast::Isa;
+use std::arch::x86_64::*;
+
+pub(crate) static KERNELS: Kernels = Kernels {
+    isa: Isa::Avx512Vnni,
+    exact_u8: true,
+    tile_rows,
+    dots,
+    pv,
+    peak: Some((peak_loop, "vpdpbusd zmm, registers only")),
+};
+
+/// [`super::TileRows`]: 4 rows x 16 keys, one `vpdpbusd` per row and group of 4 dimensions
+/// (exact whatever the depth and operands). The two packed key blocks of a pair (8 keys x 4
+/// bytes each) fill one zmm.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows(
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    _run: usize,
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    let groups = depth / 4;
+    let qp = q.as_ptr();
+    for (t, pair) in blocks.chunks_exact(2).enumerate() {
+        // SAFETY (whole loop): the caller asserted that the TR rows of q hold depth bytes, that
+        // every listed key block lies inside kpack and that out's rows hold the columns.
+        let kb0 = unsafe { kpack.as_ptr().add(pair[0] as usize * 8 * depth) };
+        let kb1 = unsafe { kpack.as_ptr().add(pair[1] as usize * 8 * depth) };
+        let mut acc = [_mm512_setzero_si512(); TR];
+        for g in 0..groups {
+            unsafe {
+                let k0 = _mm256_loadu_si256(kb0.add(g * 32) as *const __m256i);
+                let k1 = _mm256_loadu_si256(kb1.add(g * 32) as *const __m256i);
+                let k = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(k0), k1);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_set1_epi32(
+                        (qp.add(r * q_stride + 4 * g) as *const i32).read_unaligned(),
+                    );
+                    *a = _mm512_dpbusd_epi32(*a, qv, k);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            unsafe {
+                let o = out.as_mut_ptr().add(r * out_stride + 16 * t);
+                _mm512_storeu_si512(o as *mut _, *a);
+            }
+        }
+    }
+}
+
+/// [`super::Dots`]: each entry's `w`-byte dot product by `vpdpbusd` (64 bytes per
+/// instruction), folded to 8 lanes, then eight entries reduced together.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
+    let (wide, tail) = (w / 64, w % 64 == 32);
+    let qp = q.as_ptr();
+    let dot = |kr: *const i8| -> __m256i {
+        let mut acc = _mm512_setzero_si512();
+        for c in 0..wide {
+            // SAFETY: q and the key row hold w bytes.
+            unsafe {
+                let qv = _mm512_loadu_si512(qp.add(64 * c) as *const _);
+                let kv = _mm512_loadu_si512(kr.add(64 * c) as *const _);
+                acc = _mm512_dpbusd_epi32(acc, qv, kv);
+            }
+        }
+        let mut half = _mm256_add_epi32(
+            _mm512_castsi512_si256(acc),
+            _mm512_extracti64x4_epi64::<1>(acc),
+        );
+        if tail {
+            unsafe {
+                let qv = _mm256_loadu_si256(qp.add(64 * wide) as *const __m256i);
+                let kv = _mm256_loadu_si256(kr.add(64 * wide) as *const __m256i);
+                half = _mm256_dpbusd_epi32(half, qv, kv);
+            }
+        }
+        half
+    };
+    unsafe { super::avx2::dots_with(kz, w, idx, z, dot) }
+}
+
+/// [`super::Pv`]: up to 64 output columns in four zmm registers across all kept entries, then
+/// 16 at a time, the rest (d not a multiple of 16) by a scalar FMA loop.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn pass<const M: usize>(
+        idx: &[u32],
+        p: &[f32],
+        v: &[f32],
+        d: usize,
+        c0: usize,
+        o: &mut [f32],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); M];
+        for (e, (&j, &pj)) in idx.iter().zip(p).enumerate() {
+            if let Some(&ahead) = idx.get(e + 8) {
+                // SAFETY: a hint; the address is inside v (asserted by the caller).
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0) as *const i8)
+                };
+            }
+            let pv = _mm512_set1_ps(pj);
+            // SAFETY: row j of v holds d >= c0 + 16 M floats (asserted by the caller).
+            let row = unsafe { v.as_ptr().add(j as usize * d + c0) };
+            for (m, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(pv, unsafe { _mm512_loadu_ps(row.add(16 * m)) }, *a);
+            }
+        }
+        for (m, a) in acc.iter().enumerate() {
+            // SAFETY: o holds d >= c0 + 16 M floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(c0 + 16 * m), *a) };
+        }
+    }
+    let mut c0 = 0;
+    // SAFETY (all passes): c0 + 16 M <= d in each call.
+    while c0 + 64 <= d {
+        unsafe { pass::<4>(idx, p, v, d, c0, o) };
+        c0 += 64;
+    }
+    if c0 + 32 <= d {
+        unsafe { pass::<2>(idx, p, v, d, c0, o) };
+        c0 += 32;
+    }
+    if c0 + 16 <= d {
+        unsafe { pass::<1>(idx, p, v, d, c0, o) };
+        c0 += 16;
+    }
+    if c0 < d {
+        let o = &mut o[c0..];
+        o.fill(0.0);
+        for (&j, &pj) in idx.iter().zip(p) {
+            for (y, &x) in o.iter_mut().zip(&v[j as usize * d + c0..][..d - c0]) {
+                *y = pj.mul_add(x, *y);
+            }
+        }
+    }
+}
+
+/// [`super::PeakLoop`]: 16 steps of 8 independent `vpdpbusd zmm` (64 MACs each) per round.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn peak_loop(iters: u64) -> u64 {
+    const CHAINS: usize = 8;
+    let a = std::hint::black_box(_mm512_set1_epi8(3));
+    let b: [__m512i; 4] =
+        std::hint::black_box(std::array::from_fn(|k| _mm512_set1_epi8(-1 - k as i8)));
+    let mut acc = [_mm512_setzero_si512(); CHAINS];
+    for _ in 0..iters {
+        for _ in 0..16 {
+            for (k, x) in acc.iter_mut().enumerate() {
+                *x = _mm512_dpbusd_epi32(*x, a, b[k % 4]);
+            }
+        }
+    }
+    let mut total = _mm512_setzero_si512();
+    for x in acc {
+        total = _mm512_add_epi32(total, x);
+    }
+    std::hint::black_box(_mm512_reduce_add_epi32(total));
+    iters * 16 * CHAINS as u64 * 64
+}

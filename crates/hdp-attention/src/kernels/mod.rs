@@ -1,0 +1,220 @@
+//! The int8 primitives of the HDP kernel, one file per instruction-set tier, chosen once per
+//! call through a table ([`Kernels`]): the way tract keeps per-ISA `Ops` tables and ggml keeps
+//! `*_generic` twins. Every tier fills every entry of the table (a tier without one does not
+//! compile); a tier that has nothing better for a primitive names a lower tier's function
+//! explicitly. The meaning of each primitive is fixed by its portable twin in [`portable`],
+//! and the tests run every tier the CPU has against it (`every_tier_matches_the_portable_twins`).
+//!
+//! Everything above these primitives (layouts, decisions, softmax bookkeeping, the driver) is
+//! shared code in [`crate::int8`], tested on every machine.
+
+use crate::fast::Isa;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx_vnni;
+pub(crate) mod portable;
+
+/// Query rows per integer tile.
+pub(crate) const TR: usize = 4;
+/// Keys per integer tile.
+pub(crate) const TC: usize = 16;
+
+/// `out[r * out_stride + 8 t + c] = q_r . K_(8 blocks[t] + c)` (u8 x i8, exact i32) for the
+/// [`TR`] query rows `q[r * q_stride..][..depth]` and the key blocks `blocks` (an even number)
+/// packed by `int8::pack_keys`. `run`: how many 4-byte groups of pair sums may be added in i16
+/// (only tiers without `vpdpbusd` use it).
+pub(crate) type TileRows = unsafe fn(
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    run: usize,
+    out: &mut [i32],
+    out_stride: usize,
+);
+
+/// `z[e] = q[..w] . kz[idx[e] w..][..w]` (u8 x i8, exact i32) for every kept key `idx[e]`;
+/// `w` is a multiple of 32.
+pub(crate) type Dots = unsafe fn(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]);
+
+/// `o = sum_e p[e] V[idx[e]]` (rows of `d` floats), each output one chain of fused
+/// multiply-adds in `e` order (the portable twin rounds each product: tolerance
+/// `PV_TOL` in the tests).
+pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]);
+
+/// `iters` rounds of the tier's int8 instruction mix on registers only; returns the MACs done.
+pub(crate) type PeakLoop = unsafe fn(iters: u64) -> u64;
+
+/// One tier's primitives.
+pub(crate) struct Kernels {
+    /// The tier (tests name it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub isa: Isa,
+    /// Whether `tile_rows` and `dots` take any u8 x i8 product exactly (`vpdpbusd`), or need
+    /// pair sums below 2^15 (`vpmaddubsw`: at most `2 * 255 * 128` overflows).
+    pub exact_u8: bool,
+    tile_rows: TileRows,
+    dots: Dots,
+    pv: Pv,
+    peak: Option<(PeakLoop, &'static str)>,
+}
+
+/// The table for `isa`. Panics when this CPU lacks the tier: the public entry points check
+/// [`Isa::available`] first (`fast::check_isa`), so only a bug reaches the panic, never an
+/// illegal instruction.
+pub(crate) fn for_isa(isa: Isa) -> &'static Kernels {
+    assert!(
+        isa.available(),
+        "instruction-set tier {} is not available on this CPU",
+        isa.name()
+    );
+    match isa {
+        Isa::Portable => &portable::KERNELS,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => &avx2::KERNELS,
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => &avx_vnni::KERNELS,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => &avx512::KERNELS,
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => &portable::KERNELS,
+    }
+}
+
+impl Kernels {
+    /// [`TileRows`], bounds checked.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn tile_rows(
+        &self,
+        q: &[u8],
+        q_stride: usize,
+        depth: usize,
+        kpack: &[i8],
+        blocks: &[u32],
+        run: usize,
+        out: &mut [i32],
+        out_stride: usize,
+    ) {
+        let cols = blocks.len() * 8;
+        assert!(depth.is_multiple_of(4) && blocks.len().is_multiple_of(2));
+        assert!(cols <= out_stride && run >= 1);
+        assert!(q.len() >= (TR - 1) * q_stride + depth);
+        assert!(blocks
+            .iter()
+            .all(|&b| (b as usize + 1) * 8 * depth <= kpack.len()));
+        assert!(out.len() >= (TR - 1) * out_stride + cols);
+        // SAFETY: the table is only handed out for a tier this CPU has (`for_isa`); bounds
+        // asserted above.
+        unsafe { (self.tile_rows)(q, q_stride, depth, kpack, blocks, run, out, out_stride) }
+    }
+
+    /// [`Dots`], bounds checked.
+    #[inline]
+    pub fn dots(&self, q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
+        assert!(w.is_multiple_of(32) && q.len() >= w && z.len() == idx.len());
+        assert!(idx.iter().all(|&j| (j as usize + 1) * w <= kz.len()));
+        // SAFETY: as in `tile_rows`.
+        unsafe { (self.dots)(q, kz, w, idx, z) }
+    }
+
+    /// [`Pv`], bounds checked.
+    #[inline]
+    pub fn pv(&self, idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+        assert!(o.len() == d && idx.len() == p.len());
+        assert!(idx.iter().all(|&j| (j as usize + 1) * d <= v.len()));
+        // SAFETY: as in `tile_rows`.
+        unsafe { (self.pv)(idx, p, v, d, o) }
+    }
+
+    /// Runs the peak loop for `iters` rounds: the MACs done and what was measured. `None` for
+    /// the portable tier (no fixed instruction mix to measure).
+    pub fn peak(&self, iters: u64) -> Option<(u64, &'static str)> {
+        // SAFETY: as in `tile_rows`.
+        self.peak.map(|(f, what)| (unsafe { f(iters) }, what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdp_core::rng::SplitMix64;
+
+    /// The portable twin rounds each product; FMA tiers do not.
+    const PV_TOL: f32 = 1e-5;
+
+    fn tables() -> Vec<&'static Kernels> {
+        Isa::available_tiers().into_iter().map(for_isa).collect()
+    }
+
+    /// Every tier's `dots` and `pv` against the portable twins on awkward lengths, operands at
+    /// the extremes each tier is specified for; prints which tiers ran.
+    #[test]
+    fn every_tier_matches_the_portable_twins() {
+        let mut rng = SplitMix64::new(7);
+        let mut ran = Vec::new();
+        for k in tables() {
+            for &w in &[32usize, 64, 96, 128, 160] {
+                let n = 37;
+                let qmax: u64 = if k.exact_u8 { 255 } else { 63 };
+                let q: Vec<u8> = (0..w)
+                    .map(|_| (rng.next_u64() % (qmax + 1)) as u8)
+                    .collect();
+                let kz: Vec<i8> = (0..n * w).map(|_| rng.next_u64() as i8).collect();
+                for len in [0usize, 1, 7, 8, 9, 17, 37] {
+                    let idx: Vec<u32> = (0..len)
+                        .map(|_| (rng.next_u64() % n as u64) as u32)
+                        .collect();
+                    let (mut got, mut want) = (vec![0; len], vec![0; len]);
+                    k.dots(&q, &kz, w, &idx, &mut got);
+                    portable::KERNELS.dots(&q, &kz, w, &idx, &mut want);
+                    assert_eq!(got, want, "{} dots w {w} len {len}", k.isa.name());
+                }
+            }
+            for &d in &[1usize, 16, 31, 32, 48, 64, 80, 100, 128] {
+                let n = 29;
+                let v: Vec<f32> = (0..n * d)
+                    .map(|_| rng.next_u64() as i32 as f32 / 2e9)
+                    .collect();
+                for len in [0usize, 1, 9, 29] {
+                    let idx: Vec<u32> = (0..len)
+                        .map(|_| (rng.next_u64() % n as u64) as u32)
+                        .collect();
+                    let p: Vec<f32> = (0..len)
+                        .map(|_| (rng.next_u64() % 1000) as f32 / 1000.0)
+                        .collect();
+                    let (mut got, mut want) = (vec![f32::NAN; d], vec![f32::NAN; d]);
+                    k.pv(&idx, &p, &v, d, &mut got);
+                    portable::KERNELS.pv(&idx, &p, &v, d, &mut want);
+                    for (c, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= PV_TOL,
+                            "{} pv d {d} len {len} col {c}: {g} vs {w}",
+                            k.isa.name()
+                        );
+                    }
+                }
+            }
+            ran.push(k.isa.name());
+        }
+        let missing: Vec<&str> = Isa::ALL
+            .iter()
+            .filter(|t| !t.available())
+            .map(|t| t.name())
+            .collect();
+        println!(
+            "kernel tiers tested: {}; not on this CPU: {}",
+            ran.join(", "),
+            if missing.is_empty() {
+                "none".into()
+            } else {
+                missing.join(", ")
+            }
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! The portable twins: plain Rust, what every other tier must equal.
+
+use super::{Kernels, TR};
+use crate::fast::Isa;
+
+pub(crate) static KERNELS: Kernels = Kernels {
+    isa: Isa::Portable,
+    exact_u8: true,
+    tile_rows,
+    dots,
+    pv,
+    peak: None,
+};
+
+/// [`super::TileRows`], scalar: exact i32 products of the packed layout.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows(
+    q: &[u8],
+    q_stride: usize,
+    depth: usize,
+    kpack: &[i8],
+    blocks: &[u32],
+    _run: usize,
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    let groups = depth / 4;
+    for r in 0..TR {
+        let qr = &q[r * q_stride..][..depth];
+        for (t, &cb) in blocks.iter().enumerate() {
+            let kb = &kpack[cb as usize * 8 * depth..][..8 * depth];
+            let mut acc = [0i32; 8];
+            for g in 0..groups {
+                let qg = &qr[4 * g..4 * g + 4];
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let k = &kb[g * 32 + c * 4..][..4];
+                    for u in 0..4 {
+                        *a += qg[u] as i32 * k[u] as i32;
+                    }
+                }
+            }
+            out[r * out_stride + 8 * t..][..8].copy_from_slice(&acc);
+        }
+    }
+}
+
+/// [`super::Dots`], scalar.
+unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
+    let q = &q[..w];
+    for (z, &j) in z.iter_mut().zip(idx) {
+        let kr = &kz[j as usize * w..][..w];
+        *z = q.iter().zip(kr).map(|(&x, &y)| x as i32 * y as i32).sum();
+    }
+}
+
+/// [`super::Pv`], scalar (a product and an add per term).
+unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
+    o.fill(0.0);
+    for (&j, &pj) in idx.iter().zip(p) {
+        for (y, &x) in o.iter_mut().zip(&v[j as usize * d..][..d]) {
+            *y += pj * x;
+        }
+    }
+}
