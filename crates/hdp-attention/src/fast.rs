@@ -775,6 +775,21 @@ pub fn f32_exact(cfg: &HdpConfig, d: usize) -> bool {
     bound.max(fused) < (1u64 << 24) as f64
 }
 
+/// [`hdp_attention`] with the time of each stage, where the int8 kernel runs (`None` for the
+/// f32 kernel and the reference fallback).
+pub fn hdp_attention_staged(
+    p: &AttentionProblem,
+    cfg: &ValidConfig,
+    layer: usize,
+    isa: Isa,
+) -> Result<(HdpOutput, Option<crate::int8::StageTimes>)> {
+    check_isa(isa)?;
+    if crate::int8::supported(cfg, p.dims().head_dim, isa) {
+        return crate::int8::hdp_attention(p, cfg, layer, isa, true);
+    }
+    Ok((hdp_attention(p, cfg, layer, isa)?, None))
+}
+
 /// Fast HDP attention, same decisions and trace as [`crate::hdp::attention`]. Falls back to
 /// the reference when the format is too wide for exact f32 integer arithmetic.
 pub fn hdp_attention(
@@ -787,7 +802,7 @@ pub fn hdp_attention(
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     check_isa(isa)?;
     if crate::int8::supported(cfg, d, isa) {
-        return crate::int8::hdp_attention(p, cfg, layer, isa);
+        return crate::int8::hdp_attention(p, cfg, layer, isa, false).map(|x| x.0);
     }
     if !f32_exact(cfg, d) {
         return hdp::attention(p, cfg, layer);

@@ -6,10 +6,10 @@
 
 use std::arch::x86_64::*;
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
-const ROUND: f32 = 12_582_912.0;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
+pub(crate) const ROUND: f32 = 12_582_912.0;
 
 /// Eight lanes of [`crate::fast::fast_exp`].
 #[inline]
@@ -37,7 +37,7 @@ pub(crate) fn exp8(x: __m256) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hmax(v: __m256) -> f32 {
+pub(crate) fn hmax(v: __m256) -> f32 {
     let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
@@ -115,63 +115,4 @@ pub(crate) fn compare_word64(chunk: &[i32], e: i32) -> (u64, u64) {
         eq |= (q as u64) << (8 * t);
     }
     (gt, eq)
-}
-
-/// Softmax in place over the entries of `p` whose bit is set in `words`; the others become 0.
-/// At least one bit must be set.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn softmax_words(p: &mut [f32], words: &[u64]) {
-    let bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    let lane_mask = |t: usize| -> __m256 {
-        let byte = (words[t / 64] >> (t % 64)) as i32 & 0xff;
-        _mm256_castsi256_ps(_mm256_cmpeq_epi32(
-            _mm256_and_si256(_mm256_set1_epi32(byte), bitsel),
-            bitsel,
-        ))
-    };
-    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
-    let full = p.len() / 8 * 8;
-    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
-    let mut vmax = ninf;
-    for t in (0..full).step_by(8) {
-        // SAFETY: t + 8 <= p.len().
-        let x = unsafe { _mm256_loadu_ps(p.as_ptr().add(t)) };
-        vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, x, lane_mask(t)));
-    }
-    let mut max = hmax(vmax);
-    for t in (full..p.len()).filter(|&t| kept(t)) {
-        max = max.max(p[t]);
-    }
-    let vm = _mm256_set1_ps(max);
-    let mut vsum = _mm256_setzero_ps();
-    for t in (0..full).step_by(8) {
-        // SAFETY: t + 8 <= p.len().
-        unsafe {
-            let x = _mm256_loadu_ps(p.as_ptr().add(t));
-            let e = _mm256_and_ps(exp8(_mm256_sub_ps(x, vm)), lane_mask(t));
-            _mm256_storeu_ps(p.as_mut_ptr().add(t), e);
-            vsum = _mm256_add_ps(vsum, e);
-        }
-    }
-    let mut total = 0.0f32;
-    for (t, x) in p.iter_mut().enumerate().skip(full) {
-        *x = if kept(t) {
-            crate::fast::fast_exp(*x - max)
-        } else {
-            0.0
-        };
-        total += *x;
-    }
-    let inv = _mm256_set1_ps(1.0 / (total + hsum(vsum)));
-    for t in (0..full).step_by(8) {
-        // SAFETY: t + 8 <= p.len().
-        unsafe {
-            let x = _mm256_loadu_ps(p.as_ptr().add(t));
-            _mm256_storeu_ps(p.as_mut_ptr().add(t), _mm256_mul_ps(x, inv));
-        }
-    }
-    let inv = _mm256_cvtss_f32(inv);
-    for x in &mut p[full..] {
-        *x *= inv;
-    }
 }

@@ -179,6 +179,29 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             let s = trace.summary();
             let rel = hdp_out.output.rel_l2_err(&dense_out)?;
             let speedup = dense_ms / hdp_ms;
+            // Per-stage times from separate profiled runs (reading the clock costs a little),
+            // the median of each stage.
+            let mut staged: Vec<hdp_attention::int8::StageTimes> = Vec::new();
+            for _ in 0..a.repeats {
+                if let (_, Some(t)) = fast::hdp_attention_staged(p, &cfg, 0, isa)? {
+                    staged.push(t);
+                }
+            }
+            let stages = (!staged.is_empty()).then(|| {
+                let med = |f: fn(&hdp_attention::int8::StageTimes) -> f64| {
+                    median(staged.iter().map(f).collect())
+                };
+                hdp_attention::int8::StageTimes {
+                    quantize: med(|t| t.quantize),
+                    integer_pass: med(|t| t.integer_pass),
+                    decisions: med(|t| t.decisions),
+                    kept_setup: med(|t| t.kept_setup),
+                    kept_scores: med(|t| t.kept_scores),
+                    softmax: med(|t| t.softmax),
+                    pv: med(|t| t.pv),
+                    other: med(|t| t.other),
+                }
+            });
             let int_pass = hdp_attention::int8::integer_pass_rate(p, &cfg, isa, a.repeats)?;
             let int_gmacs = int_pass.map(|r| r.gmacs);
             let int_frac = int_gmacs.zip(peak).map(|(g, p)| g / p);
@@ -194,6 +217,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                         "effective_block_sparsity": s.effective_block_sparsity(), "rel_l2_err": rel,
                         "integer_pass": int_pass, "int8_peak_gmacs": peak,
                         "integer_pass_peak_fraction": int_frac,
+                        "stages_ms": stages,
                         "config": cfg,
                     })
                 );
@@ -213,6 +237,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 100.0 * s.block_sparsity(),
                 100.0 * s.head_sparsity()
             );
+                if let Some(t) = stages {
+                    outln!(
+                        "{:>12} stages (ms, profiled runs): quantize {:.2}, integer pass {:.2}, decisions {:.2}, kept setup {:.2}, kept scores {:.2}, softmax {:.2}, P.V {:.2}, other {:.2}",
+                        "",
+                        t.quantize, t.integer_pass, t.decisions, t.kept_setup, t.kept_scores, t.softmax, t.pv, t.other
+                    );
+                }
             }
         }
     }

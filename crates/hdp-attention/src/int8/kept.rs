@@ -27,6 +27,8 @@ pub(super) struct AttendScratch {
     /// Kept keys and their scores/probabilities of one row (sparse chunks).
     pub(super) idx: Vec<u32>,
     pub(super) sc: Vec<f32>,
+    /// Per row of the chunk, `1 / sum` of its unnormalized probabilities.
+    pub(super) inv: Vec<f32>,
     /// `Z` of one row's kept entries (sparse chunks).
     pub(super) zs: Vec<i32>,
 }
@@ -72,54 +74,6 @@ pub(super) fn set_range(words: &mut [u64], lo: usize, hi: usize) {
     }
 }
 
-/// Scores of one row from its `Z` values: `2^f (Z - A sum K) * scale` (exact integer, exact
-/// in f32, one rounding by `scale`: the same f32 as the reference's score path), then softmax
-/// over the kept entries (`words`, compact numbering); other entries get probability 0.
-#[inline(always)]
-pub(super) fn row_probs_body(
-    simd: Isa,
-    z: &[i32],
-    ksg: &[i32],
-    k: Coef,
-    words: &[u64],
-    p: &mut [f32],
-) {
-    for ((p, &z), &ks) in p.iter_mut().zip(z).zip(ksg) {
-        *p = k.score(z, ks);
-    }
-    if words.iter().all(|&w| w == 0) {
-        p.fill(0.0);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if simd.avx2() {
-        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
-        unsafe { crate::simd::softmax_words(p, words) };
-        return;
-    }
-    let _ = simd;
-    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
-    let max = (0..p.len())
-        .filter(|&t| kept(t))
-        .map(|t| p[t])
-        .fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for (t, x) in p.iter_mut().enumerate() {
-        *x = if kept(t) { fast_exp(*x - max) } else { 0.0 };
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in p.iter_mut() {
-        *x *= inv;
-    }
-}
-
-multiversion! {
-    /// [`row_probs_body`] for `isa`.
-    fn row_probs => row_probs_body(simd: Isa, z: &[i32], ksg: &[i32], k: Coef, words: &[u64],
-        p: &mut [f32])
-}
-
 /// Steps 6-7 for one surviving head, a chunk of query rows at a time. Each row's kept
 /// columns (its block-row's kept blocks, valid keys, causal prefix) are word sets. `Z` is
 /// computed by the integer tile for the chunk's rows against a set of key blocks of 8: every
@@ -141,6 +95,8 @@ pub(super) fn attend(
     k: Coef,
     out: &mut [f32],
     sc: &mut AttendScratch,
+    clock: &mut Clock,
+    st: &mut StageTimes,
 ) {
     let (n, d, w) = (dm.n, dm.d, dm.w);
     let kn = crate::kernels::for_isa(isa);
@@ -209,6 +165,7 @@ pub(super) fn attend(
                     orow.fill(0.0);
                     continue;
                 }
+                clock.lap(&mut st.kept_setup);
                 sc.zs.resize(sc.idx.len(), 0);
                 kn.dots(&hd.qz[i * w..][..w], &hd.kz, w, &sc.idx, &mut sc.zs);
                 sc.sc.clear();
@@ -218,8 +175,11 @@ pub(super) fn attend(
                         .zip(&sc.zs)
                         .map(|(&j, &z)| k.score(z, hd.k_sum[j as usize])),
                 );
+                clock.lap(&mut st.kept_scores);
                 crate::fast::softmax_row(isa, &mut sc.sc);
+                clock.lap(&mut st.softmax);
                 kn.pv(&sc.idx, &sc.sc, v, d, orow);
+                clock.lap(&mut st.pv);
             }
             c0 += ch;
             continue;
@@ -275,15 +235,21 @@ pub(super) fn attend(
         sc.z.resize(TR * m, 0);
         sc.p.clear();
         sc.p.resize(ch * m, 0.0);
+        sc.inv.clear();
+        sc.inv.resize(ch, 0.0);
+        clock.lap(&mut st.kept_setup);
         let mut r0 = 0;
         while r0 < ch {
             let q = &hd.qz[(c0 + r0) * w..];
             kn.tile_rows(q, w, w, &hd.kz_pack, blocks, dm.run_z, &mut sc.z, m);
+            clock.lap(&mut st.kept_scores);
             for r in r0..(r0 + TR).min(ch) {
                 let z = &sc.z[(r - r0) * m..][..m];
                 let words = &crw[r * cwn..(r + 1) * cwn];
-                row_probs(isa, isa, z, ksg, k, words, &mut sc.p[r * m..(r + 1) * m]);
+                let p = &mut sc.p[r * m..(r + 1) * m];
+                sc.inv[r] = kn.probs(z, ksg, k.a, k.two_f, k.scale, words, p);
             }
+            clock.lap(&mut st.softmax);
             r0 += TR;
         }
         // O = P . V over the scored keys (the first `kdim` columns of P).
@@ -298,6 +264,13 @@ pub(super) fn attend(
             cs: 1,
         };
         matmul(ch, d, kdim, o, d, pv, vv, 1.0);
+        // The softmax's normalization, on the output rows (d values instead of m).
+        for (orow, &inv) in o.chunks_exact_mut(d).zip(&sc.inv) {
+            for x in orow {
+                *x *= inv;
+            }
+        }
+        clock.lap(&mut st.pv);
         c0 += ch;
     }
 }

@@ -26,7 +26,7 @@
 //! with them every decision, equal the reference's exactly.
 
 use crate::config::{BlockImportance, HdpConfig, RowThreshold};
-use crate::fast::{fast_exp, matmul, Isa, View};
+use crate::fast::{matmul, Isa, View};
 use crate::hdp::{self, prune_heads, HdpOutput, HeadDecider, RowScratch, RowStats};
 use crate::problem::AttentionProblem;
 use hdp_core::{BlockMask, QFormat, Result, ScoreMode, Tensor};
@@ -68,6 +68,74 @@ pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
     mode_ok && (a <= 64.0 || exact_u8) && score < (1u64 << 24) as f64
 }
 
+/// Milliseconds per stage of one int8 HDP run, summed over heads (with several threads, CPU
+/// time, not wall time), for `hdp bench attention`. Measured only when asked
+/// ([`hdp_attention`] with `profile`): reading the clock costs about 2% at b = 1.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StageTimes {
+    /// Step 1: quantization, integer/fraction splits, packed layouts.
+    pub quantize: f64,
+    /// Steps 2-3: the integer tiles `S_int`.
+    pub integer_pass: f64,
+    /// Steps 3-5: block importances, row decisions, head decisions.
+    pub decisions: f64,
+    /// Kept-side bookkeeping: each row's kept columns, gathered keys and V rows.
+    pub kept_setup: f64,
+    /// Step 6: scores of the kept entries (`Z` tiles or per-entry dot products).
+    pub kept_scores: f64,
+    /// Step 7: softmax over the kept entries (with the scores' conversion to f32 on the tile
+    /// path).
+    pub softmax: f64,
+    /// Step 7: `P . V`.
+    pub pv: f64,
+    /// Everything else (pre-scale exponents, masks, the trace), wall time minus the above on
+    /// one thread.
+    pub other: f64,
+}
+
+impl StageTimes {
+    fn add(&mut self, o: &StageTimes) {
+        self.quantize += o.quantize;
+        self.integer_pass += o.integer_pass;
+        self.decisions += o.decisions;
+        self.kept_setup += o.kept_setup;
+        self.kept_scores += o.kept_scores;
+        self.softmax += o.softmax;
+        self.pv += o.pv;
+    }
+
+    /// Sum of the measured stages (without `other`).
+    pub fn measured(&self) -> f64 {
+        self.quantize
+            + self.integer_pass
+            + self.decisions
+            + self.kept_setup
+            + self.kept_scores
+            + self.softmax
+            + self.pv
+    }
+}
+
+/// A stopwatch that reads the clock only when profiling.
+#[derive(Default)]
+struct Clock(Option<std::time::Instant>);
+
+impl Clock {
+    fn new(on: bool) -> Clock {
+        Clock(on.then(std::time::Instant::now))
+    }
+
+    /// Adds the time since the last lap to `slot`.
+    #[inline]
+    fn lap(&mut self, slot: &mut f64) {
+        if let Some(t) = &mut self.0 {
+            let now = std::time::Instant::now();
+            *slot += (now - *t).as_secs_f64() * 1e3;
+            *t = now;
+        }
+    }
+}
+
 /// `A = 2^(bits-1-f)`: `Q_int + A` is in `0..2A`.
 fn offset(f: QFormat) -> i32 {
     1 << (f.bits - 1 - f.frac_bits)
@@ -79,7 +147,10 @@ pub(crate) fn hdp_attention(
     cfg: &HdpConfig,
     layer: usize,
     isa: Isa,
-) -> Result<HdpOutput> {
+    profile: bool,
+) -> Result<(HdpOutput, Option<StageTimes>)> {
+    let t_start = std::time::Instant::now();
+    let times = std::sync::Mutex::new(StageTimes::default());
     let dims = p.dims();
     debug_assert!(supported(cfg, dims.head_dim, isa));
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
@@ -102,7 +173,10 @@ pub(crate) fn hdp_attention(
         let decided: Vec<(HeadData, BlockMask, f64)> = (0..heads)
             .into_par_iter()
             .map_init(PassScratch::default, |sc, h| {
+                let mut st = StageTimes::default();
+                let mut clock = Clock::new(profile);
                 let mut hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
+                clock.lap(&mut st.quantize);
                 hd.logit_scale = hdp::block_logit_scale(cfg, exps, d);
                 let (kept, imp) = integer_pass(
                     isa,
@@ -115,7 +189,12 @@ pub(crate) fn hdp_attention(
                     cfg,
                     a,
                     sc,
+                    &mut clock,
+                    &mut st,
                 );
+                if profile {
+                    times.lock().expect("no panics while held").add(&st);
+                }
                 (hd, kept, imp)
             })
             .collect();
@@ -135,6 +214,8 @@ pub(crate) fn hdp_attention(
                 if pruned[h] {
                     return;
                 }
+                let mut st = StageTimes::default();
+                let mut clock = Clock::new(profile);
                 let off = p.row_offset(b, h, 0);
                 let v = &p.v().data()[off..off + n * d];
                 let (hd, kept, _) = &decided[h];
@@ -151,7 +232,12 @@ pub(crate) fn hdp_attention(
                     coef,
                     o,
                     sc,
+                    &mut clock,
+                    &mut st,
                 );
+                if profile {
+                    times.lock().expect("no panics while held").add(&st);
+                }
             },
         );
         let saturated = decided
@@ -173,5 +259,10 @@ pub(crate) fn hdp_attention(
             &pruned,
         ));
     }
-    Ok(HdpOutput { output: out, trace })
+    let stages = profile.then(|| {
+        let mut t = times.into_inner().expect("no panics while held");
+        t.other = (t_start.elapsed().as_secs_f64() * 1e3 - t.measured()).max(0.0);
+        t
+    });
+    Ok((HdpOutput { output: out, trace }, stages))
 }

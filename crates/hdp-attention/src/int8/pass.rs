@@ -49,14 +49,16 @@ pub(super) fn decide_b1_body(
         .unwrap_or(i32::MAX);
     // Sums in i32 lanes (8 per vector) when no partial sum can overflow, else in i64.
     let narrow = (row.len() as i64) * (max as i64).abs().max((min as i64).abs()) < i32::MAX as i64;
-    let masked_sum = |keep: &dyn Fn(i32) -> i32| -> i64 {
+    // Generic, not `&dyn Fn`: each use is its own loop, inlined and vectorized.
+    #[inline(always)]
+    fn masked_sum(row: &[i32], narrow: bool, keep: impl Fn(i32) -> i32) -> i64 {
         if narrow {
             row.iter().map(|&v| keep(v)).sum::<i32>() as i64
         } else {
             row.iter().map(|&v| keep(v) as i64).sum::<i64>()
         }
-    };
-    let sum = masked_sum(&|v| if v == MASKED { 0 } else { v });
+    }
+    let sum = masked_sum(row, narrow, |v| if v == MASKED { 0 } else { v });
     let len = len as usize;
     // Kept: v > e, plus the first `eq_left` entries with v == e.
     let (e, mut eq_left) = match threshold {
@@ -108,8 +110,8 @@ pub(super) fn decide_b1_body(
             (lo as i32, k - above)
         }
     };
-    let kept_sum = masked_sum(&|v| if v > e { v } else { 0 });
-    let kept_pos = masked_sum(&|v| if v > e { v.max(0) } else { 0 });
+    let kept_sum = masked_sum(row, narrow, |v| if v > e { v } else { 0 });
+    let kept_pos = masked_sum(row, narrow, |v| if v > e { v.max(0) } else { 0 });
     let mut taken = 0i64;
     for (w, chunk) in words.iter_mut().zip(row.chunks(64)) {
         let (gt, mut eq) = compare_word(simd, chunk, e);
@@ -303,11 +305,15 @@ pub(super) fn integer_pass(
     cfg: &HdpConfig,
     a: i32,
     sc: &mut PassScratch,
+    clock: &mut Clock,
+    st: &mut StageTimes,
 ) -> (BlockMask, f64) {
     let (n, n_pad) = (dm.n, dm.n_pad);
     let bs = cfg.block_size;
     if bs > 1 && cfg.importance == BlockImportance::Sum {
-        return integer_pass_block_sums(hd, dm, valid, valid_tok, causal, cfg, a, sc);
+        let r = integer_pass_block_sums(hd, dm, valid, valid_tok, causal, cfg, a, sc);
+        clock.lap(&mut st.decisions);
+        return r;
     }
     let nb = n.div_ceil(bs);
     let kn = crate::kernels::for_isa(isa);
@@ -334,6 +340,7 @@ pub(super) fn integer_pass(
         kn.tile_rows(
             q, dm.dp, dm.dp, &hd.k_pack, blocks, dm.run_int, &mut sc.s, n_pad,
         );
+        clock.lap(&mut st.integer_pass);
         if bs == 1 {
             for r in 0..TR.min(n - i0) {
                 let i = i0 + r;
@@ -350,6 +357,7 @@ pub(super) fn integer_pass(
                 let stats = decide_b1(isa, isa, row, cfg.threshold, &hd.logit_scale, words);
                 decider.row_decided(i, &stats, words);
             }
+            clock.lap(&mut st.decisions);
             i0 += TR;
             continue;
         }
@@ -379,7 +387,10 @@ pub(super) fn integer_pass(
                 decider.row_fast(br, &sc.imp, &sc.ok, &mut sc.row);
             }
         }
+        clock.lap(&mut st.decisions);
         i0 += TR;
     }
-    decider.finish()
+    let r = decider.finish();
+    clock.lap(&mut st.decisions);
+    r
 }

@@ -11,6 +11,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     tile_rows,
     dots,
     pv,
+    probs,
     peak: Some((peak_loop, "vpmaddubsw + i16 adds, registers only")),
 };
 
@@ -255,4 +256,79 @@ unsafe fn peak_loop(iters: u64) -> u64 {
     };
     std::hint::black_box(s);
     iters * 16 * CHAINS as u64 * 32
+}
+
+/// [`super::Probs`]: 8 lanes, kept lanes selected by a mask built from each byte of `words`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn probs(
+    z: &[i32],
+    ks: &[i32],
+    a: i32,
+    mul: f32,
+    scale: f32,
+    words: &[u64],
+    p: &mut [f32],
+) -> f32 {
+    use crate::simd::{exp8, hmax, hsum};
+    let n = p.len();
+    let full = n / 8 * 8;
+    let bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let lane_mask = |t: usize| -> __m256 {
+        let byte = (words[t / 64] >> (t % 64)) as i32 & 0xff;
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+            _mm256_and_si256(_mm256_set1_epi32(byte), bitsel),
+            bitsel,
+        ))
+    };
+    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
+    let (va, vmul, vscale) = (
+        _mm256_set1_epi32(a),
+        _mm256_set1_ps(mul),
+        _mm256_set1_ps(scale),
+    );
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut vmax = ninf;
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= n for z, ks and p (lengths checked by the caller).
+        unsafe {
+            let zi = _mm256_loadu_si256(z.as_ptr().add(t) as *const __m256i);
+            let ki = _mm256_loadu_si256(ks.as_ptr().add(t) as *const __m256i);
+            let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(zi, _mm256_mullo_epi32(va, ki)));
+            let s = _mm256_mul_ps(_mm256_mul_ps(x, vmul), vscale);
+            _mm256_storeu_ps(p.as_mut_ptr().add(t), s);
+            vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, s, lane_mask(t)));
+        }
+    }
+    let mut max = hmax(vmax);
+    for t in full..n {
+        p[t] = ((z[t] - a * ks[t]) as f32 * mul) * scale;
+        if kept(t) {
+            max = max.max(p[t]);
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        p.fill(0.0);
+        return 0.0;
+    }
+    let vm = _mm256_set1_ps(max);
+    let mut vsum = _mm256_setzero_ps();
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= n.
+        unsafe {
+            let x = _mm256_loadu_ps(p.as_ptr().add(t));
+            let e = _mm256_and_ps(exp8(_mm256_sub_ps(x, vm)), lane_mask(t));
+            _mm256_storeu_ps(p.as_mut_ptr().add(t), e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+    }
+    let mut total = 0.0f32;
+    for (t, x) in p.iter_mut().enumerate().skip(full) {
+        *x = if kept(t) {
+            crate::fast::fast_exp(*x - max)
+        } else {
+            0.0
+        };
+        total += *x;
+    }
+    1.0 / (total + hsum(vsum))
 }

@@ -11,6 +11,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     tile_rows,
     dots,
     pv,
+    probs,
     peak: Some((peak_loop, "vpdpbusd zmm, registers only")),
 };
 
@@ -170,4 +171,90 @@ unsafe fn peak_loop(iters: u64) -> u64 {
     }
     std::hint::black_box(_mm512_reduce_add_epi32(total));
     iters * 16 * CHAINS as u64 * 64
+}
+
+/// Sixteen lanes of `fast_exp` (the same steps as `simd::exp8`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    use crate::simd::{LN2_HI, LN2_LO, LOG2E, ROUND};
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+        _mm512_set1_ps(88.7),
+    );
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(ROUND));
+    let n = _mm512_sub_ps(t, _mm512_set1_ps(ROUND));
+    let ni = _mm512_sub_epi32(
+        _mm512_castps_si512(t),
+        _mm512_set1_epi32(ROUND.to_bits() as i32),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127)));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
+}
+
+/// [`super::Probs`]: 16 lanes, the kept lanes' mask read straight from `words`, the ragged end
+/// by masked loads and stores.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn probs(
+    z: &[i32],
+    ks: &[i32],
+    a: i32,
+    mul: f32,
+    scale: f32,
+    words: &[u64],
+    p: &mut [f32],
+) -> f32 {
+    let n = p.len();
+    // Lanes t..t+16 that exist (ragged end) and are kept.
+    let masks = |t: usize| -> (__mmask16, __mmask16) {
+        let live = if t + 16 <= n {
+            0xffff
+        } else {
+            ((1u32 << (n - t)) - 1) as u16
+        };
+        (live, (words[t / 64] >> (t % 64)) as u16 & live)
+    };
+    let (va, vmul, vscale) = (
+        _mm512_set1_epi32(a),
+        _mm512_set1_ps(mul),
+        _mm512_set1_ps(scale),
+    );
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut vmax = ninf;
+    for t in (0..n).step_by(16) {
+        let (live, kept) = masks(t);
+        // SAFETY: masked lanes below n only (lengths checked by the caller).
+        unsafe {
+            let zi = _mm512_maskz_loadu_epi32(live, z.as_ptr().add(t));
+            let ki = _mm512_maskz_loadu_epi32(live, ks.as_ptr().add(t));
+            let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(zi, _mm512_mullo_epi32(va, ki)));
+            let s = _mm512_mul_ps(_mm512_mul_ps(x, vmul), vscale);
+            _mm512_mask_storeu_ps(p.as_mut_ptr().add(t), live, s);
+            vmax = _mm512_mask_max_ps(vmax, kept, vmax, s);
+        }
+    }
+    let max = _mm512_reduce_max_ps(vmax);
+    if max == f32::NEG_INFINITY {
+        p.fill(0.0);
+        return 0.0;
+    }
+    let vm = _mm512_set1_ps(max);
+    let mut vsum = _mm512_setzero_ps();
+    for t in (0..n).step_by(16) {
+        let (live, kept) = masks(t);
+        // SAFETY: as above.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(live, p.as_ptr().add(t));
+            let e = _mm512_maskz_mov_ps(kept, exp16(_mm512_sub_ps(x, vm)));
+            _mm512_mask_storeu_ps(p.as_mut_ptr().add(t), live, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+    }
+    1.0 / _mm512_reduce_add_ps(vsum)
 }

@@ -1,6 +1,6 @@
 //! AVX-VNNI (VEX-encoded `vpdpbusd ymm`, Alder Lake and later, Sapphire Rapids, Zen 5) on top
 //! of AVX2 + FMA: 32 u8 x i8 products into exact i32 lanes per instruction, no i16 runs. P.V
-//! has no AVX-VNNI instruction: it is the AVX2 tier's, named here.
+//! and the softmax have no AVX-VNNI instruction: they are the AVX2 tier's, named here.
 
 use super::{Kernels, TR};
 use crate::fast::Isa;
@@ -12,6 +12,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     tile_rows,
     dots,
     pv: super::avx2::pv,
+    probs: super::avx2::probs,
     peak: Some((peak_loop, "vpdpbusd ymm (AVX-VNNI), registers only")),
 };
 

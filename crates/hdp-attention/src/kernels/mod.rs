@@ -47,6 +47,21 @@ pub(crate) type Dots = unsafe fn(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: 
 /// `PV_TOL` in the tests).
 pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]);
 
+/// One row of the tile path's kept-entry probabilities, unnormalized:
+/// `p[t] = exp(s_t - max)` (`fast_exp`) where bit `t` of `words` is set, else 0, with the score
+/// `s_t = ((z[t] - a ks[t]) as f32 * mul) * scale` (exact integer, one rounding: the reference's
+/// f32 score). Returns `1 / sum p` (0 when no entry is kept); the caller scales the row's
+/// output by it, which saves a pass over the row.
+pub(crate) type Probs = unsafe fn(
+    z: &[i32],
+    ks: &[i32],
+    a: i32,
+    mul: f32,
+    scale: f32,
+    words: &[u64],
+    p: &mut [f32],
+) -> f32;
+
 /// `iters` rounds of the tier's int8 instruction mix on registers only; returns the MACs done.
 pub(crate) type PeakLoop = unsafe fn(iters: u64) -> u64;
 
@@ -61,6 +76,7 @@ pub(crate) struct Kernels {
     tile_rows: TileRows,
     dots: Dots,
     pv: Pv,
+    probs: Probs,
     peak: Option<(PeakLoop, &'static str)>,
 }
 
@@ -132,6 +148,24 @@ impl Kernels {
         unsafe { (self.pv)(idx, p, v, d, o) }
     }
 
+    /// [`Probs`], bounds checked.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn probs(
+        &self,
+        z: &[i32],
+        ks: &[i32],
+        a: i32,
+        mul: f32,
+        scale: f32,
+        words: &[u64],
+        p: &mut [f32],
+    ) -> f32 {
+        assert!(z.len() == p.len() && ks.len() == p.len() && words.len() * 64 >= p.len());
+        // SAFETY: as in `tile_rows`.
+        unsafe { (self.probs)(z, ks, a, mul, scale, words, p) }
+    }
+
     /// Runs the peak loop for `iters` rounds: the MACs done and what was measured. `None` for
     /// the portable tier (no fixed instruction mix to measure).
     pub fn peak(&self, iters: u64) -> Option<(u64, &'static str)> {
@@ -147,6 +181,9 @@ mod tests {
 
     /// The portable twin rounds each product; FMA tiers do not.
     const PV_TOL: f32 = 1e-5;
+    /// Vector and scalar sums of the exponentials differ in order; every exp is the same
+    /// polynomial (up to FMA contraction).
+    const PROBS_REL: f32 = 1e-5;
 
     fn tables() -> Vec<&'static Kernels> {
         Isa::available_tiers().into_iter().map(for_isa).collect()
@@ -195,6 +232,38 @@ mod tests {
                         assert!(
                             (g - w).abs() <= PV_TOL,
                             "{} pv d {d} len {len} col {c}: {g} vs {w}",
+                            k.isa.name()
+                        );
+                    }
+                }
+            }
+            for len in [1usize, 7, 16, 33, 64, 100, 517] {
+                let z: Vec<i32> = (0..len)
+                    .map(|_| (rng.next_u64() % 20_000) as i32 - 10_000)
+                    .collect();
+                let ks: Vec<i32> = (0..len)
+                    .map(|_| (rng.next_u64() % 2_000) as i32 - 1_000)
+                    .collect();
+                for density in [0u64, 1, 3, 10] {
+                    let words: Vec<u64> = (0..len.div_ceil(64))
+                        .map(|_| {
+                            (0..64).fold(0u64, |w, b| {
+                                w | (((rng.next_u64() % 10) < density) as u64) << b
+                            })
+                        })
+                        .collect();
+                    let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                    let gi = k.probs(&z, &ks, 128, 1.0, 1e-3, &words, &mut got);
+                    let wi = portable::KERNELS.probs(&z, &ks, 128, 1.0, 1e-3, &words, &mut want);
+                    assert!(
+                        (gi - wi).abs() <= PROBS_REL * wi.abs(),
+                        "{} probs len {len}: 1/sum {gi} vs {wi}",
+                        k.isa.name()
+                    );
+                    for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= PROBS_REL * w.abs(),
+                            "{} probs len {len} entry {t}: {g} vs {w}",
                             k.isa.name()
                         );
                     }

@@ -1,7 +1,7 @@
 //! The portable twins: plain Rust, what every other tier must equal.
 
 use super::{Kernels, TR};
-use crate::fast::Isa;
+use crate::fast::{fast_exp, Isa};
 
 pub(crate) static KERNELS: Kernels = Kernels {
     isa: Isa::Portable,
@@ -9,6 +9,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     tile_rows,
     dots,
     pv,
+    probs,
     peak: None,
 };
 
@@ -61,4 +62,34 @@ unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
             *y += pj * x;
         }
     }
+}
+
+/// [`super::Probs`], scalar.
+unsafe fn probs(
+    z: &[i32],
+    ks: &[i32],
+    a: i32,
+    mul: f32,
+    scale: f32,
+    words: &[u64],
+    p: &mut [f32],
+) -> f32 {
+    let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
+    let mut max = f32::NEG_INFINITY;
+    for (t, x) in p.iter_mut().enumerate() {
+        *x = ((z[t] - a * ks[t]) as f32 * mul) * scale;
+        if kept(t) {
+            max = max.max(*x);
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        p.fill(0.0);
+        return 0.0;
+    }
+    let mut sum = 0.0f32;
+    for (t, x) in p.iter_mut().enumerate() {
+        *x = if kept(t) { fast_exp(*x - max) } else { 0.0 };
+        sum += *x;
+    }
+    1.0 / sum
 }
