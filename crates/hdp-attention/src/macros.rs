@@ -1,7 +1,10 @@
-//! Multiversioning: one generic body, compiled for AVX2+FMA and as portable code.
+//! Multiversioning: one generic body, compiled for AVX-512 (F/BW/VL), for AVX2+FMA and as
+//! portable code.
 
-/// Declares `$name(isa, args..)`, which runs `$body(args..)` compiled for AVX2+FMA when `isa`
-/// says the CPU has them, and the portable instantiation otherwise.
+/// Declares `$name(isa, args..)`, which runs `$body(args..)` compiled for AVX-512 F/BW/VL on
+/// the AVX-512 tier (16-lane loops), for AVX2+FMA on the AVX2 and AVX-VNNI tiers, and the
+/// portable instantiation otherwise. The body is the same source in every case, so the
+/// compiled variants differ only in vector width, never in meaning.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$m])*
@@ -13,10 +16,20 @@ macro_rules! multiversion {
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 $body($($arg),*)
             }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
             match isa {
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: the AVX-512 tier is only produced after detecting avx512f/bw/vl
+                // (with avx2 and fma).
+                Isa::Avx512Vnni => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
                 // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
-                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { avx2($($arg),*) },
+                Isa::Avx2 | Isa::AvxVnni => unsafe { avx2($($arg),*) },
                 _ => $body($($arg),*),
             }
         }

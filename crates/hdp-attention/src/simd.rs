@@ -100,6 +100,21 @@ pub(crate) fn softmax_dense(s: &mut [f32]) {
     }
 }
 
+/// [`compare_word64`] by AVX-512 compares straight into mask registers.
+#[target_feature(enable = "avx512f")]
+pub(crate) fn compare_word64_avx512(chunk: &[i32], e: i32) -> (u64, u64) {
+    assert_eq!(chunk.len(), 64);
+    let ev = _mm512_set1_epi32(e);
+    let (mut gt, mut eq) = (0u64, 0u64);
+    for (t, c) in chunk.chunks_exact(16).enumerate() {
+        // SAFETY: `c` holds exactly 16 i32.
+        let v = unsafe { _mm512_loadu_si512(c.as_ptr() as *const _) };
+        gt |= (_mm512_cmpgt_epi32_mask(v, ev) as u64) << (16 * t);
+        eq |= (_mm512_cmpeq_epi32_mask(v, ev) as u64) << (16 * t);
+    }
+    (gt, eq)
+}
+
 /// Bits of `v > e` and `v == e` for exactly 64 entries (`chunk.len() == 64`).
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn compare_word64(chunk: &[i32], e: i32) -> (u64, u64) {
