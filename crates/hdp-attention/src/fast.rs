@@ -444,7 +444,8 @@ multiversion! {
     /// [`sparse_attend_body`] for `isa`.
     fn sparse_attend => sparse_attend_body(c: &HeadCodes, qf: &[f32], kf: &[f32], v: &[f32],
         kept: &BlockMask, valid_tok: &[bool], causal: bool, n: usize, d: usize, bs: usize,
-        mode: ScoreMode, score_scale: f32, out: &mut [f32], idx: &mut Vec<usize>, sc: &mut Vec<f32>)
+        mode: ScoreMode, score_scale: f32, bf16: bool, out: &mut [f32], idx: &mut Vec<usize>,
+        sc: &mut Vec<f32>)
 }
 
 /// A read-only matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
@@ -719,6 +720,7 @@ fn sparse_attend_body(
     bs: usize,
     mode: ScoreMode,
     score_scale: f32,
+    bf16: bool,
     out: &mut [f32],
     idx: &mut Vec<usize>,
     sc: &mut Vec<f32>,
@@ -758,7 +760,13 @@ fn sparse_attend_body(
         }
         let inv = 1.0 / sum;
         for (&j, &pj) in idx.iter().zip(sc.iter()) {
-            axpy(pj * inv, &v[j * d..(j + 1) * d], o);
+            // bf16: the normalized probability rounded (V comes rounded by the caller).
+            let pj = if bf16 {
+                hdp_core::bf16_round(pj * inv)
+            } else {
+                pj * inv
+            };
+            axpy(pj, &v[j * d..(j + 1) * d], o);
         }
     }
 }
@@ -892,6 +900,13 @@ pub fn hdp_attention(
                 if pruned[h] {
                     return;
                 }
+                let bf16 = cfg.pv == hdp_core::PvPrecision::Bf16;
+                let vr: Vec<f32> = if bf16 {
+                    v.iter().map(|&x| hdp_core::bf16_round(x)).collect()
+                } else {
+                    Vec::new()
+                };
+                let v = if bf16 { &vr[..] } else { v };
                 let c = &codes[h];
                 let kept = &decided[h].0;
                 sparse_attend(
@@ -908,6 +923,7 @@ pub fn hdp_attention(
                     bs,
                     cfg.score_mode,
                     score_scale,
+                    bf16,
                     o,
                     idx,
                     sc,

@@ -12,7 +12,7 @@ use crate::config::{
 use crate::dense::masked_softmax;
 use crate::problem::AttentionProblem;
 use hdp_core::trace::{HeadTrace, LayerTrace, SequenceTrace};
-use hdp_core::{BlockMask, OpCounts, QFormat, Result, ScoreMode, Tensor};
+use hdp_core::{BlockMask, OpCounts, PvPrecision, QFormat, Result, ScoreMode, Tensor};
 
 /// Bits per V element assumed by the traffic counts (V is held as 16-bit values).
 pub const V_BITS: u64 = 16;
@@ -850,12 +850,16 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
                         continue;
                     }
                     acc.fill(0.0);
+                    // Step 7's operands at the configured precision (bf16: P and V rounded).
+                    let bf16 = cfg.pv == PvPrecision::Bf16;
+                    let round = |x: f32| if bf16 { hdp_core::bf16_round(x) } else { x };
                     for (j, &pj) in scores.iter().enumerate().filter(|(_, &pj)| pj != 0.0) {
+                        let pj = if bf16 { round(pj as f32) as f64 } else { pj };
                         for (a, &x) in acc
                             .iter_mut()
                             .zip(&p.v().data()[p.row_offset(b, h, j)..][..d])
                         {
-                            *a += pj * x as f64;
+                            *a += pj * round(x) as f64;
                         }
                     }
                     let o = &mut out.data_mut()[p.row_offset(b, h, i)..][..d];

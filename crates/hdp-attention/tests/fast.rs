@@ -7,8 +7,23 @@ use hdp_attention::{
     dense, hdp, BlockImportance, HdpConfig, HeadImportance, HeadPruning, PrunedHeadOutput,
     RowThreshold,
 };
-use hdp_core::tolerance::{FAST_EXP_REL, FAST_VS_REFERENCE_ABS};
-use hdp_core::{QFormat, ScoreMode};
+use hdp_core::tolerance::{FAST_EXP_REL, FAST_VS_REFERENCE_ABS, FAST_VS_REFERENCE_BF16_PER_V};
+use hdp_core::{PvPrecision, QFormat, ScoreMode, Tensor};
+
+/// [`FAST_VS_REFERENCE_ABS`], plus the bf16 allowance for `pv = bf16`.
+fn tolerance(pv: PvPrecision, v: &Tensor) -> f32 {
+    match pv {
+        PvPrecision::F32 => FAST_VS_REFERENCE_ABS,
+        PvPrecision::Bf16 => {
+            let vmax = v.data().iter().fold(0f32, |m, x| m.max(x.abs()));
+            FAST_VS_REFERENCE_ABS + FAST_VS_REFERENCE_BF16_PER_V * vmax
+        }
+    }
+}
+
+fn pv_precision() -> impl Strategy<Value = PvPrecision> {
+    prop_oneof![Just(PvPrecision::F32), Just(PvPrecision::Bf16)]
+}
 use proptest::prelude::*;
 
 fn isas() -> Vec<Isa> {
@@ -58,7 +73,7 @@ proptest! {
         importance in prop_oneof![Just(BlockImportance::Sum), Just(BlockImportance::Max), Just(BlockImportance::AbsSum)],
         head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact), Just(ScoreMode::Float)],
-        mean_v in any::<bool>(), f in 2u32..=5,
+        mean_v in any::<bool>(), f in 2u32..=5, pv in pv_precision(),
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
@@ -66,6 +81,7 @@ proptest! {
             q_format: QFormat::new(8, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
             head_importance: HeadImportance::KeptPosSum, score_mode,
             pruned_head_output: if mean_v { PrunedHeadOutput::MeanV } else { PrunedHeadOutput::Zero },
+            pv,
             ..HdpConfig::default()
         };
         let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
@@ -74,7 +90,7 @@ proptest! {
             let got = fast::hdp_attention(&p, &cfg.validated().unwrap(), 0, isa).unwrap();
             prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
             let e = got.output.max_abs_diff(&reference.output);
-            prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} hdp err {}", isa, e);
+            prop_assert!(e <= tolerance(pv, p.v()), "{:?} {:?} hdp err {}", isa, pv, e);
             let dense_fast = fast::dense_attention(&p, isa).unwrap();
             let e = dense_fast.max_abs_diff(&dense_ref);
             prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} dense err {}", isa, e);
@@ -122,12 +138,13 @@ proptest! {
         head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
         (bits, f) in (4u32..=8).prop_flat_map(|bits| (Just(bits), (bits.saturating_sub(7)).max(1)..bits)),
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact)],
+        pv in pv_precision(),
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch: 2, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
         let cfg = HdpConfig {
             q_format: QFormat::new(bits, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
-            score_mode,
+            score_mode, pv,
             ..HdpConfig::default()
         };
         let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
@@ -137,7 +154,7 @@ proptest! {
             let got = fast::hdp_attention(&p, &cfg.validated().unwrap(), 0, isa).unwrap();
             prop_assert_eq!(&got.trace, &reference.trace, "{:?}", isa);
             let e = got.output.max_abs_diff(&reference.output);
-            prop_assert!(e <= FAST_VS_REFERENCE_ABS, "{:?} hdp err {}", isa, e);
+            prop_assert!(e <= tolerance(pv, p.v()), "{:?} {:?} hdp err {}", isa, pv, e);
         }
     }
 }
@@ -148,10 +165,13 @@ proptest! {
 /// tolerance.
 #[test]
 fn sparse_kept_path_matches_the_reference_on_every_tier() {
-    for (d, score_mode) in [16usize, 32, 48, 64, 80]
-        .into_iter()
-        .flat_map(|d| [(d, ScoreMode::Approx), (d, ScoreMode::Exact)])
-    {
+    for (d, score_mode, pv) in [16usize, 32, 48, 64, 80].into_iter().flat_map(|d| {
+        [
+            (d, ScoreMode::Approx, PvPrecision::F32),
+            (d, ScoreMode::Exact, PvPrecision::F32),
+            (d, ScoreMode::Exact, PvPrecision::Bf16),
+        ]
+    }) {
         let p = generate(&SyntheticSpec {
             batch: 1,
             heads: 2,
@@ -165,6 +185,7 @@ fn sparse_kept_path_matches_the_reference_on_every_tier() {
         let cfg = HdpConfig {
             threshold: RowThreshold::TopK { keep: 0.1 },
             score_mode,
+            pv,
             ..HdpConfig::default()
         }
         .validated()
@@ -175,8 +196,8 @@ fn sparse_kept_path_matches_the_reference_on_every_tier() {
             assert_eq!(got.trace, reference.trace, "{isa:?} d {d} {score_mode:?}");
             let e = got.output.max_abs_diff(&reference.output);
             assert!(
-                e <= FAST_VS_REFERENCE_ABS,
-                "{isa:?} d {d} {score_mode:?}: err {e}"
+                e <= tolerance(pv, p.v()),
+                "{isa:?} d {d} {score_mode:?} {pv:?}: err {e}"
             );
         }
     }

@@ -6,8 +6,10 @@ use hdp_attention::{
     dense, hdp, AttentionProblem, BlockImportance, HdpConfig, HeadImportance, HeadPruning,
     PrunedHeadOutput, RowThreshold,
 };
-use hdp_core::tolerance::{FLOAT_SAME_MATH_ABS, FLOAT_SAME_MATH_REL, QUANT_BOUND_SLACK_ABS};
-use hdp_core::{QFormat, ScoreMode, Tensor};
+use hdp_core::tolerance::{
+    BF16_VS_F32_PER_V, FLOAT_SAME_MATH_ABS, FLOAT_SAME_MATH_REL, QUANT_BOUND_SLACK_ABS,
+};
+use hdp_core::{PvPrecision, QFormat, ScoreMode, Tensor};
 use proptest::prelude::*;
 
 /// A random problem: shapes, padding and causality drawn by proptest.
@@ -320,6 +322,50 @@ proptest! {
             }
         }
     }
+
+    /// bf16 P.V operands change neither the decisions nor the trace, and move the output by
+    /// at most the rounding of P and V ([`BF16_VS_F32_PER_V`] of `max |V|`).
+    #[test]
+    fn bf16_pv_only_rounds_the_output(p in problem_strategy(), cfg in config_strategy()) {
+        let run = |pv| hdp::attention(&p, &(HdpConfig { pv, ..cfg }).validated().unwrap(), 0).unwrap();
+        let (f, b) = (run(PvPrecision::F32), run(PvPrecision::Bf16));
+        prop_assert_eq!(&f.trace, &b.trace);
+        let vmax = p.v().data().iter().fold(0f32, |m, x| m.max(x.abs()));
+        let e = f.output.max_abs_diff(&b.output);
+        prop_assert!(e <= BF16_VS_F32_PER_V * vmax + 1e-6, "err {} vs max |V| {}", e, vmax);
+    }
+}
+
+/// The bf16 option really rounds: on a problem whose values are not bf16 numbers, outputs
+/// differ from f32's (a test of the test above).
+#[test]
+fn bf16_pv_is_not_a_no_op() {
+    let p = generate(&SyntheticSpec {
+        batch: 1,
+        heads: 2,
+        seq_len: 64,
+        head_dim: 16,
+        valid_len: None,
+        causal: false,
+        seed: 5,
+    })
+    .unwrap();
+    let run = |pv| {
+        hdp::attention(
+            &p,
+            &HdpConfig {
+                pv,
+                ..HdpConfig::default()
+            }
+            .validated()
+            .unwrap(),
+            0,
+        )
+        .unwrap()
+        .output
+    };
+    let e = run(PvPrecision::F32).max_abs_diff(&run(PvPrecision::Bf16));
+    assert!(e > 1e-5, "bf16 output equals f32 output (max diff {e})");
 }
 
 #[test]

@@ -16,8 +16,8 @@ pub mod tolerance;
 pub mod trace;
 
 pub use config::{
-    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
-    RowThreshold, ScoreMode, ValidConfig,
+    bf16_round, BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale,
+    PrunedHeadOutput, PvPrecision, RowThreshold, ScoreMode, ValidConfig,
 };
 pub use error::{Error, Result};
 pub use fixed::{QFormat, Quantized};

@@ -35,3 +35,15 @@ pub const FAST_EXP_REL: f64 = 3e-7;
 /// whole model: after layer 0, f32 vs f64 rounding can flip a quantization step and hence a
 /// decision, so agreement is statistical (measured >= 0.9999 on the golden sentences).
 pub const FAST_VS_REFERENCE_MODEL_COSINE: f64 = 0.999;
+
+/// Fast kernels vs the reference with bf16 P.V operands, on top of
+/// [`FAST_VS_REFERENCE_ABS`], per unit of `max |V|`: the two compute the probability before
+/// rounding in different arithmetic (f32 polynomial exp vs f64), so a probability within
+/// about 1e-6 of a rounding boundary may round to the neighbouring bf16 in one of them, one
+/// step of 2^-8 relative; the bound allows every probability of a row one step.
+pub const FAST_VS_REFERENCE_BF16_PER_V: f32 = 1.0 / 256.0;
+
+/// bf16 P.V operands vs f32 ones in the reference, per unit of `max |V|`: P and V each
+/// rounded to 8 significant bits (unit roundoff 2^-8 each), summed over a row whose
+/// probabilities add to 1.
+pub const BF16_VS_F32_PER_V: f32 = 2.0 / 256.0 + 1e-5;

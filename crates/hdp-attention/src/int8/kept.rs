@@ -1,6 +1,8 @@
 //! The kept side (steps 6-7): scores of the kept entries, masked softmax, P.V.
 
 use super::*;
+use crate::kernels::bf16;
+use hdp_core::PvPrecision;
 
 /// Query rows per chunk of the kept-entry stage (their probabilities stay in L2 for P.V).
 pub(super) const CH: usize = 64;
@@ -31,6 +33,11 @@ pub(super) struct AttendScratch {
     pub(super) inv: Vec<f32>,
     /// `Z` of one row's kept entries (sparse chunks).
     pub(super) zs: Vec<i32>,
+    /// bf16 P.V: the head's V rounded to bf16 (as f32), V as pairs (the head's, or the
+    /// chunk's gathered rows), the chunk's probabilities as pairs.
+    pub(super) vr: Vec<f32>,
+    pub(super) vpk: Vec<u32>,
+    pub(super) ppk: Vec<u32>,
 }
 
 /// Turns `Z` into the f32 score the reference uses.
@@ -92,6 +99,7 @@ pub(super) fn attend(
     causal: bool,
     bs: usize,
     v: &[f32],
+    pv: PvPrecision,
     k: Coef,
     out: &mut [f32],
     sc: &mut AttendScratch,
@@ -103,6 +111,29 @@ pub(super) fn attend(
     let wn = n.div_ceil(64);
     let gather = bs.is_multiple_of(8);
     let rows = if bs >= 8 { bs.div_ceil(TR) * TR } else { CH };
+    // bf16 operands: V rounded once per head (every path below reads the rounded copy), the
+    // hardware kernel where the CPU has one, packed V of the whole head when chunks use every
+    // key.
+    let bf16 = pv == PvPrecision::Bf16;
+    let hw = if bf16 {
+        bf16::fast_kernel(isa, d)
+    } else {
+        None
+    };
+    let mut vr = std::mem::take(&mut sc.vr);
+    let mut head_vpk = Vec::new();
+    let v: &[f32] = if bf16 {
+        vr.clear();
+        vr.extend(v.iter().map(|&x| hdp_core::bf16_round(x)));
+        if hw.is_some() && !gather {
+            let m2 = all_blocks.len() * 4;
+            bf16::pack_v(isa, &vr, n, d, m2, &mut head_vpk);
+        }
+        &vr
+    } else {
+        v
+    };
+    clock.lap(&mut st.kept_setup);
     let mut c0 = 0;
     while c0 < n {
         let ch = rows.min(n - c0);
@@ -177,6 +208,11 @@ pub(super) fn attend(
                 );
                 clock.lap(&mut st.kept_scores);
                 crate::fast::softmax_row(isa, &mut sc.sc);
+                if bf16 {
+                    for x in sc.sc.iter_mut() {
+                        *x = hdp_core::bf16_round(*x);
+                    }
+                }
                 clock.lap(&mut st.softmax);
                 kn.pv(&sc.idx, &sc.sc, v, d, orow);
                 clock.lap(&mut st.pv);
@@ -252,6 +288,40 @@ pub(super) fn attend(
             clock.lap(&mut st.softmax);
             r0 += TR;
         }
+        if let Some(hw) = hw {
+            // bf16 pairs: the normalized probabilities and V (the head's, or the gathered
+            // rows), then `vdpbf16ps` over all m scored keys (P is zero past the valid ones).
+            let m2 = m / 2;
+            sc.ppk.clear();
+            sc.ppk.resize(ch * m2, 0);
+            for r in 0..ch {
+                bf16::probs_pairs(
+                    isa,
+                    &sc.p[r * m..][..m],
+                    sc.inv[r],
+                    &mut sc.ppk[r * m2..][..m2],
+                );
+            }
+            let vpk: &[u32] = if gather {
+                bf16::pack_v(isa, vsrc, m, d, m2, &mut sc.vpk);
+                &sc.vpk
+            } else {
+                &head_vpk
+            };
+            clock.lap(&mut st.softmax);
+            hw.run(&sc.ppk, m2, ch, m2, vpk, d, o, d);
+            clock.lap(&mut st.pv);
+            c0 += ch;
+            continue;
+        }
+        if bf16 {
+            // The same numbers by f32 arithmetic: normalized probabilities rounded in place.
+            for (row, &inv) in sc.p.chunks_exact_mut(m).zip(&sc.inv) {
+                for x in row {
+                    *x = hdp_core::bf16_round(*x * inv);
+                }
+            }
+        }
         // O = P . V over the scored keys (the first `kdim` columns of P).
         let pv = View {
             data: &sc.p,
@@ -265,12 +335,15 @@ pub(super) fn attend(
         };
         matmul(ch, d, kdim, o, d, pv, vv, 1.0);
         // The softmax's normalization, on the output rows (d values instead of m).
-        for (orow, &inv) in o.chunks_exact_mut(d).zip(&sc.inv) {
-            for x in orow {
-                *x *= inv;
+        if !bf16 {
+            for (orow, &inv) in o.chunks_exact_mut(d).zip(&sc.inv) {
+                for x in orow {
+                    *x *= inv;
+                }
             }
         }
         clock.lap(&mut st.pv);
         c0 += ch;
     }
+    sc.vr = vr;
 }

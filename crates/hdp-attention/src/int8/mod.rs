@@ -229,6 +229,7 @@ pub(crate) fn hdp_attention(
                     p.causal(),
                     bs,
                     v,
+                    cfg.pv,
                     coef,
                     o,
                     sc,

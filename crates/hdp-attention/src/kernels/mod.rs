@@ -15,7 +15,10 @@ pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx_vnni;
+pub(crate) mod bf16;
 pub(crate) mod portable;
 
 /// Query rows per integer tile.
