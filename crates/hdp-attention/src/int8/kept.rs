@@ -22,8 +22,9 @@ pub(super) struct AttendScratch {
     pub(super) vg: Vec<f32>,
     /// `sum_k K` of the union's keys.
     pub(super) ksg: Vec<i32>,
-    /// One tile of `Z`.
+    /// One tile of `Z` (and of the low nibbles' product when split).
     pub(super) z: Vec<i32>,
+    pub(super) z2: Vec<i32>,
     /// Probabilities of the chunk, `CH x m`.
     pub(super) p: Vec<f32>,
     /// Kept keys and their scores/probabilities of one row (sparse chunks).
@@ -198,7 +199,15 @@ pub(super) fn attend(
                 }
                 clock.lap(&mut st.kept_setup);
                 sc.zs.resize(sc.idx.len(), 0);
-                kn.dots(&hd.qz[i * w..][..w], &hd.kz, w, &sc.idx, &mut sc.zs);
+                let q = &hd.qz[i * dm.qw..][..dm.qw];
+                kn.dots(&q[..w], &hd.kz, w, &sc.idx, &mut sc.zs);
+                if dm.split {
+                    sc.z2.resize(sc.idx.len(), 0);
+                    kn.dots(&q[w..], &hd.kz, w, &sc.idx, &mut sc.z2);
+                    for (z, &lo) in sc.zs.iter_mut().zip(&sc.z2) {
+                        *z = 16 * *z + lo;
+                    }
+                }
                 sc.sc.clear();
                 sc.sc.extend(
                     sc.idx
@@ -276,8 +285,24 @@ pub(super) fn attend(
         clock.lap(&mut st.kept_setup);
         let mut r0 = 0;
         while r0 < ch {
-            let q = &hd.qz[(c0 + r0) * w..];
-            kn.tile_rows(q, w, w, &hd.kz_pack, blocks, dm.run_z, &mut sc.z, m);
+            let q = &hd.qz[(c0 + r0) * dm.qw..];
+            kn.tile_rows(q, dm.qw, w, &hd.kz_pack, blocks, dm.run_z, &mut sc.z, m);
+            if dm.split {
+                sc.z2.resize(TR * m, 0);
+                kn.tile_rows(
+                    &q[w..],
+                    dm.qw,
+                    w,
+                    &hd.kz_pack,
+                    blocks,
+                    dm.run_z,
+                    &mut sc.z2,
+                    m,
+                );
+                for (z, &lo) in sc.z.iter_mut().zip(&sc.z2) {
+                    *z = 16 * *z + lo;
+                }
+            }
             clock.lap(&mut st.kept_scores);
             for r in r0..(r0 + TR).min(ch) {
                 let z = &sc.z[(r - r0) * m..][..m];

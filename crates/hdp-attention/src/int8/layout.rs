@@ -13,8 +13,9 @@ pub(super) struct HeadData {
     pub(super) k_pack: Vec<i8>,
     /// Per key, `sum_k K_int`.
     pub(super) k_int_sum: Vec<i32>,
-    /// Per query, the left operand of the kept scores, `rows_pad x w`: approximate scores
-    /// `[Q_int + A, Q_frac]`, exact scores `Q + 128` (the code made non-negative).
+    /// Per query, the left operand of the kept scores, `rows_pad x qw`: approximate scores
+    /// `[Q_int + A, Q_frac]`, exact scores `Q + 128` (the code made non-negative), split
+    /// exact scores its two nibbles `[(Q + 128) >> 4, (Q + 128) & 15]` (each `w` wide).
     pub(super) qz: Vec<u8>,
     /// Per key, the right operand, row-major `n x w` (sparse rows score from it):
     /// approximate `[K, K_int]`, exact `K`.
@@ -41,6 +42,13 @@ pub(super) struct Dims {
     pub(super) w: usize,
     /// Exact scores: `Z = (Q + 128) . K`, one int8 dot product of the codes per entry.
     pub(super) exact: bool,
+    /// Exact scores on a tier without `vpdpbusd` (`Kernels::exact_u8` false), whose i16 pair
+    /// sums cannot hold `255 x 128` products: `Z = 16 (hi . K) + (lo . K)` with the nibbles
+    /// `hi`, `lo` of `Q + 128`, two products of depth `w` (what one approximate product of
+    /// depth `2w` costs).
+    pub(super) split: bool,
+    /// Width of `qz` rows: `w`, or `2 w` when split.
+    pub(super) qw: usize,
     /// The offset of `qz`'s integer part: `A` (approximate) or 128 (exact), so that the
     /// score in units of `2^-2f` is `mul (Z - za sum K)` with `mul` = `2^f` or 1.
     pub(super) za: i32,
@@ -56,22 +64,30 @@ pub(super) struct Dims {
 }
 
 impl Dims {
-    pub(super) fn new(n: usize, d: usize, fmt: QFormat, exact: bool) -> Dims {
+    pub(super) fn new(n: usize, d: usize, fmt: QFormat, exact: bool, split: bool) -> Dims {
         let dp = d.div_ceil(4) * 4;
         let n_pad = n.div_ceil(TC) * TC;
         let a = offset(fmt) as i64;
         let (max_code, max_frac) = (1i64 << (fmt.bits - 1), fmt.one() as i64 - 1);
+        let split = exact && split;
+        let w = (if exact { dp } else { 2 * dp }).div_ceil(32) * 32;
         Dims {
             n,
             d,
             dp,
-            w: (if exact { dp } else { 2 * dp }).div_ceil(32) * 32,
+            w,
             exact,
+            split,
+            qw: if split { 2 * w } else { w },
             za: if exact { 128 } else { a as i32 },
             n_pad,
             rows_pad: n.div_ceil(TR) * TR,
             run_int: i16_run(2 * (2 * a - 1) * a),
-            run_z: i16_run((2 * (2 * a - 1) * max_code).max(2 * max_frac * a)),
+            run_z: if split {
+                i16_run(2 * 15 * 128)
+            } else {
+                i16_run((2 * (2 * a - 1) * max_code).max(2 * max_frac * a))
+            },
         }
     }
 }
@@ -195,6 +211,31 @@ pub(super) fn split_k_exact_body(
     (sum_int, sum)
 }
 
+/// Split exact scores: `Q_int + A` (integer pass) and the nibbles of `Q + 128` (score
+/// operands) of one row of codes.
+#[inline(always)]
+pub(super) fn split_q_nibbles_body(
+    codes: &[i32],
+    f: u32,
+    a: i32,
+    qu: &mut [u8],
+    hi: &mut [u8],
+    lo: &mut [u8],
+) {
+    for (((&c, u), h), l) in codes.iter().zip(qu).zip(hi).zip(lo) {
+        *u = ((c >> f) + a) as u8;
+        let z = (c + 128) as u8;
+        *h = z >> 4;
+        *l = z & 15;
+    }
+}
+
+multiversion! {
+    /// [`split_q_nibbles_body`] for `isa`.
+    fn split_q_nibbles => split_q_nibbles_body(codes: &[i32], f: u32, a: i32, qu: &mut [u8],
+        hi: &mut [u8], lo: &mut [u8])
+}
+
 multiversion! {
     /// [`split_q_exact_body`] for `isa`.
     fn split_q_exact => split_q_exact_body(codes: &[i32], f: u32, a: i32, qu: &mut [u8],
@@ -236,6 +277,7 @@ pub(super) fn prepare_head(
         d,
         dp,
         w,
+        qw,
         n_pad,
         rows_pad,
         ..
@@ -250,7 +292,7 @@ pub(super) fn prepare_head(
         k_int: vec![0; n * dp],
         k_pack: Vec::new(),
         k_int_sum: vec![0; n],
-        qz: vec![0; rows_pad * w],
+        qz: vec![0; rows_pad * qw],
         kz: vec![0; n * w],
         kz_pack: Vec::new(),
         k_sum: vec![0; n_pad],
@@ -262,9 +304,12 @@ pub(super) fn prepare_head(
     for (i, &valid_i) in valid_tok.iter().enumerate().take(n) {
         let off = p.row_offset(b, h, i);
         let (qx, kx) = (&p.q().data()[off..off + d], &p.k().data()[off..off + d]);
-        let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * w..][..w]);
+        let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * qw..][..qw]);
         let sat = quantize_row(isa, qx, sq, one, min, max, &mut codes);
-        if dm.exact {
+        if dm.split {
+            let (hi, lo) = qz.split_at_mut(w);
+            split_q_nibbles(isa, &codes, f, a, &mut qu[..d], &mut hi[..d], &mut lo[..d]);
+        } else if dm.exact {
             split_q_exact(isa, &codes, f, a, &mut qu[..d], &mut qz[..d]);
         } else {
             let (qzi, qzf) = qz.split_at_mut(dp);

@@ -47,10 +47,10 @@ pub use probe::{int8_peak_gmacs, integer_pass_rate, IntegerPassRate};
 
 /// Whether the int8 kernel computes `cfg` at head dimension `d` exactly on tier `isa`: codes
 /// fit i8; on tiers whose int8 products go through `vpmaddubsw` (`Kernels::exact_u8` false)
-/// the offset integer part keeps its pairwise sums below 2^15 and scores are approximate (the
-/// exact score's `Q + 128` operand would overflow them: such tiers use the f32 kernel); and
-/// every score in units of `2^-2f` stays below 2^24 (exact in f32): approximate
-/// `2^f |Z - A sum K| <= 2^f d (2A 2^(bits-1) + 2^f A)`, exact `|Q . K| <= d 2^(2 (bits-1))`.
+/// the offset integer part keeps its pairwise sums below 2^15 (exact scores are split into
+/// the nibbles of `Q + 128` there, see `Dims::split`); and every score in units of `2^-2f`
+/// stays below 2^24 (exact in f32): approximate `2^f |Z - A sum K| <= 2^f d (2A 2^(bits-1) +
+/// 2^f A)`, exact `|Q . K| <= d 2^(2 (bits-1))`.
 pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
     let f = cfg.q_format;
     if f.bits > 8 || f.frac_bits >= f.bits || !isa.available() {
@@ -60,12 +60,12 @@ pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
     let a = offset(f) as f64;
     let one = f.one() as f64;
     let code = (1u64 << (f.bits - 1)) as f64;
-    let (score, mode_ok) = match cfg.score_mode {
-        ScoreMode::Approx => (one * d as f64 * (2.0 * a * 128.0 + one * a), true),
-        ScoreMode::Exact => (d as f64 * code * code, exact_u8),
-        ScoreMode::Float => (0.0, false),
+    let score = match cfg.score_mode {
+        ScoreMode::Approx => one * d as f64 * (2.0 * a * 128.0 + one * a),
+        ScoreMode::Exact => d as f64 * code * code,
+        ScoreMode::Float => return false,
     };
-    mode_ok && (a <= 64.0 || exact_u8) && score < (1u64 << 24) as f64
+    (a <= 64.0 || exact_u8) && score < (1u64 << 24) as f64
 }
 
 /// Milliseconds per stage of one int8 HDP run, summed over heads (with several threads, CPU
@@ -156,7 +156,8 @@ pub(crate) fn hdp_attention(
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     let fmt = cfg.q_format;
     let a = offset(fmt);
-    let dm = Dims::new(n, d, fmt, cfg.score_mode == ScoreMode::Exact);
+    let exact_u8 = crate::kernels::for_isa(isa).exact_u8;
+    let dm = Dims::new(n, d, fmt, cfg.score_mode == ScoreMode::Exact, !exact_u8);
     // Every key block in order (the integer pass and one-entry-block chunks use all keys).
     let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
     let mut out = Tensor::zeros(p.q().shape().to_vec());

@@ -153,13 +153,14 @@ fn supported_formats() {
     for isa in isas() {
         let vnni = crate::kernels::for_isa(isa).exact_u8;
         assert!(supported(&HdpConfig::default(), 64, isa));
-        assert!(supported(&cfg(8, 1, ScoreMode::Approx), 64, isa)); // A = 64
-                                                                    // A = 128 saturates vpmaddubsw's i16 pairs; vpdpbusd takes it.
+        // A = 64 fits; A = 128 saturates vpmaddubsw's i16 pairs, vpdpbusd takes it.
+        assert!(supported(&cfg(8, 1, ScoreMode::Approx), 64, isa));
         assert_eq!(supported(&cfg(8, 0, ScoreMode::Approx), 64, isa), vnni);
         assert!(supported(&cfg(4, 2, ScoreMode::Approx), 64, isa));
         assert!(!supported(&cfg(9, 4, ScoreMode::Approx), 64, isa)); // codes beyond i8
-                                                                     // Exact scores: one u8 x i8 product of the codes, `Q + 128` up to 255.
-        assert_eq!(supported(&cfg(8, 3, ScoreMode::Exact), 64, isa), vnni);
+                                                                     // Exact scores on every tier: one u8 x i8 product of `Q + 128` and `K` with
+                                                                     // vpdpbusd, two of its nibbles without.
+        assert!(supported(&cfg(8, 3, ScoreMode::Exact), 64, isa));
         assert!(!supported(&cfg(8, 3, ScoreMode::Exact), 1024, isa)); // 1024 * 2^14 = 2^24
         assert!(!supported(&cfg(8, 3, ScoreMode::Float), 64, isa));
         assert!(!supported(&cfg(8, 3, ScoreMode::Approx), 1 << 20, isa)); // scores beyond 2^24
