@@ -153,7 +153,7 @@ proptest! {
     /// Pruning off + float scores = dense attention to float tolerance.
     #[test]
     fn float_mode_without_pruning_equals_dense(p in problem_strategy(), bs in 1usize..=9) {
-        let cfg = HdpConfig { block_size: bs, score_mode: ScoreMode::Float, ..HdpConfig::default() }.no_pruning();
+        let cfg = HdpConfig { block_size: bs, score_mode: ScoreMode::Float, pv: PvPrecision::F32, ..HdpConfig::default() }.no_pruning();
         let out = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
         let dense = dense::attention(&p).unwrap();
         prop_assert!(out.output.max_abs_diff(&dense) <= FLOAT_SAME_MATH_ABS);
@@ -167,6 +167,7 @@ proptest! {
             block_size: bs,
             score_mode: ScoreMode::Exact,
             q_format: QFormat::new(16, 8).unwrap(),
+            pv: PvPrecision::F32,
             ..HdpConfig::default()
         }.no_pruning();
         let out = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
@@ -380,7 +381,11 @@ fn approximation_differs_from_exact_only_by_the_frac_frac_term() {
         seed: 3,
     })
     .unwrap();
-    let cfg = HdpConfig::default().no_pruning();
+    let cfg = HdpConfig {
+        score_mode: ScoreMode::Approx,
+        ..HdpConfig::default()
+    }
+    .no_pruning();
     let approx = hdp::attention(&p, &cfg.validated().unwrap(), 0)
         .unwrap()
         .output;

@@ -62,10 +62,10 @@ pub struct HdpArgs {
     /// Output of pruned heads [zero].
     #[arg(long, value_enum)]
     pub pruned_head_output: Option<PrunedHeadOutput>,
-    /// Scores of surviving blocks [approx].
+    /// Scores of surviving blocks [exact] (approx: what the hardware computes).
     #[arg(long, value_enum)]
     pub score: Option<ScoreMode>,
-    /// Precision of P.V's operands (probabilities and V) [f32]; bf16 doubles P.V's rate on
+    /// Precision of P.V's operands (probabilities and V) [bf16]; bf16 doubles P.V's rate on
     /// CPUs with AVX-512 BF16 (elsewhere the same numbers, at f32 speed).
     #[arg(long, value_enum)]
     pub pv: Option<PvPrecision>,

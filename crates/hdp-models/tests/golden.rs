@@ -93,6 +93,7 @@ fn hdp_without_pruning_in_float_mode_matches_reference() {
     let g = golden();
     let cfg = hdp_attention::HdpConfig {
         score_mode: hdp_core::ScoreMode::Float,
+        pv: hdp_core::PvPrecision::F32,
         ..Default::default()
     }
     .no_pruning();
