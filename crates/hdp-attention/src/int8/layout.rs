@@ -92,30 +92,11 @@ impl Dims {
     }
 }
 
-/// Quantizes `x` exactly as [`QFormat::quantize_slice`] does (f32 products by powers of two
-/// are exact, so rounding the f32 product equals rounding the f64 one). Returns the code and
-/// whether it saturated.
-#[inline(always)]
-pub(super) fn quantize(x: f32, s: f32, one: f32, min: i32, max: i32) -> (i32, bool) {
-    // Round half away from zero like `f32::round`, in a form that vectorizes: the fractional
-    // part `y - trunc(y)` is exact in f32.
-    let y = (x * s) * one;
-    let t = y.trunc();
-    let y = if (y - t).abs() >= 0.5 {
-        t + 1f32.copysign(y)
-    } else {
-        t
-    };
-    if y > max as f32 {
-        (max, true)
-    } else if y < min as f32 {
-        (min, true)
-    } else {
-        (y as i32, false)
-    }
-}
-
-/// Codes of `xs` (see [`quantize`]) into `codes`; returns how many saturated.
+/// Codes of `xs` into `codes`, exactly as [`QFormat::quantize_slice`] computes them (f32
+/// products by powers of two are exact, so rounding the f32 product equals rounding the f64
+/// one; rounding half away from zero like `f32::round`, in a form that vectorizes: the
+/// fractional part `y - trunc(y)` is exact in f32); returns how many saturated. Branch-free
+/// (selects and one count), so that the loop vectorizes.
 #[inline(always)]
 pub(super) fn quantize_row_body(
     xs: &[f32],
@@ -125,18 +106,36 @@ pub(super) fn quantize_row_body(
     max: i32,
     codes: &mut [i32],
 ) -> u32 {
+    let (minf, maxf) = (min as f32, max as f32);
     let mut sat = 0u32;
     for (c, &x) in codes.iter_mut().zip(xs) {
-        let (q, t) = quantize(x, s, one, min, max);
-        *c = q;
-        sat += t as u32;
+        let y = (x * s) * one;
+        let t = y.trunc();
+        let r = if (y - t).abs() >= 0.5 {
+            t + 1f32.copysign(y)
+        } else {
+            t
+        };
+        let cl = if r > maxf {
+            maxf
+        } else if r < minf {
+            minf
+        } else {
+            r
+        };
+        sat += (cl != r) as u32;
+        // `cl` is an integer in [min, max] (|x| < 2^16): adding 1.5 * 2^23 puts it in the
+        // low mantissa bits exactly, a bit subtraction reads it back. (`as i32` would be
+        // exact too but saturates NaN/inf lane by lane, which stops the loop vectorizing.)
+        const MAGIC: f32 = 12_582_912.0;
+        *c = (cl + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
     }
     sat
 }
 
 multiversion! {
     /// [`quantize_row_body`] for `isa`.
-    fn quantize_row => quantize_row_body(xs: &[f32], s: f32, one: f32, min: i32, max: i32,
+    pub(super) fn quantize_row => quantize_row_body(xs: &[f32], s: f32, one: f32, min: i32, max: i32,
         codes: &mut [i32]) -> u32
 }
 

@@ -113,6 +113,28 @@ proptest! {
         }
     }
 
+    /// Quantization (every tier) equals `QFormat::quantize_slice` code for code, saturation
+    /// counts included: ties at .5, values beyond the range, both signs, tiny values.
+    #[test]
+    fn quantize_row_matches_quantize_slice(
+        xs in prop::collection::vec(prop_oneof![
+            -300.0f32..300.0,
+            (-2000i32..2000).prop_map(|k| k as f32 / 8.0 + 1.0 / 16.0), // ties after x 8
+            Just(0.0f32), Just(-0.0f32), Just(1e-30f32), Just(-3e38f32), Just(3e38f32),
+        ], 0..100),
+        bits in 4u32..=8, f in 0u32..4, e in -3i32..=3,
+    ) {
+        let fmt = QFormat::new(bits, f.min(bits - 1)).unwrap();
+        let want = fmt.quantize_slice(&xs, e);
+        for isa in isas() {
+            let mut codes = vec![0i32; xs.len()];
+            let s = (2f64).powi(e) as f32;
+            let sat = quantize_row(isa, &xs, s, fmt.one() as f32, fmt.min_code(), fmt.max_code(), &mut codes);
+            prop_assert_eq!(&codes, &want.codes, "{:?}", isa);
+            prop_assert_eq!(sat as usize, want.saturated, "{:?}", isa);
+        }
+    }
+
     /// `row_fast` (counting or selection) decides block-rows as `row` does.
     #[test]
     fn row_fast_matches_the_reference_rows(
