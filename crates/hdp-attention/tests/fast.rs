@@ -159,7 +159,7 @@ proptest! {
     }
 }
 
-/// The sparse kept-entry path (chunks with under 25% of entries kept: per-entry scores and a
+/// The sparse kept-entry path (chunks with under 15-25% of entries kept: per-entry scores and a
 /// row-by-row P.V) on every tier, at the head dimensions whose SIMD loops differ (16-, 32- and
 /// 64-column passes, 32-byte and 64-byte score chunks): identical traces, outputs within
 /// tolerance.

@@ -58,14 +58,6 @@ impl Coef {
     }
 }
 
-/// Chunks whose kept entries are below this fraction of their entries are scored entry by
-/// entry and multiplied by V row by row (cost proportional to the kept entries); denser
-/// chunks go through the integer tile and one GEMM (cost proportional to the chunk).
-/// Measured crossover (`hdp bench attention --keep K` with each path forced): about 0.25 on
-/// AVX2 (Zen 3), about 0.2 on AVX-512 VNNI (Zen 4: at keep 0.2 both paths within noise, at 0.1
-/// the sparse path 1.5x faster, at 0.3 the dense path 1.4x faster); see `ARCHITECTURE.md`.
-pub(super) const SPARSE_BELOW: f64 = 0.25;
-
 /// Sets bits `lo..hi` of a word set.
 pub(super) fn set_range(words: &mut [u64], lo: usize, hi: usize) {
     let mut c = lo;
@@ -120,6 +112,12 @@ pub(super) fn attend(
         bf16::fast_kernel(isa, d)
     } else {
         None
+    };
+    // Chunks sparser than this take the per-entry path (crossover measured per tier).
+    let sparse_below = if hw.is_some() {
+        crate::kernels::SPARSE_BELOW_BF16
+    } else {
+        kn.sparse_below
     };
     let mut vr = std::mem::take(&mut sc.vr);
     let mut head_vpk = Vec::new();
@@ -180,7 +178,7 @@ pub(super) fn attend(
             continue;
         }
         let kept_entries: u64 = sc.rw.iter().map(|x| x.count_ones() as u64).sum();
-        if (kept_entries as f64) < SPARSE_BELOW * (ch * n) as f64 {
+        if (kept_entries as f64) < sparse_below * (ch * n) as f64 {
             for r in 0..ch {
                 let i = c0 + r;
                 let orow = &mut o[r * d..(r + 1) * d];

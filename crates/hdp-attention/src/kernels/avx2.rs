@@ -13,6 +13,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     pv,
     probs,
     peak: Some((peak_loop, "vpmaddubsw + i16 adds, registers only")),
+    sparse_below: 0.22,
 };
 
 /// [`super::TileRows`]: 4 x 16 register tiles; `vpmaddubsw` pair sums are added in i16 for

@@ -13,6 +13,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     pv,
     probs,
     peak: Some((peak_loop, "vpdpbusd zmm, registers only")),
+    sparse_below: 0.2,
 };
 
 /// [`super::TileRows`]: 4 rows x 16 keys, one `vpdpbusd` per row and group of 4 dimensions

@@ -81,7 +81,19 @@ pub(crate) struct Kernels {
     pv: Pv,
     probs: Probs,
     peak: Option<(PeakLoop, &'static str)>,
+    /// Chunks of rows with fewer kept entries than this fraction take the sparse path
+    /// (per-entry scores, row-by-row P.V); denser ones the tile path. Measured per tier with
+    /// each path forced (`ARCHITECTURE.md`): AVX2 (exact scores, f32 P.V) 0.22 on Zen 4;
+    /// AVX-512 VNNI with f32 P.V 0.2 on Zen 4 (approximated scores, earlier round); AVX-VNNI
+    /// not measured (no machine with it in reach), AVX-512's value; portable: untuned. With
+    /// the bf16 P.V kernel the tile path is faster still: [`SPARSE_BELOW_BF16`].
+    pub sparse_below: f64,
 }
+
+/// [`Kernels::sparse_below`] when the tile path's P.V runs on the AVX-512 BF16 kernel:
+/// measured on Zen 4 (`HDP_ISA`-style forced paths, keep 0.1-0.2, N = 512 and 2048): the two
+/// paths cross at about keep 0.15.
+pub(crate) const SPARSE_BELOW_BF16: f64 = 0.15;
 
 /// The table for `isa`. Panics when this CPU lacks the tier: the public entry points check
 /// [`Isa::available`] first (`fast::check_isa`), so only a bug reaches the panic, never an

@@ -11,6 +11,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     pv,
     probs,
     peak: None,
+    sparse_below: 0.25,
 };
 
 /// [`super::TileRows`], scalar: exact i32 products of the packed layout.
