@@ -11,6 +11,30 @@ pub(super) struct PassScratch {
     pub(super) row: RowScratch,
     pub(super) words: Vec<u64>,
     pub(super) bias: Vec<i32>,
+    pub(super) guess: GuessCache,
+}
+
+/// The normal model's quantile and density for the last `(k, len)` of the top-k search:
+/// rows of a head share them (they change only with masks or causal prefixes), and the
+/// transcendental functions were about 8% of the decisions' time at N = 512.
+#[derive(Default)]
+pub(super) struct GuessCache {
+    key: (usize, usize),
+    /// `z_k`, and the standard normal density at it.
+    z: f64,
+    phi: f64,
+}
+
+impl GuessCache {
+    fn get(&mut self, k: usize, len: usize) -> (f64, f64) {
+        if self.key != (k, len) {
+            let z = normal_quantile(1.0 - (k as f64 - 0.5) / len as f64);
+            self.key = (k, len);
+            self.z = z;
+            self.phi = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        }
+        (self.z, self.phi)
+    }
 }
 
 /// A masked entry of a one-block row (valid integer scores are far inside +-2^24).
@@ -100,6 +124,7 @@ pub(super) fn decide_b1_body(
     threshold: RowThreshold,
     logit_scale: &hdp::LogitScale,
     words: &mut [u64],
+    guess_cache: &mut GuessCache,
 ) -> RowStats {
     words.fill(0);
     // One pass for the count, extremes, sum and sum of squares.
@@ -146,11 +171,10 @@ pub(super) fn decide_b1_body(
             let mut above = 0usize;
             let mean = sum as f64 / len as f64;
             let sd = (sum_sq / len as f64 - mean * mean).max(0.0).sqrt().max(0.5);
-            let z = normal_quantile(1.0 - (k as f64 - 0.5) / len as f64);
+            let (z, phi) = guess_cache.get(k, len);
             let mut guess = mean + sd * z;
             // Counts fall by about `slope` per unit of t near the guess.
-            let mut slope =
-                len as f64 * (-0.5 * z * z).exp() / (sd * (2.0 * std::f64::consts::PI).sqrt());
+            let mut slope = len as f64 * phi / sd;
             let mut misses = 0;
             let mut last: Option<(i64, usize)> = None;
             while hi - lo > 1 {
@@ -261,7 +285,8 @@ pub(super) fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     pub(super) fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
-        logit_scale: &hdp::LogitScale, words: &mut [u64]) -> RowStats
+        logit_scale: &hdp::LogitScale, words: &mut [u64], guess_cache: &mut GuessCache)
+        -> RowStats
 }
 
 /// `row[j] -= bias[j]` (then `|row[j]|` when `abs`), then [`MASKED`] at invalid keys
@@ -455,7 +480,15 @@ pub(super) fn integer_pass(
                 let abs = cfg.importance == BlockImportance::AbsSum;
                 finish_row(isa, row, &sc.bias[..end], abs, valid);
                 let words = &mut sc.words[..end.div_ceil(64)];
-                let stats = decide_b1(isa, isa, row, cfg.threshold, &hd.logit_scale, words);
+                let stats = decide_b1(
+                    isa,
+                    isa,
+                    row,
+                    cfg.threshold,
+                    &hd.logit_scale,
+                    words,
+                    &mut sc.guess,
+                );
                 decider.row_decided(i, &stats, words);
             }
             clock.lap(&mut st.decisions);

@@ -92,6 +92,8 @@ proptest! {
         let cfg = HdpConfig { threshold, head_importance, block_size: 1, ..HdpConfig::default() };
         for isa in isas() {
             let (mut fast, mut reference) = (HeadDecider::new(n, &cfg, LogitScale::new(scale, true)), HeadDecider::new(n, &cfg, LogitScale::new(scale, false)));
+            // One cache across rows of different lengths, as in a causal head.
+            let mut cache = GuessCache::default();
             for (r, row) in rows.iter().enumerate().take(n) {
                 // Entries with tag 0 are masked.
                 let vals: Vec<i32> = row
@@ -103,7 +105,7 @@ proptest! {
                     .collect();
                 reference.row(r, &imp);
                 let mut words = vec![0u64; vals.len().div_ceil(64)];
-                let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), &mut words);
+                let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), &mut words, &mut cache);
                 fast.row_decided(r, &stats, &words);
             }
             let (fk, fi) = fast.finish();
