@@ -53,7 +53,7 @@ pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &
 /// One row of the tile path's kept-entry probabilities, unnormalized:
 /// `p[t] = exp(s_t - max)` (`fast_exp`) where bit `t` of `words` is set, else 0, with the score
 /// `s_t = ((z[t] - a ks[t]) as f32 * mul) * scale` (exact integer, one rounding: the reference's
-/// f32 score). Returns `1 / sum p` (0 when no entry is kept); the caller scales the row's
+/// f32 score); `a` and `mul` are powers of two (the offset and `2^f` or 1), `scale > 0`. Returns `1 / sum p` (0 when no entry is kept); the caller scales the row's
 /// output by it, which saves a pass over the row.
 pub(crate) type Probs = unsafe fn(
     z: &[i32],
@@ -267,20 +267,23 @@ mod tests {
                             })
                         })
                         .collect();
-                    let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                    let gi = k.probs(&z, &ks, 128, 1.0, 1e-3, &words, &mut got);
-                    let wi = portable::KERNELS.probs(&z, &ks, 128, 1.0, 1e-3, &words, &mut want);
-                    assert!(
-                        (gi - wi).abs() <= PROBS_REL * wi.abs(),
-                        "{} probs len {len}: 1/sum {gi} vs {wi}",
-                        k.isa.name()
-                    );
-                    for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                    // Exact scores (a = 128, mul = 1) and approximated ones (a = A, mul = 2^f).
+                    for (a, mul, scale) in [(128, 1.0, 1e-3), (16, 8.0, 1.5e-4)] {
+                        let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                        let gi = k.probs(&z, &ks, a, mul, scale, &words, &mut got);
+                        let wi = portable::KERNELS.probs(&z, &ks, a, mul, scale, &words, &mut want);
                         assert!(
-                            (g - w).abs() <= PROBS_REL * w.abs(),
-                            "{} probs len {len} entry {t}: {g} vs {w}",
+                            (gi - wi).abs() <= PROBS_REL * wi.abs(),
+                            "{} probs len {len} a {a}: 1/sum {gi} vs {wi}",
                             k.isa.name()
                         );
+                        for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= PROBS_REL * w.abs(),
+                                "{} probs len {len} a {a} entry {t}: {g} vs {w}",
+                                k.isa.name()
+                            );
+                        }
                     }
                 }
             }
