@@ -85,29 +85,39 @@ impl LogitScale {
 /// factors for small gaps cached ([`LogitScale`]), so a row costs about one multiply per
 /// distinct value; weights below `exp(-40)` of the maximum count as zero (and end the walk).
 pub fn topp_count(desc: &[(i64, usize)], scale: &LogitScale, mass: f64) -> usize {
+    topp_count_with(desc, scale, mass, &mut Vec::new())
+}
+
+/// [`topp_count`] with a reusable buffer for the weights: they are computed once (the chain
+/// `w *= step` is sequential, so computing it twice doubled the walk) and read back for the
+/// cumulative pass; the same operations in the same order, so the same count.
+pub(crate) fn topp_count_with(
+    desc: &[(i64, usize)],
+    scale: &LogitScale,
+    mass: f64,
+    weights: &mut Vec<f64>,
+) -> usize {
     const FLOOR: f64 = 4.248_354_255_291_589e-18; // exp(-40)
     let len: usize = desc.iter().map(|x| x.1).sum();
     if desc.is_empty() {
         return 0;
     }
-    // The weights in list order (the same operations on both passes, so the same bits).
-    let weights = || {
-        let mut w = 1.0f64;
-        desc.iter()
-            .enumerate()
-            .map(move |(i, &(v, c))| {
-                if i > 0 {
-                    let gap = desc[i - 1].0 - v;
-                    w *= scale.step(gap);
-                }
-                (w, c)
-            })
-            .take_while(|&(w, _)| w >= FLOOR)
-    };
-    let total: f64 = weights().map(|(w, c)| c as f64 * w).sum();
+    weights.clear();
+    let (mut w, mut total) = (1.0f64, 0.0f64);
+    for (i, &(v, c)) in desc.iter().enumerate() {
+        if i > 0 {
+            w *= scale.step(desc[i - 1].0 - v);
+        }
+        if w < FLOOR {
+            break;
+        }
+        weights.push(w);
+        // In list order, from zero: the same additions as summing the list afterwards.
+        total += c as f64 * w;
+    }
     let target = mass * total;
     let (mut acc, mut k) = (0.0f64, 0usize);
-    for (w, c) in weights() {
+    for (&w, &(_, c)) in weights.iter().zip(desc) {
         if acc + c as f64 * w >= target {
             // Part of this group of equal values: the fewest that reach the target.
             let need = ((target - acc) / w - TOPK_EPS).ceil().max(1.0) as usize;
@@ -532,6 +542,21 @@ pub(crate) fn value_counts_in(
     max: i64,
     counts: &mut Vec<u32>,
 ) -> Vec<(i64, usize)> {
+    let mut out = Vec::new();
+    value_counts_into(values, len, min, max, counts, &mut out);
+    out
+}
+
+/// [`value_counts_in`] into a reusable list.
+pub(crate) fn value_counts_into(
+    values: impl Iterator<Item = i64>,
+    len: usize,
+    min: i64,
+    max: i64,
+    counts: &mut Vec<u32>,
+    out: &mut Vec<(i64, usize)>,
+) {
+    out.clear();
     let range = max.saturating_sub(min);
     if range < COUNTING_RANGE && range as usize <= 4 * len + 64 {
         counts.clear();
@@ -539,15 +564,24 @@ pub(crate) fn value_counts_in(
         for v in values {
             counts[(v - min) as usize] += 1;
         }
-        counts
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|x| *x.1 > 0)
-            .map(|(x, &c)| (min + x as i64, c as usize))
-            .collect()
+        // The non-zero counts as a bitmap (a compare per count, vectorizable), then only
+        // the values present are visited, from the top: a branch per count over the whole
+        // range was most of top-p's decision time.
+        out.reserve(len.min(counts.len()));
+        for (wi, chunk) in counts.chunks(64).enumerate().rev() {
+            let mut word = 0u64;
+            for (b, &c) in chunk.iter().enumerate() {
+                word |= ((c != 0) as u64) << b;
+            }
+            while word != 0 {
+                let b = 63 - word.leading_zeros() as usize;
+                word &= !(1u64 << b);
+                let x = wi * 64 + b;
+                out.push((min + x as i64, counts[x] as usize));
+            }
+        }
     } else {
-        value_counts(values)
+        out.extend(value_counts(values));
     }
 }
 
