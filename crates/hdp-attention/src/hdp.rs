@@ -696,6 +696,7 @@ pub(crate) fn empty_layer_trace(
         block_size: cfg.block_size,
         q_format: cfg.q_format,
         score_mode: cfg.score_mode,
+        threshold: Some(cfg.threshold),
         causal: p.causal(),
         sequences: Vec::with_capacity(dims.batch),
     })

@@ -43,6 +43,9 @@ pub struct EmbedArgs {
     /// Hugging Face-layout model folder (default: the packaged all-MiniLM-L6-v2).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Per-layer thresholds from `hdp calibrate` (HDP attention).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
     /// Dense or HDP attention.
     #[arg(long, value_enum, default_value = "dense")]
     pub attention: AttentionArg,
@@ -174,14 +177,25 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     }
     if a.attention == AttentionArg::Dense {
         a.hdp.refuse_if_given("--attention is dense")?;
+        if a.calibration.is_some() {
+            bail!("--calibration applies to HDP attention; drop it or use --attention hdp");
+        }
     }
     let t0 = Instant::now();
     let mut hdp = match a.attention {
         // One text with --heatmap: keep its full trace for the per-layer, per-head masks.
-        AttentionArg::Hdp => Some(HdpBackend::new(
-            a.hdp.config()?,
-            usize::from(texts.len() == 1 && a.heatmap.is_some()),
-        )?),
+        AttentionArg::Hdp => {
+            let b = HdpBackend::new(
+                a.hdp.config()?,
+                usize::from(texts.len() == 1 && a.heatmap.is_some()),
+            )?;
+            Some(match &a.calibration {
+                Some(path) => b.with_layer_thresholds(
+                    crate::eval::load_calibration(path, &model, &a.hdp)?.thresholds,
+                )?,
+                None => b,
+            })
+        }
         AttentionArg::Dense => None,
     };
     let backend: &mut dyn AttentionBackend = match &mut hdp {

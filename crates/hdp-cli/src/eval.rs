@@ -66,6 +66,33 @@ pub struct EvalArgs {
     /// Layer whose Q/K/V --dump-qkv saves.
     #[arg(long, default_value_t = 0)]
     pub dump_layer: usize,
+    /// Per-layer thresholds from `hdp calibrate` in place of the threshold options.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+}
+
+/// Reads a calibration file for `model`: the layer counts must agree; thresholds given on the
+/// command line as well are refused (the calibration replaces them).
+pub fn load_calibration(
+    path: &Path,
+    model: &SentenceEmbedder,
+    hdp: &HdpArgs,
+) -> Result<hdp_core::Calibration> {
+    if hdp.keep.is_some() || hdp.rho.is_some() || hdp.top_p.is_some() || hdp.no_block_pruning {
+        bail!("--calibration sets every layer's threshold; drop --keep/--rho/--top-p/--no-block-pruning");
+    }
+    let cal = hdp_core::Calibration::read(path)?;
+    let layers = model.config().num_hidden_layers;
+    if cal.layers != layers {
+        bail!(
+            "{} was calibrated for {} layers ({}) but the model {} has {layers}: run hdp calibrate --model for it",
+            path.display(),
+            cal.layers,
+            cal.model,
+            model.dir.display()
+        );
+    }
+    Ok(cal)
 }
 
 fn bar(label: &str) -> ProgressBar {
@@ -122,12 +149,20 @@ fn run_one(
     model: &SentenceEmbedder,
     ev: &Evaluation,
     cfg: &ValidConfig,
+    thresholds: Option<&[RowThreshold]>,
     batch: usize,
     trace_texts: usize,
 ) -> Result<(HdpResult, HdpBackend, f64)> {
     let t0 = Instant::now();
     let pb = bar("hdp embeddings");
-    let (r, backend) = ev.run_hdp(model, cfg, batch, trace_texts, &mut progress_fn(&pb))?;
+    let (r, backend) = ev.run_hdp_layers(
+        model,
+        cfg,
+        thresholds,
+        batch,
+        trace_texts,
+        &mut progress_fn(&pb),
+    )?;
     pb.finish_and_clear();
     Ok((r, backend, t0.elapsed().as_secs_f64()))
 }
@@ -151,7 +186,19 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     } else {
         0
     };
-    let (r, backend, hdp_s) = run_one(&model, &ev, &cfg, a.task.batch_size, trace_texts)?;
+    let cal = match &a.calibration {
+        Some(path) => Some(load_calibration(path, &model, &a.hdp)?),
+        None => None,
+    };
+    let thresholds = cal.as_ref().map(|c| c.thresholds.as_slice());
+    let (r, backend, hdp_s) = run_one(
+        &model,
+        &ev,
+        &cfg,
+        thresholds,
+        a.task.batch_size,
+        trace_texts,
+    )?;
     if let (Some(path), Some(trace)) = (&a.trace, &backend.trace) {
         trace.write(path)?;
     }
@@ -174,6 +221,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         let out = json!({
             "task": ev.task, "metric_name": ev.metric_name, "model": model.dir.display().to_string(),
             "max_length": ev.max_length, "hdp_texts": ev.texts(), "config": cfg,
+            "calibration": a.calibration.as_ref().map(|p| json!({"file": p.display().to_string(), "thresholds": thresholds, "fitted_on": cal.as_ref().map(|c| c.fitted_on.clone())})),
             "dense": ev.dense_metrics, "hdp": r.metrics, "delta": hdp_metric - dense_metric,
             "block_sparsity": r.block_sparsity, "effective_block_sparsity": r.effective_block_sparsity,
             "head_sparsity": r.head_sparsity, "macs": r.macs, "per_layer": per_layer,
@@ -190,6 +238,15 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         ev.max_length,
         ev.texts()
     );
+    if let (Some(path), Some(c)) = (&a.calibration, &cal) {
+        let t: Vec<String> = c.thresholds.iter().map(|t| t.to_string()).collect();
+        outln!(
+            "  calibration {} (per layer: {}; fitted on {})",
+            path.display(),
+            t.join(", "),
+            c.fitted_on
+        );
+    }
     outln!("  {:<26} {:>10} {:>10} {:>10}", "", "dense", "hdp", "delta");
     for (k, dv) in ev.dense_metrics.iter().filter(|(k, _)| *k != "metric") {
         match r.metrics.get(k) {
@@ -321,7 +378,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
     let overall = ProgressBar::new(configs.len() as u64);
     for (i, cfg) in configs.iter().enumerate() {
         overall.set_position(i as u64);
-        let (r, _, secs) = run_one(&model, &ev, cfg, a.task.batch_size, 0)?;
+        let (r, _, secs) = run_one(&model, &ev, cfg, None, a.task.batch_size, 0)?;
         if !a.json {
             outln!(
                 "{:>3}/{} {:<42} sparsity {:>5.1}% heads {:>4.1}%  {} {:.4} (delta {:+.4})  {secs:.0} s",
@@ -468,4 +525,131 @@ fn kind(label: &serde_json::Value) -> String {
         .chain(parts.map(String::from))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Flags of `hdp calibrate`.
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// Mean embedding cosine to dense to reach on the calibration passages.
+    #[arg(long, default_value_t = 0.99)]
+    pub target_cosine: f64,
+    /// Calibration passages (Brown files spread over the corpus, disjoint from the fidelity
+    /// task's first 16).
+    #[arg(long, default_value_t = 8)]
+    pub texts: usize,
+    /// Tokens per passage.
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    /// Candidate top-p masses per layer (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.99,0.98,0.96,0.94,0.92,0.9,0.88,0.85,0.8"
+    )]
+    pub masses: Vec<f64>,
+    /// Hugging Face-layout model folder (default: the packaged all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// The calibration file to write.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The other HDP options (the threshold is what calibration chooses).
+    #[command(flatten)]
+    pub hdp: HdpArgs,
+}
+
+/// Runs `hdp calibrate`.
+pub fn run_calibrate(a: &CalibrateArgs) -> Result<()> {
+    if a.hdp.keep.is_some()
+        || a.hdp.rho.is_some()
+        || a.hdp.top_p.is_some()
+        || a.hdp.no_block_pruning
+    {
+        bail!("hdp calibrate chooses each layer's threshold; drop --keep/--rho/--top-p/--no-block-pruning");
+    }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let base = a.hdp.config()?;
+    let dir = a.model.clone().unwrap_or_else(default_model_dir);
+    let mut model =
+        SentenceEmbedder::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let opts = hdp_eval::calibrate::CalibrateOptions {
+        assets: assets_dir(),
+        texts: a.texts,
+        max_length: a.max_length,
+        target: a.target_cosine,
+        masses: a.masses.clone(),
+        batch_size: a.batch_size,
+    };
+    let t0 = Instant::now();
+    let pb = bar("calibrating");
+    let (cal, report) =
+        hdp_eval::calibrate::calibrate(&mut model, base, &opts, &mut progress_fn(&pb))?;
+    pb.finish_and_clear();
+    cal.write(&a.output)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let out = json!({
+            "calibration": cal, "report": report, "file": a.output.display().to_string(),
+            "seconds": secs,
+        });
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    outln!(
+        "calibrated {} for mean cosine >= {} on {}",
+        cal.model,
+        cal.target_mean_cosine,
+        cal.fitted_on
+    );
+    outln!(
+        "  without block pruning: mean cosine {:.4}; {} model runs in {:.1} s",
+        report.unpruned_mean_cosine,
+        report.runs,
+        secs
+    );
+    outln!(
+        "  {:<6} {:<16} {:>18} {:>16}",
+        "layer",
+        "threshold",
+        "cosine lost alone",
+        "block sparsity"
+    );
+    for l in &report.layers {
+        outln!(
+            "  {:<6} {:<16} {:>18.4} {:>15.1}%",
+            l.layer,
+            l.threshold.to_string(),
+            l.alone_cosine_loss,
+            100.0 * l.block_sparsity
+        );
+    }
+    for (i, (c, s)) in report.tries.iter().enumerate() {
+        outln!(
+            "  try {}: mean cosine {:.4}, block sparsity {:.1}%",
+            i + 1,
+            c,
+            100.0 * s
+        );
+    }
+    outln!(
+        "  result: mean cosine {:.4} (min {:.4}), block sparsity {:.1}%{}; written to {}",
+        cal.measured.mean_cosine,
+        cal.measured.min_cosine,
+        100.0 * cal.measured.block_sparsity,
+        if report.target_met {
+            ""
+        } else {
+            " (target NOT met on the calibration passages: add masses closer to 1)"
+        },
+        a.output.display()
+    );
+    Ok(())
 }

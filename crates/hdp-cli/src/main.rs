@@ -35,6 +35,9 @@ enum Command {
     Sim(sim::SimArgs),
     /// Sweep HDP options on a task: accuracy vs sparsity, Pareto front, plot.
     Sweep(eval::SweepArgs),
+    /// Choose per-layer thresholds that keep a target embedding fidelity at the highest
+    /// sparsity found, on calibration texts; writes a file for --calibration.
+    Calibrate(eval::CalibrateArgs),
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn main() {
         Command::Bench(c) => bench::run(c),
         Command::Sim(a) => sim::run(a),
         Command::Sweep(a) => eval::run_sweep(a),
+        Command::Calibrate(a) => eval::run_calibrate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -192,3 +192,142 @@ fn brown_genre_and_retrieval_report_dense_and_hdp() {
     assert_eq!(v["dense"]["documents"].as_f64().unwrap(), 8.0);
     assert!(v["block_sparsity"].as_f64().unwrap() > 0.3);
 }
+
+/// `hdp calibrate` writes per-layer thresholds that meet its target on its own passages (or
+/// says it did not), `--calibration` applies them layer by layer (visible in the per-layer
+/// sparsity), and misuse fails with a reason.
+#[test]
+fn calibrate_then_evaluate_with_the_calibration() {
+    let dir = std::env::temp_dir().join(format!("hdp-cal-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cal = dir.join("cal.json");
+    let cal_s = cal.to_str().unwrap();
+    let v = json_of(&hdp(&[
+        "calibrate",
+        "--texts",
+        "2",
+        "--max-length",
+        "96",
+        "--masses",
+        "0.95,0.7",
+        "--target-cosine",
+        "0.97",
+        "-o",
+        cal_s,
+        "--json",
+    ]));
+    let thresholds = v["calibration"]["thresholds"].as_array().unwrap();
+    assert_eq!(thresholds.len(), 6);
+    let met = v["report"]["target_met"].as_bool().unwrap();
+    let mean = v["calibration"]["measured"]["mean_cosine"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(met, mean >= 0.97, "target_met {met} vs mean cosine {mean}");
+    // 1 dense + 1 unpruned + 6 layers x 2 masses + 4 verification runs.
+    assert_eq!(v["report"]["runs"].as_u64().unwrap(), 18);
+    // A calibration that prunes only layer 2 shows up as sparsity in layer 2 alone.
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cal).unwrap()).unwrap();
+    for (l, t) in c["thresholds"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        *t = if l == 2 {
+            serde_json::json!({"kind": "top-k", "keep": 0.2})
+        } else {
+            serde_json::json!({"kind": "keep-all"})
+        };
+    }
+    let one = dir.join("one-layer.json");
+    std::fs::write(&one, serde_json::to_vec(&c).unwrap()).unwrap();
+    let e = json_of(&hdp(&[
+        "eval",
+        "--task",
+        "fidelity",
+        "--limit",
+        "2",
+        "--max-length",
+        "96",
+        "--no-cache",
+        "--calibration",
+        one.to_str().unwrap(),
+        "--json",
+    ]));
+    let layers = e["per_layer"].as_array().unwrap();
+    for (l, x) in layers.iter().enumerate() {
+        let s = x["block_sparsity"].as_f64().unwrap();
+        if l == 2 {
+            assert!(s > 0.5, "layer 2 sparsity {s}");
+        } else {
+            assert_eq!(s, 0.0, "layer {l} sparsity {s}");
+        }
+    }
+    assert_eq!(e["calibration"]["thresholds"][2]["kind"], "top-k");
+    // Misuse.
+    let fails = |args: &[&str], needle: &str| {
+        let out = hdp(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    };
+    fails(
+        &[
+            "eval",
+            "--task",
+            "fidelity",
+            "--limit",
+            "1",
+            "--calibration",
+            cal_s,
+            "--keep",
+            "0.3",
+        ],
+        "drop --keep",
+    );
+    c["layers"] = serde_json::json!(7);
+    c["thresholds"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"kind": "keep-all"}));
+    std::fs::write(&one, serde_json::to_vec(&c).unwrap()).unwrap();
+    fails(
+        &[
+            "eval",
+            "--task",
+            "fidelity",
+            "--limit",
+            "1",
+            "--calibration",
+            one.to_str().unwrap(),
+        ],
+        "calibrated for 7 layers",
+    );
+    std::fs::write(&one, b"{}").unwrap();
+    fails(
+        &[
+            "embed",
+            "--attention",
+            "hdp",
+            "--calibration",
+            one.to_str().unwrap(),
+            "some text",
+        ],
+        "calibration file",
+    );
+    fails(
+        &["embed", "--calibration", cal_s, "some text"],
+        "applies to HDP attention",
+    );
+    fails(
+        &["calibrate", "--texts", "1", "--masses", "1.5", "-o", cal_s],
+        "must be numbers in (0, 1]",
+    );
+    fails(
+        &["calibrate", "--keep", "0.3", "-o", cal_s],
+        "chooses each layer's threshold",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -190,6 +190,18 @@ pub enum RowThreshold {
     },
 }
 
+impl fmt::Display for RowThreshold {
+    /// `keep-all`, `top-k 0.3`, `top-p 0.9` or `mean-max 0.1` (for tables and logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RowThreshold::KeepAll => f.write_str("keep-all"),
+            RowThreshold::MeanMax { rho } => write!(f, "mean-max {rho}"),
+            RowThreshold::TopK { keep } => write!(f, "top-k {keep}"),
+            RowThreshold::TopP { mass } => write!(f, "top-p {mass}"),
+        }
+    }
+}
+
 impl Default for RowThreshold {
     /// Top-k keeping 30% of each block-row (the default operating point).
     fn default() -> Self {

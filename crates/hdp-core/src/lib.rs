@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod calibration;
 pub mod config;
 mod error;
 pub mod fixed;
@@ -15,6 +16,7 @@ pub mod tensor;
 pub mod tolerance;
 pub mod trace;
 
+pub use calibration::Calibration;
 pub use config::{
     bf16_round, BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale,
     PrunedHeadOutput, PvPrecision, RowThreshold, ScoreMode, ValidConfig,

@@ -285,6 +285,10 @@ pub struct LayerTrace {
     pub q_format: QFormat,
     /// How surviving scores were computed.
     pub score_mode: ScoreMode,
+    /// The block-row threshold this layer used: the run's, or the calibration's for this
+    /// layer (`--calibration`). Absent in traces written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<crate::config::RowThreshold>,
     /// Whether a causal mask was applied.
     pub causal: bool,
     /// One entry per sequence.

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod calibrate;
 pub mod data;
 pub mod logreg;
 pub mod metrics;

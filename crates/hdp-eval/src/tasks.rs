@@ -605,7 +605,23 @@ impl Evaluation {
         trace_limit: usize,
         progress: Progress,
     ) -> Result<(HdpResult, HdpBackend)> {
+        self.run_hdp_layers(model, cfg, None, batch_size, trace_limit, progress)
+    }
+
+    /// [`Evaluation::run_hdp`] with per-layer thresholds (a calibration) in place of `cfg`'s.
+    pub fn run_hdp_layers(
+        &self,
+        model: &SentenceEmbedder,
+        cfg: &ValidConfig,
+        thresholds: Option<&[hdp_core::RowThreshold]>,
+        batch_size: usize,
+        trace_limit: usize,
+        progress: Progress,
+    ) -> Result<(HdpResult, HdpBackend)> {
         let mut backend = HdpBackend::new(*cfg, trace_limit)?;
+        if let Some(t) = thresholds {
+            backend = backend.with_layer_thresholds(t.to_vec())?;
+        }
         let total = self.enc.len();
         let emb = model.embed_encoded(
             &self.enc,

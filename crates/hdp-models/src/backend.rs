@@ -91,6 +91,8 @@ pub enum HdpKernel {
 #[derive(Debug)]
 pub struct HdpBackend {
     cfg: ValidConfig,
+    /// Per-layer thresholds of a calibration (`None`: `cfg`'s for every layer).
+    layer_thresholds: Option<Vec<hdp_core::RowThreshold>>,
     /// Implementation used; [`HdpBackend::new`] picks the fast kernels for this CPU.
     pub kernel: HdpKernel,
     /// Totals per layer.
@@ -117,6 +119,7 @@ impl HdpBackend {
         let trace = (trace_limit > 0).then(|| Trace::new(hdp_attention::REFERENCE_PRODUCER, cfg));
         Ok(HdpBackend {
             cfg,
+            layer_thresholds: None,
             kernel: HdpKernel::Fast(hdp_attention::fast::Isa::detect()),
             layer_summaries: Vec::new(),
             head_stats: Vec::new(),
@@ -126,6 +129,44 @@ impl HdpBackend {
             dense_qk_macs: 0,
             sequence_stats: Default::default(),
         })
+    }
+
+    /// Runs layer `l` with `thresholds[l]` instead of the configuration's threshold (a
+    /// calibration); every threshold is checked like the configuration's, and a run on a model
+    /// with more layers than thresholds fails with an error that says so.
+    pub fn with_layer_thresholds(
+        mut self,
+        thresholds: Vec<hdp_core::RowThreshold>,
+    ) -> Result<Self> {
+        for &threshold in &thresholds {
+            hdp_attention::HdpConfig {
+                threshold,
+                ..*self.cfg
+            }
+            .validate()?;
+        }
+        self.layer_thresholds = Some(thresholds);
+        Ok(self)
+    }
+
+    /// The configuration of layer `layer`.
+    fn layer_config(&self, layer: usize) -> Result<ValidConfig> {
+        match &self.layer_thresholds {
+            None => Ok(self.cfg),
+            Some(t) => {
+                let threshold = *t.get(layer).ok_or_else(|| {
+                    crate::Error::InvalidInput(format!(
+                        "the calibration has thresholds for {} layers but the model reached                          layer {layer}: calibrate for this model (hdp calibrate --model ...)",
+                        t.len()
+                    ))
+                })?;
+                Ok(hdp_attention::HdpConfig {
+                    threshold,
+                    ..*self.cfg
+                }
+                .validated()?)
+            }
+        }
     }
 
     /// Totals over every layer.
@@ -192,7 +233,7 @@ impl HdpBackend {
 
 impl AttentionBackend for HdpBackend {
     fn attend(&mut self, x: &LayerInput) -> Result<Vec<Tensor>> {
-        let cfg = self.cfg;
+        let cfg = self.layer_config(x.layer)?;
         let kernel = self.kernel;
         let results = x
             .problems
