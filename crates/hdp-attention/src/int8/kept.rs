@@ -38,6 +38,7 @@ pub(super) struct AttendScratch {
     /// chunk's gathered rows), the chunk's probabilities as pairs.
     pub(super) vr: Vec<f32>,
     pub(super) vpk: Vec<u32>,
+    pub(super) vpk_head: Vec<u32>,
     pub(super) ppk: Vec<u32>,
 }
 
@@ -120,7 +121,7 @@ pub(super) fn attend(
         kn.sparse_below
     };
     let mut vr = std::mem::take(&mut sc.vr);
-    let mut head_vpk = Vec::new();
+    let mut head_vpk = std::mem::take(&mut sc.vpk_head);
     let v: &[f32] = if bf16 {
         vr.clear();
         vr.extend(v.iter().map(|&x| hdp_core::bf16_round(x)));
@@ -374,4 +375,5 @@ pub(super) fn attend(
         c0 += ch;
     }
     sc.vr = vr;
+    sc.vpk_head = head_vpk;
 }

@@ -11,7 +11,7 @@ pub(super) struct PassScratch {
     pub(super) row: RowScratch,
     pub(super) words: Vec<u64>,
     pub(super) bias: Vec<i32>,
-    pub(super) guess: GuessCache,
+    pub(super) search: RowSearch,
 }
 
 /// State of the row decisions reused across rows: top-p's buffers (allocating them per row
@@ -20,7 +20,7 @@ pub(super) struct PassScratch {
 /// causal prefixes; the transcendental functions were about 8% of the decisions' time at
 /// N = 512).
 #[derive(Default)]
-pub(super) struct GuessCache {
+pub(super) struct RowSearch {
     /// Top-p's buffers: value counts, the (value, count) list, the weights.
     counts: Vec<u32>,
     desc: Vec<(i64, usize)>,
@@ -31,7 +31,7 @@ pub(super) struct GuessCache {
     phi: f64,
 }
 
-impl GuessCache {
+impl RowSearch {
     fn get(&mut self, k: usize, len: usize) -> (f64, f64) {
         if self.key != (k, len) {
             let z = normal_quantile(1.0 - (k as f64 - 0.5) / len as f64);
@@ -120,9 +120,9 @@ fn normal_quantile(p: f64) -> f64 {
 
 /// Step 4 for a block-row of one-entry blocks (b = 1), the entries' `S_int` in `row`
 /// ([`MASKED`] where masked): the same decision as [`HeadDecider::row`], by whole-row passes
-/// that vectorize. Top-k finds its threshold by a safeguarded interpolation search over the
-/// row's value range (each step one counting pass), ties going to the lower column. Writes
-/// the kept columns to `words`.
+/// that vectorize. Top-k finds its threshold by a safeguarded search of counting passes at
+/// model-guided guesses (below); top-p reads it off the row's value counts, the same list the
+/// reference decides from. Ties go to the lower column. Writes the kept columns to `words`.
 #[inline(always)]
 pub(super) fn decide_b1_body(
     simd: Isa,
@@ -130,7 +130,7 @@ pub(super) fn decide_b1_body(
     threshold: RowThreshold,
     logit_scale: &hdp::LogitScale,
     words: &mut [u64],
-    guess_cache: &mut GuessCache,
+    search: &mut RowSearch,
 ) -> RowStats {
     words.fill(0);
     // One pass for the count, extremes, sum and sum of squares.
@@ -155,7 +155,7 @@ pub(super) fn decide_b1_body(
             // The same (value, count) list as the reference gives the count, and the
             // threshold is read off the same list: no counting passes.
             let valid = row.iter().filter(|&&v| v != MASKED).map(|&v| v as i64);
-            let g = &mut *guess_cache;
+            let g = &mut *search;
             hdp::value_counts_into(
                 valid,
                 len,
@@ -192,7 +192,7 @@ pub(super) fn decide_b1_body(
             let mut above = 0usize;
             let mean = sum as f64 / len as f64;
             let sd = (sum_sq / len as f64 - mean * mean).max(0.0).sqrt().max(0.5);
-            let (z, phi) = guess_cache.get(k, len);
+            let (z, phi) = search.get(k, len);
             let mut guess = mean + sd * z;
             // Counts fall by about `slope` per unit of t near the guess.
             let mut slope = len as f64 * phi / sd;
@@ -306,7 +306,7 @@ pub(super) fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     pub(super) fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
-        logit_scale: &hdp::LogitScale, words: &mut [u64], guess_cache: &mut GuessCache)
+        logit_scale: &hdp::LogitScale, words: &mut [u64], search: &mut RowSearch)
         -> RowStats
 }
 
@@ -508,7 +508,7 @@ pub(super) fn integer_pass(
                     cfg.threshold,
                     &hd.logit_scale,
                     words,
-                    &mut sc.guess,
+                    &mut sc.search,
                 );
                 decider.row_decided(i, &stats, words);
             }

@@ -93,7 +93,7 @@ proptest! {
         for isa in isas() {
             let (mut fast, mut reference) = (HeadDecider::new(n, &cfg, LogitScale::new(scale, true)), HeadDecider::new(n, &cfg, LogitScale::new(scale, false)));
             // One cache across rows of different lengths, as in a causal head.
-            let mut cache = GuessCache::default();
+            let mut cache = RowSearch::default();
             for (r, row) in rows.iter().enumerate().take(n) {
                 // Entries with tag 0 are masked.
                 let vals: Vec<i32> = row
