@@ -52,7 +52,7 @@ pub(super) struct Coef {
 
 impl Coef {
     /// Exact integer, exact in f32 (|x| < 2^24, checked by `supported`), then one rounding by
-    /// `scale`, as the f32 reference path does; [`row_probs_body`] computes the same.
+    /// `scale`, as the f32 reference path does; the `probs` primitive of every tier computes the same.
     #[inline(always)]
     fn score(self, z: i32, k_sum: i32) -> f32 {
         ((z - self.a * k_sum) as f32 * self.two_f) * self.scale
