@@ -70,7 +70,7 @@ pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
 
 /// Milliseconds per stage of one int8 HDP run, summed over heads (with several threads, CPU
 /// time, not wall time), for `hdp bench attention`. Measured only when asked
-/// ([`hdp_attention`] with `profile`): reading the clock costs about 2% at b = 1.
+/// (`fast::hdp_attention_staged`): reading the clock costs about 2% at b = 1.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct StageTimes {
     /// Step 1: quantization, integer/fraction splits, packed layouts.
