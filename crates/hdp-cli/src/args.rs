@@ -112,6 +112,19 @@ impl HdpArgs {
             || pv.is_some()
     }
 
+    /// Errors when a block-row threshold flag was given to a run whose thresholds come from
+    /// elsewhere (`why`: a calibration file, or `hdp calibrate` choosing them).
+    pub fn refuse_threshold(&self, why: &str) -> Result<()> {
+        if self.keep.is_some()
+            || self.rho.is_some()
+            || self.top_p.is_some()
+            || self.no_block_pruning
+        {
+            bail!("{why}; drop --keep/--rho/--top-p/--no-block-pruning");
+        }
+        Ok(())
+    }
+
     /// Errors when any HDP flag was given to a run that `why` cannot use them.
     pub fn refuse_if_given(&self, why: &str) -> Result<()> {
         if self.any_given() {

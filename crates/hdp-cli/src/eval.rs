@@ -78,9 +78,7 @@ pub fn load_calibration(
     model: &SentenceEmbedder,
     hdp: &HdpArgs,
 ) -> Result<hdp_core::Calibration> {
-    if hdp.keep.is_some() || hdp.rho.is_some() || hdp.top_p.is_some() || hdp.no_block_pruning {
-        bail!("--calibration sets every layer's threshold; drop --keep/--rho/--top-p/--no-block-pruning");
-    }
+    hdp.refuse_threshold("--calibration sets every layer's threshold")?;
     let cal = hdp_core::Calibration::read(path)?;
     let layers = model.config().num_hidden_layers;
     if cal.layers != layers {
@@ -566,13 +564,8 @@ pub struct CalibrateArgs {
 
 /// Runs `hdp calibrate`.
 pub fn run_calibrate(a: &CalibrateArgs) -> Result<()> {
-    if a.hdp.keep.is_some()
-        || a.hdp.rho.is_some()
-        || a.hdp.top_p.is_some()
-        || a.hdp.no_block_pruning
-    {
-        bail!("hdp calibrate chooses each layer's threshold; drop --keep/--rho/--top-p/--no-block-pruning");
-    }
+    a.hdp
+        .refuse_threshold("hdp calibrate chooses each layer's threshold")?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

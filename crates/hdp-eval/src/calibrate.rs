@@ -88,16 +88,11 @@ fn passages(model: &SentenceEmbedder, o: &CalibrateOptions) -> Result<(Vec<Encod
         .map(|i| &files[FIDELITY_FILES + i * step])
         .collect();
     let texts: Vec<&str> = picked.iter().map(|f| f.1.as_str()).collect();
-    let mut enc = model.tokenize(&texts)?;
-    for e in &mut enc {
-        if e.ids.len() > o.max_length {
-            let sep = *e.ids.last().unwrap_or(&0);
-            e.ids.truncate(o.max_length - 1);
-            e.ids.push(sep);
-            e.type_ids = vec![0; e.ids.len()];
-            e.truncated = true;
-        }
-    }
+    let enc = model
+        .tokenize(&texts)?
+        .iter()
+        .map(|e| crate::tasks::cut_to(e, o.max_length))
+        .collect();
     Ok((enc, picked.iter().map(|f| f.0.clone()).collect()))
 }
 
@@ -149,9 +144,10 @@ pub fn calibrate(
     )?;
     runs += 1;
     progress("calibration runs", runs, total_runs);
-    // One HDP run with per-layer thresholds: mean and min cosine, per-layer summaries.
+    // One HDP run with per-layer thresholds: mean and min cosine, per-layer summaries, the
+    // whole run's block sparsity.
     let mut run =
-        |ts: &[RowThreshold], runs: &mut usize| -> Result<(f64, f64, Vec<TraceSummary>)> {
+        |ts: &[RowThreshold], runs: &mut usize| -> Result<(f64, f64, Vec<TraceSummary>, f64)> {
             let mut backend = HdpBackend::new(base, 0)?.with_layer_thresholds(ts.to_vec())?;
             let emb = model.embed_encoded(
                 &enc,
@@ -163,10 +159,11 @@ pub fn calibrate(
             *runs += 1;
             progress("calibration runs", (*runs).min(total_runs), total_runs);
             let (mean, min) = cosines(&emb, &dense);
-            Ok((mean, min, backend.layer_summaries.clone()))
+            let sparsity = backend.summary().block_sparsity();
+            Ok((mean, min, backend.layer_summaries.clone(), sparsity))
         };
     let none = vec![RowThreshold::KeepAll; layers];
-    let (cos0, _, _) = run(&none, &mut runs)?;
+    let (cos0, ..) = run(&none, &mut runs)?;
     // Sensitivity of each layer alone: cosine loss and that layer's sparsity per mass.
     let mut loss = vec![vec![0.0f64; masses.len()]; layers];
     let mut sparsity = vec![vec![0.0f64; masses.len()]; layers];
@@ -174,7 +171,7 @@ pub fn calibrate(
         for (j, &m) in masses.iter().enumerate() {
             let mut ts = none.clone();
             ts[l] = RowThreshold::TopP { mass: m };
-            let (c, _, sums) = run(&ts, &mut runs)?;
+            let (c, _, sums, _) = run(&ts, &mut runs)?;
             loss[l][j] = (cos0 - c).max(0.0);
             sparsity[l][j] = sums.get(l).map_or(0.0, |s| s.block_sparsity());
         }
@@ -223,37 +220,28 @@ pub fn calibrate(
     let (mut lo, mut hi) = (0.0f64, (cos0 - o.target).max(0.0));
     let mut budget = hi;
     let mut tries = Vec::new();
-    type Choice = (Vec<Option<usize>>, f64, f64, Vec<TraceSummary>);
+    type Choice = (Vec<Option<usize>>, f64, f64, Vec<TraceSummary>, f64);
     let mut best: Option<(Choice, f64)> = None;
     let mut fallback: Option<Choice> = None;
     for _ in 0..TRIES {
         let at = allocate(budget);
-        let (mean, min, sums) = run(&thresholds(&at), &mut runs)?;
-        let all = sums.iter().fold(TraceSummary::default(), |mut a, s| {
-            a += *s;
-            a
-        });
-        let sp = all.block_sparsity();
+        let (mean, min, sums, sp) = run(&thresholds(&at), &mut runs)?;
         tries.push((mean, sp));
         if mean >= o.target {
             if best.as_ref().is_none_or(|b| sp > b.1) {
-                best = Some(((at, mean, min, sums), sp));
+                best = Some(((at, mean, min, sums, sp), sp));
             }
             lo = budget;
         } else {
             hi = budget;
             if fallback.as_ref().is_none_or(|f| mean > f.1) {
-                fallback = Some((at, mean, min, sums));
+                fallback = Some((at, mean, min, sums, sp));
             }
         }
         budget = 0.5 * (lo + hi);
     }
     let chosen = best.map(|b| b.0).or(fallback);
-    let (at, mean, min, sums) = chosen.expect("at least one try");
-    let all = sums.iter().fold(TraceSummary::default(), |mut a, s| {
-        a += *s;
-        a
-    });
+    let (at, mean, min, sums, sparsity) = chosen.expect("at least one try");
     let ts = thresholds(&at);
     let report = CalibrationReport {
         unpruned_mean_cosine: cos0,
@@ -289,7 +277,7 @@ pub fn calibrate(
         measured: CalibrationMeasure {
             mean_cosine: mean,
             min_cosine: min,
-            block_sparsity: all.block_sparsity(),
+            block_sparsity: sparsity,
         },
     };
     Ok((cal, report))

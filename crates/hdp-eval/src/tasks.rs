@@ -111,6 +111,20 @@ impl std::fmt::Display for Metric {
 /// Progress callback: (stage, done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
+/// `e` cut to at most `len` tokens, `[CLS] ... [SEP]`: the last token (`[SEP]`) kept at the
+/// end (marked truncated).
+pub(crate) fn cut_to(e: &Encoded, len: usize) -> Encoded {
+    let sep = *e.ids.last().unwrap_or(&0);
+    let keep = len.min(e.ids.len()) - 1;
+    let mut ids = e.ids[..keep].to_vec();
+    ids.push(sep);
+    Encoded {
+        type_ids: vec![0; ids.len()],
+        ids,
+        truncated: true,
+    }
+}
+
 /// Options shared by every task.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -518,18 +532,8 @@ impl Evaluation {
         let full = model.tokenize(&passages)?;
         let mut enc = Vec::new();
         for &len in &lengths {
-            for e in &full {
-                // Cut to exactly `len` tokens: [CLS] ... [SEP] (Brown files are longer than 512).
-                let sep = *e.ids.last().unwrap_or(&0);
-                let keep = len.min(e.ids.len()) - 1;
-                let mut ids = e.ids[..keep].to_vec();
-                ids.push(sep);
-                enc.push(Encoded {
-                    type_ids: vec![0; ids.len()],
-                    ids,
-                    truncated: true,
-                });
-            }
+            // Brown files are longer than 512 tokens.
+            enc.extend(full.iter().map(|e| cut_to(e, len)));
         }
         let dense = dense_embeddings(model, &enc, opts, progress)?;
         let mut dense_metrics = Metrics::new();
