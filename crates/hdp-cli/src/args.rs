@@ -1,15 +1,13 @@
 //! Command-line flags for every HDP option, shared by every subcommand that runs HDP attention.
-//! The values are the library's own types (they parse themselves); a flag left out takes the
-//! library default ([`HdpConfig::default`]), and [`HdpArgs::any_given`] tells whether the user
-//! set any, so commands can refuse HDP options where they cannot apply.
+//! The values are the library's own types (they parse themselves); the flags map one to one
+//! onto [`HdpOptions`], which fills in the library defaults and validates (the same code serves
+//! Python's `hdp.Config`), and [`HdpArgs::any_given`] tells whether the user set any, so
+//! commands can refuse HDP options where they cannot apply.
 
 use anyhow::{bail, Result};
 use clap::Args;
-use hdp_attention::{
-    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
-    RowThreshold, ValidConfig,
-};
-use hdp_core::{PvPrecision, QFormat, ScoreMode};
+use hdp_attention::{BlockImportance, HeadImportance, Prescale, PrunedHeadOutput, ValidConfig};
+use hdp_core::{HdpOptions, PvPrecision, ScoreMode};
 
 /// Every HDP knob. Defaults (in brackets) are the library defaults.
 #[derive(Args, Debug, Clone, Default)]
@@ -72,8 +70,8 @@ pub struct HdpArgs {
 }
 
 impl HdpArgs {
-    /// Whether any HDP flag was given.
-    pub fn any_given(&self) -> bool {
+    /// The options these flags give, in the library's front-end form (shared with Python).
+    pub fn options(&self) -> HdpOptions {
         let HdpArgs {
             bits,
             frac_bits,
@@ -92,34 +90,37 @@ impl HdpArgs {
             pruned_head_output,
             score,
             pv,
-        } = self;
-        bits.is_some()
-            || frac_bits.is_some()
-            || prescale.is_some()
-            || q_prescale_exp.is_some()
-            || k_prescale_exp.is_some()
-            || block_size.is_some()
-            || importance.is_some()
-            || rho.is_some()
-            || keep.is_some()
-            || top_p.is_some()
-            || *no_block_pruning
-            || tau.is_some()
-            || head_top_k.is_some()
-            || head_importance.is_some()
-            || pruned_head_output.is_some()
-            || score.is_some()
-            || pv.is_some()
+        } = self.clone();
+        HdpOptions {
+            bits,
+            frac_bits,
+            prescale,
+            q_prescale_exp,
+            k_prescale_exp,
+            block_size,
+            importance,
+            rho,
+            keep,
+            top_p,
+            no_block_pruning,
+            tau,
+            head_top_k,
+            head_importance,
+            pruned_head_output,
+            score,
+            pv,
+        }
+    }
+
+    /// Whether any HDP flag was given.
+    pub fn any_given(&self) -> bool {
+        self.options().any_given()
     }
 
     /// Errors when a block-row threshold flag was given to a run whose thresholds come from
     /// elsewhere (`why`: a calibration file, or `hdp calibrate` choosing them).
     pub fn refuse_threshold(&self, why: &str) -> Result<()> {
-        if self.keep.is_some()
-            || self.rho.is_some()
-            || self.top_p.is_some()
-            || self.no_block_pruning
-        {
+        if self.options().threshold_given() {
             bail!("{why}; drop --keep/--rho/--top-p/--no-block-pruning");
         }
         Ok(())
@@ -133,46 +134,9 @@ impl HdpArgs {
         Ok(())
     }
 
-    /// The validated configuration these flags describe.
+    /// The validated configuration these flags describe ([`HdpOptions::config`]).
     pub fn config(&self) -> Result<ValidConfig> {
-        let d = HdpConfig::default();
-        let exps_given = self.q_prescale_exp.is_some() || self.k_prescale_exp.is_some();
-        let prescale = match self.prescale.unwrap_or(d.prescale) {
-            Prescale::Fixed { q_exp, k_exp } => Prescale::Fixed {
-                q_exp: self.q_prescale_exp.unwrap_or(q_exp),
-                k_exp: self.k_prescale_exp.unwrap_or(k_exp),
-            },
-            other if exps_given => bail!(
-                "--q-prescale-exp/--k-prescale-exp need --prescale fixed (the pre-scale is {other})"
-            ),
-            other => other,
-        };
-        let cfg = HdpConfig {
-            q_format: QFormat::new(
-                self.bits.unwrap_or(d.q_format.bits),
-                self.frac_bits.unwrap_or(d.q_format.frac_bits),
-            )?,
-            prescale,
-            block_size: self.block_size.unwrap_or(d.block_size),
-            importance: self.importance.unwrap_or(d.importance),
-            threshold: match (self.no_block_pruning, self.rho, self.keep, self.top_p) {
-                (true, ..) => RowThreshold::KeepAll,
-                (_, Some(rho), ..) => RowThreshold::MeanMax { rho },
-                (_, _, Some(keep), _) => RowThreshold::TopK { keep },
-                (.., Some(mass)) => RowThreshold::TopP { mass },
-                _ => d.threshold,
-            },
-            head_importance: self.head_importance.unwrap_or(d.head_importance),
-            head_pruning: match (self.tau, self.head_top_k) {
-                (Some(tau), _) => HeadPruning::Tau { tau },
-                (_, Some(heads)) => HeadPruning::TopK { heads },
-                _ => d.head_pruning,
-            },
-            pruned_head_output: self.pruned_head_output.unwrap_or(d.pruned_head_output),
-            score_mode: self.score.unwrap_or(d.score_mode),
-            pv: self.pv.unwrap_or(d.pv),
-        };
-        Ok(cfg.validated()?)
+        Ok(self.options().config()?)
     }
 }
 

@@ -11,6 +11,7 @@ mod error;
 pub mod fixed;
 pub mod io;
 pub mod npy;
+pub mod options;
 pub mod rng;
 pub mod tensor;
 pub mod tolerance;
@@ -23,5 +24,6 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use fixed::{QFormat, Quantized};
+pub use options::HdpOptions;
 pub use tensor::Tensor;
 pub use trace::{BlockMask, OpCounts, Trace, TraceSummary};

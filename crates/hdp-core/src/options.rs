@@ -1,0 +1,220 @@
+//! The user-facing form of [`HdpConfig`]: one optional value per option, named as every front
+//! end names it (the CLI's `--frac-bits` is `frac_bits` here and in Python's `hdp.Config`), and
+//! the one place that turns such a set into a validated configuration, so the CLI and the
+//! Python package accept, default and reject exactly the same things with the same messages.
+
+use crate::config::{
+    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
+    PvPrecision, RowThreshold, ScoreMode, ValidConfig,
+};
+use crate::{Error, QFormat, Result};
+
+/// Every HDP option, each `None` (or `false`) when not given; [`HdpOptions::config`] fills the
+/// library defaults in. Field names are the option names (the CLI's flags with `-` for `_`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HdpOptions {
+    /// Fixed-point width of Q and K, 4..=16 [8].
+    pub bits: Option<u32>,
+    /// Fractional bits of Q and K, < bits [3].
+    pub frac_bits: Option<u32>,
+    /// Power-of-two pre-scale [run-time].
+    pub prescale: Option<Prescale>,
+    /// Pre-scale exponent of Q with a fixed pre-scale.
+    pub q_prescale_exp: Option<i32>,
+    /// Pre-scale exponent of K with a fixed pre-scale.
+    pub k_prescale_exp: Option<i32>,
+    /// Block size b [1].
+    pub block_size: Option<usize>,
+    /// Block importance reduction [sum].
+    pub importance: Option<BlockImportance>,
+    /// Mean-max threshold rho in [0, 1].
+    pub rho: Option<f64>,
+    /// Top-k fraction kept per block-row, in (0, 1] [0.3].
+    pub keep: Option<f64>,
+    /// Top-p estimated mass kept per block-row, in (0, 1].
+    pub top_p: Option<f64>,
+    /// Keep every valid block.
+    pub no_block_pruning: bool,
+    /// Early head pruning below tau x the layer's max head importance.
+    pub tau: Option<f64>,
+    /// Early head pruning keeping this many heads per layer.
+    pub head_top_k: Option<usize>,
+    /// Head importance measure [kept-pos-sum].
+    pub head_importance: Option<HeadImportance>,
+    /// Output of pruned heads [zero].
+    pub pruned_head_output: Option<PrunedHeadOutput>,
+    /// Scores of surviving blocks [exact].
+    pub score: Option<ScoreMode>,
+    /// Precision of P.V's operands [bf16].
+    pub pv: Option<PvPrecision>,
+}
+
+impl HdpOptions {
+    /// Every option name, in declaration order.
+    pub const NAMES: &'static [&'static str] = &[
+        "bits",
+        "frac_bits",
+        "prescale",
+        "q_prescale_exp",
+        "k_prescale_exp",
+        "block_size",
+        "importance",
+        "rho",
+        "keep",
+        "top_p",
+        "no_block_pruning",
+        "tau",
+        "head_top_k",
+        "head_importance",
+        "pruned_head_output",
+        "score",
+        "pv",
+    ];
+
+    /// Whether any option was given.
+    pub fn any_given(&self) -> bool {
+        *self != HdpOptions::default()
+    }
+
+    /// Whether a block-row threshold option (rho, keep, top_p, no_block_pruning) was given.
+    pub fn threshold_given(&self) -> bool {
+        self.rho.is_some() || self.keep.is_some() || self.top_p.is_some() || self.no_block_pruning
+    }
+
+    /// The validated configuration these options describe: defaults for what is not given,
+    /// an error naming the options when two exclude each other or a value is out of range.
+    pub fn config(&self) -> Result<ValidConfig> {
+        let d = HdpConfig::default();
+        let conflict = |given: &[(&'static str, bool)]| -> Result<()> {
+            let named: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+            if named.len() > 1 {
+                return Err(Error::InvalidOption {
+                    name: named[1],
+                    value: format!("(given with {})", named[0]),
+                    expected: format!(
+                        "at most one of {}",
+                        given.iter().map(|g| g.0).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+            Ok(())
+        };
+        conflict(&[
+            ("no_block_pruning", self.no_block_pruning),
+            ("rho", self.rho.is_some()),
+            ("keep", self.keep.is_some()),
+            ("top_p", self.top_p.is_some()),
+        ])?;
+        conflict(&[
+            ("tau", self.tau.is_some()),
+            ("head_top_k", self.head_top_k.is_some()),
+        ])?;
+        let exps_given = self.q_prescale_exp.is_some() || self.k_prescale_exp.is_some();
+        let prescale = match self.prescale.unwrap_or(d.prescale) {
+            Prescale::Fixed { q_exp, k_exp } => Prescale::Fixed {
+                q_exp: self.q_prescale_exp.unwrap_or(q_exp),
+                k_exp: self.k_prescale_exp.unwrap_or(k_exp),
+            },
+            other if exps_given => {
+                return Err(Error::InvalidOption {
+                    name: "q_prescale_exp",
+                    value: format!("(given with the pre-scale {other})"),
+                    expected: "the pre-scale exponents only with prescale fixed".into(),
+                })
+            }
+            other => other,
+        };
+        let cfg = HdpConfig {
+            q_format: QFormat::new(
+                self.bits.unwrap_or(d.q_format.bits),
+                self.frac_bits.unwrap_or(d.q_format.frac_bits),
+            )?,
+            prescale,
+            block_size: self.block_size.unwrap_or(d.block_size),
+            importance: self.importance.unwrap_or(d.importance),
+            threshold: match (self.no_block_pruning, self.rho, self.keep, self.top_p) {
+                (true, ..) => RowThreshold::KeepAll,
+                (_, Some(rho), ..) => RowThreshold::MeanMax { rho },
+                (_, _, Some(keep), _) => RowThreshold::TopK { keep },
+                (.., Some(mass)) => RowThreshold::TopP { mass },
+                _ => d.threshold,
+            },
+            head_importance: self.head_importance.unwrap_or(d.head_importance),
+            head_pruning: match (self.tau, self.head_top_k) {
+                (Some(tau), _) => HeadPruning::Tau { tau },
+                (_, Some(heads)) => HeadPruning::TopK { heads },
+                _ => d.head_pruning,
+            },
+            pruned_head_output: self.pruned_head_output.unwrap_or(d.pruned_head_output),
+            score_mode: self.score.unwrap_or(d.score_mode),
+            pv: self.pv.unwrap_or(d.pv),
+        };
+        cfg.validated()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_given_is_the_library_default() {
+        let o = HdpOptions::default();
+        assert!(!o.any_given() && !o.threshold_given());
+        assert_eq!(o.config().unwrap(), ValidConfig::default());
+    }
+
+    #[test]
+    fn exclusive_options_are_refused_by_name() {
+        let o = HdpOptions {
+            keep: Some(0.2),
+            top_p: Some(0.9),
+            ..Default::default()
+        };
+        let e = o.config().unwrap_err().to_string();
+        assert!(e.contains("top_p") && e.contains("keep"), "{e}");
+        let o = HdpOptions {
+            tau: Some(0.2),
+            head_top_k: Some(3),
+            ..Default::default()
+        };
+        assert!(o.config().unwrap_err().to_string().contains("head_top_k"));
+    }
+
+    #[test]
+    fn exponents_need_fixed_prescale() {
+        let o = HdpOptions {
+            q_prescale_exp: Some(2),
+            ..Default::default()
+        };
+        assert!(o.config().is_err());
+        let o = HdpOptions {
+            prescale: Some(Prescale::Fixed { q_exp: 0, k_exp: 0 }),
+            q_prescale_exp: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            o.config().unwrap().prescale,
+            Prescale::Fixed { q_exp: 2, k_exp: 0 }
+        );
+    }
+
+    #[test]
+    fn values_are_validated_and_mapped() {
+        let o = HdpOptions {
+            top_p: Some(0.9),
+            block_size: Some(16),
+            tau: Some(0.4),
+            ..Default::default()
+        };
+        let c = o.config().unwrap();
+        assert_eq!(c.threshold, RowThreshold::TopP { mass: 0.9 });
+        assert_eq!(c.block_size, 16);
+        assert_eq!(c.head_pruning, HeadPruning::Tau { tau: 0.4 });
+        let o = HdpOptions {
+            keep: Some(1.5),
+            ..Default::default()
+        };
+        assert!(o.config().unwrap_err().to_string().contains("keep"));
+    }
+}
