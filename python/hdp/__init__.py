@@ -91,6 +91,8 @@ def attention(
     the work counted (``int_macs``, ``frac_macs``, ``exps``, ``sv_macs``, bytes of Q/K/V).
     Invalid inputs (shapes, NaN/Inf, sizes over the memory budget) raise ``ValueError``.
     """
+    with _lock:
+        collectors = list(_active)
     out, stats, layer_json = _hdp.attention(
         _f32(q, "q"),
         _f32(k, "k"),
@@ -101,9 +103,8 @@ def attention(
         layer=layer,
         isa=isa,
         reference=reference,
+        trace=bool(collectors),
     )
-    with _lock:
-        collectors = list(_active)
     for t in collectors:
         t._add(config, layer_json, stats)
     return out, stats

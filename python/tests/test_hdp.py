@@ -360,3 +360,42 @@ def test_rayon_num_threads_is_honoured(threads):
     n, kept = r.stdout.split()
     assert n == threads
     assert int(kept) == 8 * 3  # ceil(0.3 * 8) = 3 keys per row
+
+
+# --- the CLI on the same inputs ----------------------------------------------------------
+
+
+def cli_binary():
+    for p in [os.environ.get("HDP_BIN"), ROOT / "target/debug/hdp", ROOT / "target/release/hdp"]:
+        if p and Path(p).is_file():
+            return str(p)
+    return None
+
+
+@pytest.mark.skipif(cli_binary() is None, reason="no hdp binary (cargo build, or HDP_BIN=path)")
+@pytest.mark.parametrize(
+    "flags, config",
+    [
+        ([], {}),
+        (["--top-p", "0.9"], {"top_p": 0.9}),
+        (["--keep", "0.5", "-b", "16", "--tau", "0.6"], {"keep": 0.5, "block_size": 16, "tau": 0.6}),
+    ],
+)
+def test_cli_reports_identical_stats_on_the_same_inputs(tmp_path, flags, config):
+    import subprocess
+
+    q, k, v = qkv(shape=(1, 4, 100, 32), seed=8)
+    path = tmp_path / "qkv.npy"
+    np.save(path, np.stack([q[0], k[0], v[0]]))
+    r = subprocess.run(
+        [cli_binary(), "attention", "--qkv", str(path), "--json", *flags],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)
+    _, s = hdp.attention(q, k, v, config=hdp.Config(**config))
+    assert json.loads(hdp.Config(**config).to_json()) == cli["config"]
+    for key in ["valid_blocks", "kept_blocks", "computed_blocks", "pruned_heads"]:
+        assert s[key] == cli[key], key
+    assert s["block_sparsity"] == cli["block_sparsity"]

@@ -277,11 +277,19 @@ fn summary_dict<'py>(py: Python<'py>, s: &TraceSummary) -> PyResult<Bound<'py, P
     Ok(d)
 }
 
+/// What [`attention`] returns: output, stats, and the layer trace's JSON when asked for.
+type AttentionResult<'py> = (
+    Bound<'py, PyArrayDyn<f32>>,
+    Bound<'py, PyDict>,
+    Option<String>,
+);
+
 /// HDP attention on `[batch, heads, N, d]` float32 arrays. Returns the output, a dict of
-/// sparsity figures and work counts, and the layer's trace as JSON (the Python layer keeps it
-/// when a trace is being collected).
+/// sparsity figures and work counts, and with `trace` the layer's trace as JSON (the Python
+/// layer asks for it while a trace is being collected; serializing the kept-block masks costs
+/// about as much as the kernel at N = 512).
 #[pyfunction]
-#[pyo3(signature = (q, k, v, *, mask=None, causal=false, config=None, layer=0, isa=None, reference=false))]
+#[pyo3(signature = (q, k, v, *, mask=None, causal=false, config=None, layer=0, isa=None, reference=false, trace=false))]
 #[allow(clippy::too_many_arguments)]
 fn attention<'py>(
     py: Python<'py>,
@@ -294,7 +302,8 @@ fn attention<'py>(
     layer: usize,
     isa: Option<&str>,
     reference: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyDict>, String)> {
+    trace: bool,
+) -> PyResult<AttentionResult<'py>> {
     let cfg = config_of(config);
     let isa = choose_isa(isa)?;
     let p = problem(&q, &k, &v, mask.as_ref(), causal)?;
@@ -322,7 +331,10 @@ fn attention<'py>(
         })
         .collect();
     stats.set_item("pruned_heads_per_sequence", pruned)?;
-    let json = serde_json::to_string(&out.trace).map_err(value_error)?;
+    let json = trace
+        .then(|| serde_json::to_string(&out.trace))
+        .transpose()
+        .map_err(value_error)?;
     Ok((to_numpy(py, out.output)?, stats, json))
 }
 
