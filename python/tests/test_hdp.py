@@ -76,7 +76,12 @@ def test_config_defaults_and_names():
     assert c.threshold == "top-p 0.9" and cfg["block_size"] == 16
     assert cfg["prescale"] == {"kind": "fixed", "q_exp": 1, "k_exp": -2}
     assert hdp.Config(keep=0.5) == hdp.Config(keep=0.5) != hdp.Config(keep=0.4)
-    assert "top_p=0.9" in repr(hdp.Config(top_p=0.9))
+    assert repr(hdp.Config(top_p=0.9, prescale="fixed:1:-2")).startswith(
+        "hdp.Config(prescale=\"fixed:1:-2\", top_p=0.9)"
+    )
+    cfg = json.loads(hdp.Config(centred=True, keep_sink=1, keep_local=2).to_json())
+    assert (cfg["centred"], cfg["keep_sink"], cfg["keep_local"]) == (True, 1, 2)
+    assert "centred=True" in repr(hdp.Config(centred=True))
 
 
 @pytest.mark.parametrize(
@@ -97,6 +102,7 @@ def test_config_defaults_and_names():
         ({"bits": "8"}, "integer"),
         ({"bits": True}, "integer"),
         ({"block_size": -1}, "integer"),
+        ({"keep_sink": 2**40}, "keep-sink"),
     ],
 )
 def test_config_rejects_nonsense_with_the_option_named(kwargs, words):
@@ -140,6 +146,8 @@ def test_dense_attention_matches_float64():
         {"rho": 0.1},
         {"keep": 0.5, "block_size": 16},
         {"tau": 0.5, "head_importance": "kept-sum"},
+        {"centred": True, "keep_sink": 1, "keep_local": 3},
+        {"top_p": 0.9, "centred": True, "block_size": 4, "keep_local": 5},
     ],
 )
 @pytest.mark.parametrize("causal", [False, True])
@@ -366,10 +374,11 @@ def test_rayon_num_threads_is_honoured(threads):
 
 
 def cli_binary():
-    for p in [os.environ.get("HDP_BIN"), ROOT / "target/debug/hdp", ROOT / "target/release/hdp"]:
-        if p and Path(p).is_file():
-            return str(p)
-    return None
+    """HDP_BIN, else the most recently built of target/{debug,release}/hdp."""
+    if os.environ.get("HDP_BIN"):
+        return os.environ["HDP_BIN"]
+    built = [p for p in (ROOT / "target/debug/hdp", ROOT / "target/release/hdp") if p.is_file()]
+    return str(max(built, key=lambda p: p.stat().st_mtime)) if built else None
 
 
 @pytest.mark.skipif(cli_binary() is None, reason="no hdp binary (cargo build, or HDP_BIN=path)")

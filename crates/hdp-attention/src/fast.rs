@@ -632,10 +632,10 @@ pub fn dense_attention(p: &AttentionProblem, isa: Isa) -> Result<Tensor> {
 
 /// Per-head inputs of the HDP kernel, all exact small integers held as f32.
 struct HeadCodes {
-    /// `Q_int`, `n x d` (integer pass).
-    q_int: Vec<f32>,
-    /// `K_int`, `n x d` (integer pass).
-    k_int: Vec<f32>,
+    /// The integer pass's left operand, `n x d`: `Q_int`, or centred `2 Q_int + 1`.
+    q_est: Vec<f32>,
+    /// The integer pass's right operand, `n x d`: `K_int`, or centred `2 K_int + 1`.
+    k_est: Vec<f32>,
     /// Per query, the left operand of the score as one dot product, `n x w`:
     /// approx `[2^f Q_int, 2^f Q_frac]` (w = 2d), exact `[2^f Q_int, 2^f Q_frac, Q_frac]` (3d).
     qq: Vec<f32>,
@@ -663,7 +663,7 @@ fn integer_pass_body(
 ) -> (BlockMask, f64) {
     let bs = cfg.block_size;
     let nb = n.div_ceil(bs);
-    transpose(&c.k_int, n, d, kt);
+    transpose(&c.k_est, n, d, kt);
     let mut decider = HeadDecider::new(nb, cfg, c.logit_scale.clone());
     let mut acc: Vec<Option<i64>> = vec![None; nb];
     for br in 0..nb {
@@ -673,7 +673,7 @@ fn integer_pass_body(
         while i0 < rows_end {
             let r = ROWS.min(rows_end - i0);
             scores_rows(
-                &c.q_int[i0 * d..(i0 + r) * d],
+                &c.q_est[i0 * d..(i0 + r) * d],
                 kt,
                 n,
                 d,
@@ -778,6 +778,13 @@ pub fn f32_exact(cfg: &HdpConfig, d: usize) -> bool {
     let max_int = (max_code / f.one() as f64).ceil();
     let max_frac = (f.one() - 1) as f64;
     let bound = d as f64 * (max_int * max_code + max_frac * max_int + max_frac * max_frac);
+    // The integer pass on centred operands: |2 x_int + 1| <= 2 max_int + 1.
+    let est = if cfg.centred {
+        2.0 * max_int + 1.0
+    } else {
+        max_int
+    };
+    let bound = bound.max(d as f64 * est * est);
     // The fused score is the full code product in the worst case: d * max_code^2.
     let fused = d as f64 * max_code * max_code;
     bound.max(fused) < (1u64 << 24) as f64
@@ -843,7 +850,13 @@ pub fn hdp_attention(
                     out
                 };
                 let (q_int, q_frac, _) = split(&qc[r.clone()]);
-                let (k_int, k_frac, k_code) = split(&kc[r]);
+                let (k_int, k_frac, k_code) = split(&kc[r.clone()]);
+                // Step 2's operands: the integer parts, or centred `2 x_int + 1`.
+                let estimate = |cs: &[i32]| -> Vec<f32> {
+                    cs.iter()
+                        .map(|&c| fmt.estimate(c, cfg.centred) as f32)
+                        .collect()
+                };
                 let w = match cfg.score_mode {
                     ScoreMode::Approx => 2 * d,
                     ScoreMode::Exact => 3 * d,
@@ -865,8 +878,12 @@ pub fn hdp_attention(
                     }
                 }
                 HeadCodes {
-                    q_int,
-                    k_int,
+                    q_est: if cfg.centred {
+                        estimate(&qc[r.clone()])
+                    } else {
+                        q_int
+                    },
+                    k_est: if cfg.centred { estimate(&kc[r]) } else { k_int },
                     qq,
                     kk,
                     w,

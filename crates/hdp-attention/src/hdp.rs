@@ -39,7 +39,9 @@ pub(crate) fn topk_count(keep: f64, len: usize) -> usize {
 /// `S_int ~ Q.K 2^(e_q + e_k)`, so a score's logit is about `S_int 2^-(e_q + e_k) / sqrt(d)`;
 /// sum and abs-sum importances add `b^2` entries, so their block logit is the mean entry's.
 pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> LogitScale {
-    let base = (2f64).powi(-(eq + ek)) / (d.max(1) as f64).sqrt();
+    // The centred operands are about twice the integer parts: products four times larger.
+    let centred = if cfg.centred { 0.25 } else { 1.0 };
+    let base = centred * (2f64).powi(-(eq + ek)) / (d.max(1) as f64).sqrt();
     let scale = match cfg.importance {
         BlockImportance::Max => base,
         _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
@@ -344,6 +346,7 @@ pub(crate) fn valid_blocks(p: &AttentionProblem, b: usize, bs: usize) -> (BlockM
 pub(crate) struct HeadDecider {
     kept: BlockMask,
     threshold: RowThreshold,
+    forced: Forced,
     logit_scale: LogitScale,
     head_importance: HeadImportance,
     kept_sum: f64,
@@ -360,6 +363,7 @@ impl HeadDecider {
         HeadDecider {
             kept: BlockMask::new(nb, nb),
             threshold: cfg.threshold,
+            forced: Forced::new(cfg, nb),
             logit_scale,
             head_importance: cfg.head_importance,
             kept_sum: 0.0,
@@ -392,6 +396,21 @@ impl HeadDecider {
             self.kept_sum += v;
             self.kept_pos += v.max(0.0);
         }
+        for c in self.forced.cols(r) {
+            if let Some(v) = imp[c] {
+                if !self.kept.get(r, c) {
+                    self.kept.set(r, c, true);
+                    self.kept_sum += v as f64;
+                    self.kept_pos += (v as f64).max(0.0);
+                }
+            }
+        }
+    }
+
+    /// The block columns block-row `r` keeps whatever its importances (`keep_sink`,
+    /// `keep_local`), valid or not: the caller keeps the valid ones.
+    pub(crate) fn forced_cols(&self, r: usize) -> impl Iterator<Item = usize> + '_ {
+        self.forced.cols(r)
     }
 
     /// [`HeadDecider::row`] for the fast kernels: the same decision and head-importance updates
@@ -478,6 +497,14 @@ impl HeadDecider {
                 self.kept_pos += (v as f64).max(0.0);
             }
         }
+        for c in self.forced.cols(r) {
+            if ok[c] && !self.kept.get(r, c) {
+                let v = imp[c] as f64;
+                self.kept.set(r, c, true);
+                self.kept_sum += v;
+                self.kept_pos += v.max(0.0);
+            }
+        }
     }
 
     /// Records block-row `r` decided elsewhere from the same rules (the fast kernels' one-block
@@ -506,6 +533,46 @@ impl HeadDecider {
             HeadImportance::Peakedness => self.peak / self.rows_with_blocks.max(1) as f64,
         };
         (self.kept, importance)
+    }
+}
+
+/// The blocks every block-row keeps whatever its importances (hdp.md step 4's options): the
+/// block columns holding the first `keep_sink` keys, and the blocks holding an entry within
+/// `keep_local` of the diagonal. Block `c` holds key `c b`, so the sink is columns
+/// `0..ceil(keep_sink / b)`; the nearest entries of blocks `r` and `c != r` are
+/// `(|r - c| - 1) b + 1` apart, so the band is `|r - c| <= ceil((keep_local - 1) / b)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Forced {
+    nb: usize,
+    sink_cols: usize,
+    /// Half-width of the band in blocks, `None` without a band.
+    band: Option<usize>,
+}
+
+impl Forced {
+    pub(crate) fn new(cfg: &HdpConfig, nb: usize) -> Forced {
+        let bs = cfg.block_size;
+        Forced {
+            nb,
+            sink_cols: cfg.keep_sink.div_ceil(bs).min(nb),
+            band: (cfg.keep_local > 0).then(|| (cfg.keep_local - 1).div_ceil(bs)),
+        }
+    }
+
+    /// Whether any block is forced.
+    pub(crate) fn any(&self) -> bool {
+        self.sink_cols > 0 || self.band.is_some()
+    }
+
+    /// The forced columns of block-row `r`, each once, in increasing order.
+    pub(crate) fn cols(&self, r: usize) -> impl Iterator<Item = usize> {
+        let band = match self.band {
+            Some(t) => {
+                r.saturating_sub(t).max(self.sink_cols)..(r.saturating_add(t) + 1).min(self.nb)
+            }
+            None => 0..0,
+        };
+        (0..self.sink_cols).chain(band)
     }
 }
 
@@ -789,6 +856,14 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
         };
         let (q_int, q_frac) = split(&qc);
         let (k_int, k_frac) = split(&kc);
+        // Step 2's operands: the integer parts, or centred `2 x_int + 1`.
+        let estimate = |codes: &[i32]| -> Vec<i64> {
+            codes
+                .iter()
+                .map(|&c| fmt.estimate(c, cfg.centred) as i64)
+                .collect()
+        };
+        let (q_est, k_est) = (estimate(&qc), estimate(&kc));
         let k_codes: Vec<i64> = kc.iter().map(|&c| c as i64).collect();
         let row = |h: usize, i: usize| (h * n + i) * d..(h * n + i + 1) * d;
 
@@ -802,9 +877,9 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
                     if !p.entry_is_valid(b, i, j) {
                         continue;
                     }
-                    let s_int: i64 = q_int[row(h, i)]
+                    let s_int: i64 = q_est[row(h, i)]
                         .iter()
-                        .zip(&k_int[row(h, j)])
+                        .zip(&k_est[row(h, j)])
                         .map(|(a, c)| a * c)
                         .sum();
                     let slot = &mut imp[(i / bs) * nb + j / bs];
@@ -983,6 +1058,85 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn forced_blocks_are_the_blocks_holding_sink_keys_or_band_entries() {
+        for (n, bs, sink, local) in [
+            (1usize, 1usize, 0usize, 0usize),
+            (10, 1, 2, 3),
+            (37, 4, 5, 1),
+            (37, 4, 0, 6),
+            (50, 7, 9, 15),
+            (50, 16, 1, 17),
+            (64, 8, 100, 100),
+            (33, 32, 3, 2),
+        ] {
+            let cfg = HdpConfig {
+                block_size: bs,
+                keep_sink: sink,
+                keep_local: local,
+                ..HdpConfig::default()
+            };
+            let nb = n.div_ceil(bs);
+            let f = Forced::new(&cfg, nb);
+            assert_eq!(f.any(), sink > 0 || local > 0);
+            for r in 0..nb {
+                let got: Vec<usize> = f.cols(r).collect();
+                let rows = r * bs..((r + 1) * bs).min(n);
+                let want: Vec<usize> = (0..nb)
+                    .filter(|&c| {
+                        let keys = c * bs..((c + 1) * bs).min(n);
+                        keys.clone().any(|j| j < sink)
+                            || rows
+                                .clone()
+                                .any(|i| keys.clone().any(|j| i.abs_diff(j) < local))
+                    })
+                    .collect();
+                assert_eq!(got, want, "n {n} b {bs} sink {sink} local {local} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn forced_blocks_are_kept_and_counted() {
+        let p = crate::synthetic::generate(&crate::synthetic::SyntheticSpec {
+            batch: 1,
+            heads: 2,
+            seq_len: 40,
+            head_dim: 16,
+            valid_len: Some(36),
+            causal: false,
+            seed: 4,
+        })
+        .unwrap();
+        let base = HdpConfig {
+            threshold: RowThreshold::TopK { keep: 0.01 },
+            ..HdpConfig::default()
+        };
+        let plain = attention(&p, &base.validated().unwrap(), 0).unwrap();
+        let cfg = HdpConfig {
+            keep_sink: 2,
+            keep_local: 2,
+            ..base
+        };
+        let forced = attention(&p, &cfg.validated().unwrap(), 0).unwrap();
+        let s = &forced.trace.sequences[0];
+        for h in &s.heads {
+            for i in 0..36usize {
+                for j in 0..36usize {
+                    if j < 2 || i.abs_diff(j) < 2 {
+                        assert!(h.kept.get(i, j), "head {} ({i}, {j})", h.head);
+                    }
+                }
+                // Padding is never kept, forced or not.
+                assert!((36..40).all(|j| !h.kept.get(i, j)));
+            }
+            assert!(plain.trace.sequences[0].heads[h.head]
+                .kept
+                .is_subset_of(&h.kept));
+        }
+        assert!(forced.trace.summary().kept_blocks > plain.trace.summary().kept_blocks);
     }
 
     #[test]

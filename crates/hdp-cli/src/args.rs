@@ -67,6 +67,16 @@ pub struct HdpArgs {
     /// CPUs with AVX-512 BF16 (elsewhere the same numbers, at f32 speed).
     #[arg(long, value_enum)]
     pub pv: Option<PvPrecision>,
+    /// Rank with the centred integer estimate (2 Q_int + 1).(2 K_int + 1), one more bit per
+    /// operand [off].
+    #[arg(long)]
+    pub centred: bool,
+    /// Always keep the blocks of the first K keys (attention sinks such as [CLS]) [0].
+    #[arg(long, value_name = "K")]
+    pub keep_sink: Option<usize>,
+    /// Always keep the blocks within W of the diagonal (|i - j| < W) [0].
+    #[arg(long, value_name = "W")]
+    pub keep_local: Option<usize>,
 }
 
 impl HdpArgs {
@@ -90,6 +100,9 @@ impl HdpArgs {
             pruned_head_output,
             score,
             pv,
+            centred,
+            keep_sink,
+            keep_local,
         } = self.clone();
         HdpOptions {
             bits,
@@ -109,6 +122,9 @@ impl HdpArgs {
             pruned_head_output,
             score,
             pv,
+            centred,
+            keep_sink,
+            keep_local,
         }
     }
 

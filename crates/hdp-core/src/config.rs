@@ -267,6 +267,10 @@ named_options!(PrunedHeadOutput, "pruned-head-output", { "zero" => Zero, "mean-v
 /// score matrix) and small enough that every size derived from it stays far from overflow.
 pub const MAX_BLOCK_SIZE: usize = 1 << 16;
 
+/// Largest `keep_sink` or `keep_local` accepted (keys): far beyond any sequence the budget
+/// allows, small enough that block arithmetic on it cannot overflow.
+pub const MAX_FORCED_KEYS: usize = 1 << 32;
+
 /// All HDP options.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -291,6 +295,17 @@ pub struct HdpConfig {
     pub score_mode: ScoreMode,
     /// Precision of P.V's operands.
     pub pv: PvPrecision,
+    /// Rank with the centred integer estimate `(2 Q_int + 1).(2 K_int + 1)` instead of
+    /// `Q_int.K_int` (step 4): the floor split biases every integer part down by half a unit
+    /// on average, a key-dependent error of the estimate; the odd operands remove it for one
+    /// more bit per operand (hdp.md measured +0.001-0.002 embedding cosine).
+    pub centred: bool,
+    /// Always keep the blocks holding the first `keep_sink` keys (attention sinks: [CLS], the
+    /// first tokens); counted as kept.
+    pub keep_sink: usize,
+    /// Always keep the blocks holding entries within `keep_local` of the diagonal
+    /// (`|i - j| < keep_local`); counted as kept.
+    pub keep_local: usize,
 }
 
 impl Default for HdpConfig {
@@ -315,6 +330,9 @@ impl Default for HdpConfig {
             pruned_head_output: PrunedHeadOutput::default(),
             score_mode: ScoreMode::default(),
             pv: PvPrecision::default(),
+            centred: false,
+            keep_sink: 0,
+            keep_local: 0,
         }
     }
 }
@@ -380,6 +398,18 @@ impl HdpConfig {
                 })
             }
             HeadPruning::TopK { .. } => {}
+        }
+        for (name, v) in [
+            ("keep-sink", self.keep_sink),
+            ("keep-local", self.keep_local),
+        ] {
+            if v > MAX_FORCED_KEYS {
+                return Err(Error::InvalidOption {
+                    name,
+                    value: v.to_string(),
+                    expected: format!("a number of keys in 0..={MAX_FORCED_KEYS}"),
+                });
+            }
         }
         if let Prescale::Fixed { q_exp, k_exp } = self.prescale {
             let m = crate::fixed::MAX_PRESCALE_EXP;

@@ -122,6 +122,17 @@ impl QFormat {
         (int, frac)
     }
 
+    /// The integer score estimate's operand of a code (hdp.md steps 2 and 4): the integer part
+    /// `floor(code / 2^f)`, or centred `2 floor(code / 2^f) + 1`.
+    pub fn estimate(self, code: i32, centred: bool) -> i32 {
+        let int = code >> self.frac_bits;
+        if centred {
+            2 * int + 1
+        } else {
+            int
+        }
+    }
+
     /// The largest pre-scale exponent `e` such that `max_abs * 2^e` still rounds into range,
     /// i.e. the codes fill the signed range without saturating. `max_abs == 0` gives 0.
     pub fn fill_exponent(self, max_abs: f32) -> i32 {

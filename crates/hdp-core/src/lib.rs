@@ -24,6 +24,6 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use fixed::{QFormat, Quantized};
-pub use options::HdpOptions;
+pub use options::{GivenValue, HdpOptions};
 pub use tensor::Tensor;
 pub use trace::{BlockMask, OpCounts, Trace, TraceSummary};

@@ -47,6 +47,25 @@ pub struct HdpOptions {
     pub score: Option<ScoreMode>,
     /// Precision of P.V's operands [bf16].
     pub pv: Option<PvPrecision>,
+    /// Rank with the centred integer estimate `(2 Q_int + 1).(2 K_int + 1)`.
+    pub centred: bool,
+    /// Always keep the blocks of the first this many keys [0].
+    pub keep_sink: Option<usize>,
+    /// Always keep the blocks within this distance of the diagonal [0].
+    pub keep_local: Option<usize>,
+}
+
+/// The value of a given option ([`HdpOptions::given`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GivenValue {
+    /// A count, width or exponent.
+    Int(i64),
+    /// A fraction.
+    Float(f64),
+    /// A switch (only `true` is ever given).
+    Bool(bool),
+    /// A named option value (`approx`, `fixed:1:2`, ...).
+    Text(String),
 }
 
 impl HdpOptions {
@@ -69,7 +88,49 @@ impl HdpOptions {
         "pruned_head_output",
         "score",
         "pv",
+        "centred",
+        "keep_sink",
+        "keep_local",
     ];
+
+    /// The options given, by name, in [`HdpOptions::NAMES`] order (for messages and reprs).
+    pub fn given(&self) -> Vec<(&'static str, GivenValue)> {
+        use GivenValue::{Bool, Float, Int, Text};
+        let int = |v: Option<usize>| v.map(|x| Int(x as i64));
+        let text = |v: Option<String>| v.map(Text);
+        let all: [(&'static str, Option<GivenValue>); 20] = [
+            ("bits", self.bits.map(|x| Int(x as i64))),
+            ("frac_bits", self.frac_bits.map(|x| Int(x as i64))),
+            ("prescale", text(self.prescale.map(|x| x.to_string()))),
+            ("q_prescale_exp", self.q_prescale_exp.map(|x| Int(x as i64))),
+            ("k_prescale_exp", self.k_prescale_exp.map(|x| Int(x as i64))),
+            ("block_size", int(self.block_size)),
+            ("importance", text(self.importance.map(|x| x.to_string()))),
+            ("rho", self.rho.map(Float)),
+            ("keep", self.keep.map(Float)),
+            ("top_p", self.top_p.map(Float)),
+            (
+                "no_block_pruning",
+                self.no_block_pruning.then_some(Bool(true)),
+            ),
+            ("tau", self.tau.map(Float)),
+            ("head_top_k", int(self.head_top_k)),
+            (
+                "head_importance",
+                text(self.head_importance.map(|x| x.to_string())),
+            ),
+            (
+                "pruned_head_output",
+                text(self.pruned_head_output.map(|x| x.to_string())),
+            ),
+            ("score", text(self.score.map(|x| x.to_string()))),
+            ("pv", text(self.pv.map(|x| x.to_string()))),
+            ("centred", self.centred.then_some(Bool(true))),
+            ("keep_sink", int(self.keep_sink)),
+            ("keep_local", int(self.keep_local)),
+        ];
+        all.into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
+    }
 
     /// Whether any option was given.
     pub fn any_given(&self) -> bool {
@@ -148,6 +209,9 @@ impl HdpOptions {
             pruned_head_output: self.pruned_head_output.unwrap_or(d.pruned_head_output),
             score_mode: self.score.unwrap_or(d.score_mode),
             pv: self.pv.unwrap_or(d.pv),
+            centred: self.centred || d.centred,
+            keep_sink: self.keep_sink.unwrap_or(d.keep_sink),
+            keep_local: self.keep_local.unwrap_or(d.keep_local),
         };
         cfg.validated()
     }
@@ -179,6 +243,52 @@ mod tests {
             ..Default::default()
         };
         assert!(o.config().unwrap_err().to_string().contains("head_top_k"));
+    }
+
+    #[test]
+    fn given_lists_every_option_once_by_its_name() {
+        let o = HdpOptions {
+            top_p: Some(0.9),
+            centred: true,
+            keep_sink: Some(1),
+            score: Some(ScoreMode::Approx),
+            ..Default::default()
+        };
+        assert_eq!(
+            o.given(),
+            vec![
+                ("top_p", GivenValue::Float(0.9)),
+                ("score", GivenValue::Text("approx".into())),
+                ("centred", GivenValue::Bool(true)),
+                ("keep_sink", GivenValue::Int(1)),
+            ]
+        );
+        assert!(HdpOptions::default().given().is_empty());
+        // The list of names and the fields agree (same order, nothing missing).
+        let all = HdpOptions {
+            bits: Some(8),
+            frac_bits: Some(3),
+            prescale: Some(Prescale::None),
+            q_prescale_exp: Some(0),
+            k_prescale_exp: Some(0),
+            block_size: Some(1),
+            importance: Some(BlockImportance::Sum),
+            rho: Some(0.1),
+            keep: Some(0.1),
+            top_p: Some(0.1),
+            no_block_pruning: true,
+            tau: Some(0.1),
+            head_top_k: Some(1),
+            head_importance: Some(HeadImportance::KeptSum),
+            pruned_head_output: Some(PrunedHeadOutput::Zero),
+            score: Some(ScoreMode::Exact),
+            pv: Some(PvPrecision::F32),
+            centred: true,
+            keep_sink: Some(1),
+            keep_local: Some(1),
+        };
+        let names: Vec<&str> = all.given().iter().map(|g| g.0).collect();
+        assert_eq!(names, HdpOptions::NAMES);
     }
 
     #[test]

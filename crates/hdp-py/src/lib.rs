@@ -6,7 +6,7 @@
 
 use hdp_attention::fast::{self, Isa};
 use hdp_attention::{AttentionProblem, ValidConfig};
-use hdp_core::{HdpOptions, Tensor, Trace, TraceSummary};
+use hdp_core::{GivenValue, HdpOptions, Tensor, Trace, TraceSummary};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{PyArray2, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -137,6 +137,13 @@ impl Config {
                 "pruned_head_output" => o.pruned_head_output = Some(opt_parse(n, &v)?),
                 "score" => o.score = Some(opt_parse(n, &v)?),
                 "pv" => o.pv = Some(opt_parse(n, &v)?),
+                "centred" => {
+                    o.centred = v
+                        .extract()
+                        .map_err(|_| PyTypeError::new_err("option centred takes True or False"))?
+                }
+                "keep_sink" => o.keep_sink = Some(opt_int(n, &v)?),
+                "keep_local" => o.keep_local = Some(opt_int(n, &v)?),
                 other => {
                     return Err(PyValueError::new_err(format!(
                         "unknown HDP option {other:?}; the options are {}",
@@ -166,22 +173,16 @@ impl Config {
     }
 
     fn __repr__(&self) -> String {
-        let given = format!("{:?}", self.options);
-        // `HdpOptions { bits: None, keep: Some(0.2), .. }` -> the given ones only.
-        let inner: Vec<String> = given
-            .trim_start_matches("HdpOptions {")
-            .trim_end_matches('}')
-            .split(", ")
-            .filter_map(|f| {
-                let (k, v) = f.trim().split_once(": ")?;
-                let v = v.strip_prefix("Some(")?.strip_suffix(')').unwrap_or(v);
-                Some(format!("{k}={v}"))
+        let inner: Vec<String> = self
+            .options
+            .given()
+            .into_iter()
+            .map(|(k, v)| match v {
+                GivenValue::Int(x) => format!("{k}={x}"),
+                GivenValue::Float(x) => format!("{k}={x:?}"),
+                GivenValue::Bool(x) => format!("{k}={}", if x { "True" } else { "False" }),
+                GivenValue::Text(x) => format!("{k}={x:?}"),
             })
-            .chain(
-                self.options
-                    .no_block_pruning
-                    .then(|| "no_block_pruning=True".into()),
-            )
             .collect();
         format!(
             "hdp.Config({}) -> {} b={} {}-bit f={} score={} pv={}",

@@ -10,7 +10,7 @@ pub mod sim;
 pub mod workload;
 
 pub use config::{load_peers, load_preset, normalized_gops_128, EnergyTable, HwConfig, Peer};
-pub use sim::{simulate, Report};
+pub use sim::{simulate, Report, CENTRED_INT_MAC_COST};
 pub use workload::{ModelShape, Workload};
 
 use std::path::PathBuf;

@@ -125,7 +125,12 @@ pub struct Report {
     pub units: Vec<UnitReport>,
 }
 
-fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool) -> Vec<Box<dyn Unit>> {
+/// Energy and area of an integer-engine MAC lane with the centred estimate's operands, relative
+/// to the preset's: one more bit per operand (`2 x_int + 1`), a 4x4 multiplier becoming 5x5,
+/// and a multiplier's energy and area grow with the product of its operand widths.
+pub const CENTRED_INT_MAC_COST: f64 = (5.0 * 5.0) / (4.0 * 4.0);
+
+fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool, centred: bool) -> Vec<Box<dyn Unit>> {
     let (int, frac) = (
         hw.int_engine.multipliers as f64,
         hw.frac_engine.multipliers as f64,
@@ -142,7 +147,7 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool) -> Vec<Box<dyn Unit>> {
         Box::new(RateUnit {
             name: "int_engine",
             rate: int,
-            pj: e.int_mac_pj,
+            pj: e.int_mac_pj * if centred { CENTRED_INT_MAC_COST } else { 1.0 },
             multipliers: int,
             whole_cycles: true,
             work: |i| i.int_macs,
@@ -289,7 +294,9 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
 /// Simulates `w` on `hw`; the clock converts cycles to time here, not in the units.
 pub fn simulate(hw: &HwConfig, e: &EnergyTable, w: &Workload) -> Report {
     let int_pass = hw.features.block_pruning || hw.features.head_pruning;
-    let units = units(hw, e, int_pass);
+    // A workload ranked with the centred estimate needs the wider integer engine.
+    let centred = int_pass && w.layers.iter().any(|l| l.centred);
+    let units = units(hw, e, int_pass, centred);
     let latency_cycles = hw.dram.latency_ns * 1e-3 * hw.clock_mhz;
     let mut busy = vec![0.0; units.len()];
     let mut bottleneck = vec![0.0; units.len()];
@@ -360,7 +367,15 @@ pub fn simulate(hw: &HwConfig, e: &EnergyTable, w: &Workload) -> Report {
         overhead_cycles: overhead,
         dram_bytes,
         static_energy_uj: static_pj * 1e-6,
-        area_mm2: hw.area_mm2(e),
+        area_mm2: hw.area_mm2(e)
+            + if centred {
+                hw.int_engine.multipliers as f64
+                    * e.int_mac_um2
+                    * (CENTRED_INT_MAC_COST - 1.0)
+                    * 1e-6
+            } else {
+                0.0
+            },
         units: units
             .iter()
             .enumerate()

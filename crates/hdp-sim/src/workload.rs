@@ -37,6 +37,9 @@ pub struct LayerWork {
     pub head_dim: u64,
     /// Q/K code width, bits.
     pub qk_bits: u64,
+    /// The integer pass ranked with the centred estimate `(2 Q_int + 1).(2 K_int + 1)`: one
+    /// more bit per integer-engine operand.
+    pub centred: bool,
     /// Whether early head pruning was in use (its decision is a barrier between the integer
     /// pass of all heads and any fractional work; without it the two stream together).
     pub head_pruning: bool,
@@ -104,6 +107,7 @@ impl Workload {
                     valid_tokens: s.valid_tokens as u64,
                     head_dim: l.head_dim as u64,
                     qk_bits: l.q_format.bits as u64,
+                    centred: t.config.centred,
                     heads,
                 });
             }
@@ -161,6 +165,7 @@ impl Workload {
             valid_tokens: seq_len as u64,
             head_dim: shape.head_dim as u64,
             qk_bits: 8,
+            centred: false,
             heads: (0..shape.heads)
                 .map(|h| HeadWork {
                     pruned: h < pruned,

@@ -222,3 +222,38 @@ fn trace_workloads_carry_the_trace_counts() {
     let (hw, e) = load_preset("edge").unwrap();
     assert!(simulate(&hw, &e, &w).cycles > 0.0);
 }
+
+#[test]
+fn the_centred_estimate_costs_integer_engine_energy_and_area_not_cycles() {
+    let (hw, e) = load_preset("edge").unwrap();
+    let plain = Workload::synthetic(&BERT, 256, 1, 0.7, 0.0).unwrap();
+    let mut centred = plain.clone();
+    for l in &mut centred.layers {
+        l.centred = true;
+    }
+    let (a, b) = (simulate(&hw, &e, &plain), simulate(&hw, &e, &centred));
+    assert_eq!(a.cycles, b.cycles);
+    let unit = |r: &hdp_sim::Report| {
+        r.units
+            .iter()
+            .find(|u| u.name == "int_engine")
+            .unwrap()
+            .energy_pj
+    };
+    let ratio = unit(&b) / unit(&a);
+    assert!(
+        (ratio - hdp_sim::CENTRED_INT_MAC_COST).abs() < 1e-12,
+        "{ratio}"
+    );
+    let extra = hw.int_engine.multipliers as f64
+        * e.int_mac_um2
+        * (hdp_sim::CENTRED_INT_MAC_COST - 1.0)
+        * 1e-6;
+    assert!((b.area_mm2 - a.area_mm2 - extra).abs() < 1e-12);
+    // The dense accelerator has no integer pass: nothing changes.
+    let (dh, de) = load_preset("dense-edge").unwrap();
+    assert_eq!(
+        simulate(&dh, &de, &plain).energy_uj,
+        simulate(&dh, &de, &centred).energy_uj
+    );
+}

@@ -56,7 +56,12 @@ pub(super) struct Dims {
     pub(super) n_pad: usize,
     /// Query rows rounded up to a multiple of [`TR`].
     pub(super) rows_pad: usize,
-    /// [`i16_run`] of the integer pass (`Q_int + A` times `K_int`).
+    /// The integer pass on centred operands `2 x_int + 1`.
+    pub(super) centred: bool,
+    /// The offset of the integer pass's left operand: `Q_e + A_e` is in `0..2 A_e`, with
+    /// `A_e = A`, or `2 A` for centred operands ([`estimate_offset`]).
+    pub(super) ae: i32,
+    /// [`i16_run`] of the integer pass (`Q_e + A_e` times `K_e`, `|K_e| <= A_e`).
     pub(super) run_int: usize,
     /// [`i16_run`] of `Z` (`Q_int + A` times `K`, `Q_frac` times `K_int`; exact scores
     /// run only on tiers that need no i16 runs).
@@ -64,10 +69,18 @@ pub(super) struct Dims {
 }
 
 impl Dims {
-    pub(super) fn new(n: usize, d: usize, fmt: QFormat, exact: bool, split: bool) -> Dims {
+    pub(super) fn new(
+        n: usize,
+        d: usize,
+        fmt: QFormat,
+        exact: bool,
+        split: bool,
+        centred: bool,
+    ) -> Dims {
         let dp = d.div_ceil(4) * 4;
         let n_pad = n.div_ceil(TC) * TC;
         let a = offset(fmt) as i64;
+        let ae = estimate_offset(fmt, centred) as i64;
         let (max_code, max_frac) = (1i64 << (fmt.bits - 1), fmt.one() as i64 - 1);
         let split = exact && split;
         let w = (if exact { dp } else { 2 * dp }).div_ceil(32) * 32;
@@ -82,7 +95,9 @@ impl Dims {
             za: if exact { 128 } else { a as i32 },
             n_pad,
             rows_pad: n.div_ceil(TR) * TR,
-            run_int: i16_run(2 * (2 * a - 1) * a),
+            centred,
+            ae: ae as i32,
+            run_int: i16_run(2 * (2 * ae - 1) * ae),
             run_z: if split {
                 i16_run(2 * 15 * 128)
             } else {
@@ -139,7 +154,8 @@ multiversion! {
         codes: &mut [i32]) -> u32
 }
 
-/// `Q_int + A` (twice: integer pass and `Z` operand) and `Q_frac` of one row of codes.
+/// The integer pass's `Q_e + A_e` (`Q_e` = `Q_int`, or centred `2 Q_int + 1` when `cs` = 1),
+/// the `Z` operand `Q_int + A` and `Q_frac` of one row of codes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn split_q_body(
@@ -147,24 +163,26 @@ pub(super) fn split_q_body(
     f: u32,
     mask: i32,
     a: i32,
+    ae: i32,
+    cs: i32,
     qu: &mut [u8],
     qzi: &mut [u8],
     qzf: &mut [u8],
 ) {
     for (((&c, u), zi), zf) in codes.iter().zip(qu).zip(qzi).zip(qzf) {
-        let x = ((c >> f) + a) as u8;
-        *u = x;
-        *zi = x;
+        *u = ((((c >> f) << cs) | cs) + ae) as u8;
+        *zi = ((c >> f) + a) as u8;
         *zf = (c & mask) as u8;
     }
 }
 
-/// `K_int` (twice: integer pass and `Z` operand) and `K` of one row of codes; returns the
-/// sums of `K_int` and of `K`.
+/// The integer pass's `K_e` (`K_int`, or centred `2 K_int + 1` when `cs` = 1), the `Z`
+/// operands `K_int` and `K` of one row of codes; returns the sums of `K_e` and of `K`.
 #[inline(always)]
 pub(super) fn split_k_body(
     codes: &[i32],
     f: u32,
+    cs: i32,
     ki: &mut [i8],
     kzc: &mut [i8],
     kzi: &mut [i8],
@@ -172,57 +190,68 @@ pub(super) fn split_k_body(
     let (mut sum_int, mut sum) = (0i32, 0i32);
     for (((&c, i), zc), zi) in codes.iter().zip(ki).zip(kzc).zip(kzi) {
         let x = c >> f;
-        *i = x as i8;
+        let e = (x << cs) | cs;
+        *i = e as i8;
         *zi = x as i8;
         *zc = c as i8;
-        sum_int += x;
+        sum_int += e;
         sum += c;
     }
     (sum_int, sum)
 }
 
-/// Exact scores: `Q_int + A` (integer pass) and `Q + 128` (score operand) of one row of codes.
+/// Exact scores: `Q_e + A_e` (integer pass, as in [`split_q_body`]) and `Q + 128` (score
+/// operand) of one row of codes.
 #[inline(always)]
-pub(super) fn split_q_exact_body(codes: &[i32], f: u32, a: i32, qu: &mut [u8], qz: &mut [u8]) {
+pub(super) fn split_q_exact_body(
+    codes: &[i32],
+    f: u32,
+    ae: i32,
+    cs: i32,
+    qu: &mut [u8],
+    qz: &mut [u8],
+) {
     for ((&c, u), z) in codes.iter().zip(qu).zip(qz) {
-        *u = ((c >> f) + a) as u8;
+        *u = ((((c >> f) << cs) | cs) + ae) as u8;
         *z = (c + 128) as u8;
     }
 }
 
-/// Exact scores: `K_int` (integer pass) and `K` (score operand) of one row of codes; returns
-/// the sums of `K_int` and of `K`.
+/// Exact scores: `K_e` (integer pass, as in [`split_k_body`]) and `K` (score operand) of one
+/// row of codes; returns the sums of `K_e` and of `K`.
 #[inline(always)]
 pub(super) fn split_k_exact_body(
     codes: &[i32],
     f: u32,
+    cs: i32,
     ki: &mut [i8],
     kz: &mut [i8],
 ) -> (i32, i32) {
     let (mut sum_int, mut sum) = (0i32, 0i32);
     for ((&c, i), z) in codes.iter().zip(ki).zip(kz) {
-        let x = c >> f;
-        *i = x as i8;
+        let e = ((c >> f) << cs) | cs;
+        *i = e as i8;
         *z = c as i8;
-        sum_int += x;
+        sum_int += e;
         sum += c;
     }
     (sum_int, sum)
 }
 
-/// Split exact scores: `Q_int + A` (integer pass) and the nibbles of `Q + 128` (score
-/// operands) of one row of codes.
+/// Split exact scores: `Q_e + A_e` (integer pass, as in [`split_q_body`]) and the nibbles of
+/// `Q + 128` (score operands) of one row of codes.
 #[inline(always)]
 pub(super) fn split_q_nibbles_body(
     codes: &[i32],
     f: u32,
-    a: i32,
+    ae: i32,
+    cs: i32,
     qu: &mut [u8],
     hi: &mut [u8],
     lo: &mut [u8],
 ) {
     for (((&c, u), h), l) in codes.iter().zip(qu).zip(hi).zip(lo) {
-        *u = ((c >> f) + a) as u8;
+        *u = ((((c >> f) << cs) | cs) + ae) as u8;
         let z = (c + 128) as u8;
         *h = z >> 4;
         *l = z & 15;
@@ -231,31 +260,31 @@ pub(super) fn split_q_nibbles_body(
 
 multiversion! {
     /// [`split_q_nibbles_body`] for `isa`.
-    fn split_q_nibbles => split_q_nibbles_body(codes: &[i32], f: u32, a: i32, qu: &mut [u8],
-        hi: &mut [u8], lo: &mut [u8])
+    fn split_q_nibbles => split_q_nibbles_body(codes: &[i32], f: u32, ae: i32, cs: i32,
+        qu: &mut [u8], hi: &mut [u8], lo: &mut [u8])
 }
 
 multiversion! {
     /// [`split_q_exact_body`] for `isa`.
-    fn split_q_exact => split_q_exact_body(codes: &[i32], f: u32, a: i32, qu: &mut [u8],
-        qz: &mut [u8])
+    fn split_q_exact => split_q_exact_body(codes: &[i32], f: u32, ae: i32, cs: i32,
+        qu: &mut [u8], qz: &mut [u8])
 }
 
 multiversion! {
     /// [`split_k_exact_body`] for `isa`.
-    fn split_k_exact => split_k_exact_body(codes: &[i32], f: u32, ki: &mut [i8], kz: &mut [i8])
-        -> (i32, i32)
+    fn split_k_exact => split_k_exact_body(codes: &[i32], f: u32, cs: i32, ki: &mut [i8],
+        kz: &mut [i8]) -> (i32, i32)
 }
 
 multiversion! {
     /// [`split_q_body`] for `isa`.
-    fn split_q => split_q_body(codes: &[i32], f: u32, mask: i32, a: i32, qu: &mut [u8],
-        qzi: &mut [u8], qzf: &mut [u8])
+    fn split_q => split_q_body(codes: &[i32], f: u32, mask: i32, a: i32, ae: i32, cs: i32,
+        qu: &mut [u8], qzi: &mut [u8], qzf: &mut [u8])
 }
 
 multiversion! {
     /// [`split_k_body`] for `isa`.
-    fn split_k => split_k_body(codes: &[i32], f: u32, ki: &mut [i8], kzc: &mut [i8],
+    fn split_k => split_k_body(codes: &[i32], f: u32, cs: i32, ki: &mut [i8], kzc: &mut [i8],
         kzi: &mut [i8]) -> (i32, i32)
 }
 
@@ -282,6 +311,7 @@ pub(super) fn prepare_head(
         ..
     } = dm;
     let a = offset(fmt);
+    let (ae, cs) = (dm.ae, dm.centred as i32);
     let (one, min, max) = (fmt.one() as f32, fmt.min_code(), fmt.max_code());
     let f = fmt.frac_bits;
     let mask = fmt.one() - 1;
@@ -307,9 +337,18 @@ pub(super) fn prepare_head(
         let sat = quantize_row(isa, qx, sq, one, min, max, &mut codes);
         if dm.split {
             let (hi, lo) = qz.split_at_mut(w);
-            split_q_nibbles(isa, &codes, f, a, &mut qu[..d], &mut hi[..d], &mut lo[..d]);
+            split_q_nibbles(
+                isa,
+                &codes,
+                f,
+                ae,
+                cs,
+                &mut qu[..d],
+                &mut hi[..d],
+                &mut lo[..d],
+            );
         } else if dm.exact {
-            split_q_exact(isa, &codes, f, a, &mut qu[..d], &mut qz[..d]);
+            split_q_exact(isa, &codes, f, ae, cs, &mut qu[..d], &mut qz[..d]);
         } else {
             let (qzi, qzf) = qz.split_at_mut(dp);
             split_q(
@@ -318,6 +357,8 @@ pub(super) fn prepare_head(
                 f,
                 mask,
                 a,
+                ae,
+                cs,
                 &mut qu[..d],
                 &mut qzi[..d],
                 &mut qzf[..d],
@@ -329,10 +370,18 @@ pub(super) fn prepare_head(
         let (ki, kz) = (&mut hd.k_int[i * dp..][..dp], &mut hd.kz[i * w..][..w]);
         let sat = quantize_row(isa, kx, sk, one, min, max, &mut codes);
         let (sum_int, sum) = if dm.exact {
-            split_k_exact(isa, &codes, f, &mut ki[..d], &mut kz[..d])
+            split_k_exact(isa, &codes, f, cs, &mut ki[..d], &mut kz[..d])
         } else {
             let (kzc, kzi) = kz.split_at_mut(dp);
-            split_k(isa, &codes, f, &mut ki[..d], &mut kzc[..d], &mut kzi[..d])
+            split_k(
+                isa,
+                &codes,
+                f,
+                cs,
+                &mut ki[..d],
+                &mut kzc[..d],
+                &mut kzi[..d],
+            )
         };
         if valid_i {
             hd.k_sat += sat as u64;

@@ -58,6 +58,8 @@ pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
     }
     let exact_u8 = crate::kernels::for_isa(isa).exact_u8;
     let a = offset(f) as f64;
+    // A_e >= A: the condition on A_e covers the integer pass on either operand.
+    let ae = estimate_offset(f, cfg.centred) as f64;
     let one = f.one() as f64;
     let code = (1u64 << (f.bits - 1)) as f64;
     let score = match cfg.score_mode {
@@ -65,7 +67,9 @@ pub fn supported(cfg: &HdpConfig, d: usize, isa: Isa) -> bool {
         ScoreMode::Exact => d as f64 * code * code,
         ScoreMode::Float => return false,
     };
-    (a <= 64.0 || exact_u8) && score < (1u64 << 24) as f64
+    // `Q_e + A_e` fits u8 and `K_e` i8; without vpdpbusd, the pass's i16 pair sums
+    // `2 (2 A_e - 1) A_e` stay below 2^15.
+    ae <= 128.0 && (ae <= 64.0 || exact_u8) && score < (1u64 << 24) as f64
 }
 
 /// Milliseconds per stage of one int8 HDP run, summed over heads (with several threads, CPU
@@ -141,6 +145,12 @@ fn offset(f: QFormat) -> i32 {
     1 << (f.bits - 1 - f.frac_bits)
 }
 
+/// `A_e`, the offset of the integer pass's left operand: `A`, or `2 A` for centred operands
+/// (`2 Q_int + 1` is in `-2A + 1..2A`), so that `Q_e + A_e` is in `0..2 A_e`.
+fn estimate_offset(f: QFormat, centred: bool) -> i32 {
+    offset(f) << centred as i32
+}
+
 /// The int8 HDP kernel (see the module docs); the caller checked [`supported`].
 pub(crate) fn hdp_attention(
     p: &AttentionProblem,
@@ -155,9 +165,10 @@ pub(crate) fn hdp_attention(
     debug_assert!(supported(cfg, dims.head_dim, isa));
     let (heads, n, d, bs) = (dims.heads, dims.seq_len, dims.head_dim, cfg.block_size);
     let fmt = cfg.q_format;
-    let a = offset(fmt);
     let exact_u8 = crate::kernels::for_isa(isa).exact_u8;
-    let dm = Dims::new(n, d, fmt, cfg.score_mode == ScoreMode::Exact, !exact_u8);
+    let exact = cfg.score_mode == ScoreMode::Exact;
+    let dm = Dims::new(n, d, fmt, exact, !exact_u8, cfg.centred);
+    let a = dm.ae;
     // Every key block in order (the integer pass and one-entry-block chunks use all keys).
     let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
     let mut out = Tensor::zeros(p.q().shape().to_vec());

@@ -474,6 +474,7 @@ pub(super) fn integer_pass(
     sc.bias.extend(hd.k_int_sum.iter().map(|&s| a * s));
     sc.words.resize(n.div_ceil(64), 0);
     let all_valid = valid_tok.iter().all(|&v| v);
+    let forced = hdp::Forced::new(cfg, nb).any();
     let mut i0 = 0;
     while i0 < n {
         // Keys past the last row of the tile are causally masked for all of its rows.
@@ -501,7 +502,7 @@ pub(super) fn integer_pass(
                 let abs = cfg.importance == BlockImportance::AbsSum;
                 finish_row(isa, row, &sc.bias[..end], abs, valid);
                 let words = &mut sc.words[..end.div_ceil(64)];
-                let stats = decide_b1(
+                let mut stats = decide_b1(
                     isa,
                     isa,
                     row,
@@ -510,6 +511,17 @@ pub(super) fn integer_pass(
                     words,
                     &mut sc.search,
                 );
+                if forced {
+                    // Sink and band columns (a few per row): kept whatever their scores.
+                    for c in decider.forced_cols(i).filter(|&c| c < end) {
+                        let (v, bit) = (row[c], 1u64 << (c % 64));
+                        if v != MASKED && words[c / 64] & bit == 0 {
+                            words[c / 64] |= bit;
+                            stats.kept_sum += v as i64;
+                            stats.kept_pos += (v as i64).max(0);
+                        }
+                    }
+                }
                 decider.row_decided(i, &stats, words);
             }
             clock.lap(&mut st.decisions);

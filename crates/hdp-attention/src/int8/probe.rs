@@ -30,7 +30,7 @@ pub fn integer_pass_rate(
     }
     let kn = crate::kernels::for_isa(isa);
     let fmt = cfg.q_format;
-    let dm = Dims::new(n, d, fmt, false, false);
+    let dm = Dims::new(n, d, fmt, false, false, false);
     let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(0, i)).collect();
     let exps = hdp::prescale_exponents(p, cfg, 0, heads, n, d);
     let data: Vec<HeadData> = (0..heads)
