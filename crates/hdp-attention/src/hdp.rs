@@ -49,83 +49,97 @@ pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> Log
     LogitScale::new(scale, matches!(cfg.threshold, RowThreshold::TopP { .. }))
 }
 
-/// A logit scale with `exp(-scale g)` cached for the small gaps `g` between consecutive
-/// distinct importances (what [`topp_count`] multiplies by): the cached values are the same
-/// bits as computing them, so the cache changes speed only.
+/// Fixed-point unit of top-p's block weights: a block `gap` integer units below its row's
+/// maximum weighs `round(2^20 exp(-scale gap))`, an integer (the hardware's lookup table of
+/// exponentials), so every implementation sums weights exactly, in any order, and decides the
+/// same. Weights below 2^-21 of the maximum's are 0.
+pub const TOPP_ONE: f64 = 1_048_576.0;
+
+/// Longest weight table kept: scales so small that weights stay nonzero over more gaps than
+/// this compute the rest on demand (same values).
+const TOPP_TABLE_MAX: usize = 1 << 16;
+
+fn topp_weight(scale: f64, gap: i64) -> u32 {
+    (TOPP_ONE * (-scale * gap as f64).exp()).round() as u32
+}
+
+/// A logit scale (integer importance units to logits) with top-p's weight table: the weights
+/// of gaps `0, 1, 2, ...` up to the first that is 0 (weights never increase with the gap), so
+/// that a table ending in 0 covers every gap.
 #[derive(Clone, Debug)]
 pub struct LogitScale {
     scale: f64,
-    steps: Vec<f64>,
+    table: Vec<u32>,
+    complete: bool,
 }
 
 impl LogitScale {
-    /// `scale`, with the gap cache when `cache` (top-p runs).
+    /// `scale`, with the weight table when `cache` (top-p runs).
     pub fn new(scale: f64, cache: bool) -> LogitScale {
-        let steps = if cache {
-            (0..256).map(|g| (-scale * g as f64).exp()).collect()
-        } else {
-            Vec::new()
-        };
-        LogitScale { scale, steps }
-    }
-
-    /// `exp(-scale gap)`.
-    fn step(&self, gap: i64) -> f64 {
-        match self.steps.get(gap as usize) {
-            Some(&w) => w,
-            None => (-self.scale * gap as f64).exp(),
+        let mut table = Vec::new();
+        let mut complete = false;
+        if cache {
+            for g in 0..TOPP_TABLE_MAX as i64 {
+                let w = topp_weight(scale, g);
+                table.push(w);
+                if w == 0 {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        LogitScale {
+            scale,
+            table,
+            complete,
         }
     }
+
+    /// The weight of a block `gap >= 0` units below its row's maximum ([`TOPP_ONE`] units).
+    pub fn weight(&self, gap: i64) -> u64 {
+        match self.table.get(gap as usize) {
+            Some(&w) => w as u64,
+            None if self.complete => 0,
+            None => topp_weight(self.scale, gap) as u64,
+        }
+    }
+
+    /// The table when it covers every gap (it ends in 0 and larger gaps weigh 0 too).
+    pub(crate) fn complete_table(&self) -> Option<&[u32]> {
+        self.complete.then_some(self.table.as_slice())
+    }
+}
+
+/// The weight a top-p row keeps: `ceil(mass total)` in weight units, at least 1 and at most
+/// `total` (every implementation computes it with this function).
+pub(crate) fn topp_target(total: u64, mass: f64) -> u64 {
+    ((mass * total as f64).ceil() as u64).clamp(1, total.max(1))
 }
 
 /// Blocks a top-p block-row keeps: `desc` holds its valid importances as `(value, count)` in
-/// decreasing value order; each block's estimated mass is `exp(scale (v - max))`, and the
-/// row keeps the fewest top blocks whose mass reaches `mass` of the total (ties by column, as
-/// top-k). Every implementation calls this on the same list, so they choose the same count.
-///
-/// The weights are computed down the list as `w(v) = w(v_prev) exp(-scale (v_prev - v))`, the
-/// factors for small gaps cached ([`LogitScale`]), so a row costs about one multiply per
-/// distinct value; weights below `exp(-40)` of the maximum count as zero (and end the walk).
+/// decreasing value order; each block weighs `round(2^20 exp(scale (v - max)))`
+/// ([`TOPP_ONE`]), and the row keeps the fewest top blocks whose weight reaches
+/// [`topp_target`] of the total (ties by column, as top-k). Integer weights: the walk here and
+/// the fast kernels' threshold search give the same count.
 pub fn topp_count(desc: &[(i64, usize)], scale: &LogitScale, mass: f64) -> usize {
-    topp_count_with(desc, scale, mass, &mut Vec::new())
-}
-
-/// [`topp_count`] with a reusable buffer for the weights: they are computed once (the chain
-/// `w *= step` is sequential, so computing it twice doubled the walk) and read back for the
-/// cumulative pass; the same operations in the same order, so the same count.
-pub(crate) fn topp_count_with(
-    desc: &[(i64, usize)],
-    scale: &LogitScale,
-    mass: f64,
-    weights: &mut Vec<f64>,
-) -> usize {
-    const FLOOR: f64 = 4.248_354_255_291_589e-18; // exp(-40)
-    let len: usize = desc.iter().map(|x| x.1).sum();
-    if desc.is_empty() {
+    let Some(&(max, _)) = desc.first() else {
         return 0;
-    }
-    weights.clear();
-    let (mut w, mut total) = (1.0f64, 0.0f64);
-    for (i, &(v, c)) in desc.iter().enumerate() {
-        if i > 0 {
-            w *= scale.step(desc[i - 1].0 - v);
-        }
-        if w < FLOOR {
-            break;
-        }
-        weights.push(w);
-        // In list order, from zero: the same additions as summing the list afterwards.
-        total += c as f64 * w;
-    }
-    let target = mass * total;
-    let (mut acc, mut k) = (0.0f64, 0usize);
-    for (&w, &(_, c)) in weights.iter().zip(desc) {
-        if acc + c as f64 * w >= target {
+    };
+    let len: usize = desc.iter().map(|x| x.1).sum();
+    let total: u64 = desc
+        .iter()
+        .map(|&(v, c)| c as u64 * scale.weight(max - v))
+        .sum();
+    let target = topp_target(total, mass);
+    let (mut acc, mut k) = (0u64, 0usize);
+    for &(v, c) in desc {
+        let w = scale.weight(max - v);
+        if acc + c as u64 * w >= target {
             // Part of this group of equal values: the fewest that reach the target.
-            let need = ((target - acc) / w - TOPK_EPS).ceil().max(1.0) as usize;
+            let need = (target - acc).div_ceil(w) as usize;
             return (k + need.min(c)).clamp(1, len);
         }
-        acc += c as f64 * w;
+        acc += c as u64 * w;
         k += c;
     }
     len.max(1)
@@ -1137,6 +1151,27 @@ mod tests {
                 .is_subset_of(&h.kept));
         }
         assert!(forced.trace.summary().kept_blocks > plain.trace.summary().kept_blocks);
+    }
+
+    #[test]
+    fn topp_weight_table_equals_the_weights_it_caches() {
+        for scale in [1e-9, 1e-3, 0.05, 1.0, 30.0] {
+            let (table, plain) = (LogitScale::new(scale, true), LogitScale::new(scale, false));
+            assert_eq!(table.weight(0), TOPP_ONE as u64);
+            let mut last = u64::MAX;
+            for g in (0..200_000i64).step_by(7) {
+                let w = table.weight(g);
+                assert_eq!(w, plain.weight(g), "scale {scale} gap {g}");
+                assert!(w <= last, "weights never increase with the gap");
+                last = w;
+            }
+            // A complete table ends in its first zero.
+            if let Some(t) = table.complete_table() {
+                assert_eq!(*t.last().unwrap(), 0);
+                assert!(t[..t.len() - 1].iter().all(|&w| w > 0));
+            }
+        }
+        assert!(LogitScale::new(1e-9, true).complete_table().is_none());
     }
 
     #[test]

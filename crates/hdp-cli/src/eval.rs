@@ -80,6 +80,9 @@ pub fn load_calibration(
 ) -> Result<hdp_core::Calibration> {
     hdp.refuse_threshold("--calibration sets every layer's threshold")?;
     let cal = hdp_core::Calibration::read(path)?;
+    if let Err(e) = cal.check_options(hdp.config()?.get()) {
+        bail!("{}: {e}", path.display());
+    }
     let layers = model.config().num_hidden_layers;
     if cal.layers != layers {
         bail!(

@@ -44,6 +44,11 @@ pub struct Calibration {
     pub fitted_on: String,
     /// What they measured there.
     pub measured: CalibrationMeasure,
+    /// The options every layer ran with besides its threshold (a run with other options is
+    /// refused: the thresholds were fitted to them); absent in files written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<HdpConfig>,
 }
 
 impl Calibration {
@@ -83,6 +88,39 @@ impl Calibration {
             ));
         }
         Ok(())
+    }
+
+    /// `Ok` when `run` has the options this calibration was fitted with (its threshold aside),
+    /// else an error naming the options that differ and how to match them.
+    pub fn check_options(&self, run: &HdpConfig) -> std::result::Result<(), String> {
+        let Some(base) = self.base else {
+            return Ok(());
+        };
+        let fields = |c: &HdpConfig| match serde_json::to_value(HdpConfig {
+            threshold: RowThreshold::KeepAll,
+            ..*c
+        }) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (want, got) = (fields(&base), fields(run));
+        let differ: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                let g = got.get(k).map_or("absent".into(), |g| g.to_string());
+                format!("{k} {v} (this run: {g})")
+            })
+            .collect();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the calibration was fitted with other options: {}; run with the calibration's \
+                 options or calibrate for these",
+                differ.join(", ")
+            ))
+        }
     }
 
     /// Writes the file (atomically).
@@ -134,7 +172,37 @@ mod tests {
                 min_cosine: 0.985,
                 block_sparsity: 0.5,
             },
+            base: Some(HdpConfig {
+                centred: true,
+                ..HdpConfig::default()
+            }),
         }
+    }
+
+    #[test]
+    fn runs_with_other_options_are_refused_by_name() {
+        let c = sample();
+        let run = HdpConfig {
+            centred: true,
+            threshold: RowThreshold::TopK { keep: 0.5 },
+            ..HdpConfig::default()
+        };
+        assert_eq!(c.check_options(&run), Ok(()));
+        let e = c.check_options(&HdpConfig::default()).unwrap_err();
+        assert!(e.contains("centred true (this run: false)"), "{e}");
+        let e = c
+            .check_options(&HdpConfig {
+                block_size: 16,
+                ..run
+            })
+            .unwrap_err();
+        assert!(e.contains("block_size 1 (this run: 16)"), "{e}");
+        // Files written before the base was recorded apply to any options.
+        let old = Calibration { base: None, ..c };
+        assert_eq!(old.check_options(&HdpConfig::default()), Ok(()));
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("base"));
+        assert_eq!(serde_json::from_str::<Calibration>(&json).unwrap(), old);
     }
 
     #[test]

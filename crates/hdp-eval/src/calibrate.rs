@@ -267,6 +267,7 @@ pub fn calibrate(
         layers,
         thresholds: ts,
         target_mean_cosine: o.target,
+        base: Some(*base),
         fitted_on: format!(
             "{} Brown passages at {} tokens ({}), disjoint from the fidelity task's first {} files",
             enc.len(),

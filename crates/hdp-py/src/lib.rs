@@ -465,6 +465,9 @@ impl Embedder {
                             ));
                         }
                         let cal = hdp_core::Calibration::read(&path).map_err(value_error)?;
+                        cal.check_options(&cfg).map_err(|e| {
+                            PyValueError::new_err(format!("{}: {e}", path.display()))
+                        })?;
                         let layers = model.config().num_hidden_layers;
                         if cal.layers != layers {
                             return Err(PyValueError::new_err(format!(

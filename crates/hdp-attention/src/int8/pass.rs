@@ -21,10 +21,10 @@ pub(super) struct PassScratch {
 /// N = 512).
 #[derive(Default)]
 pub(super) struct RowSearch {
-    /// Top-p's buffers: value counts, the (value, count) list, the weights.
+    /// Top-p's buffers: counts per gap below the row's maximum (or per value, for
+    /// untabulated scales) and the (value, count) list.
     counts: Vec<u32>,
     desc: Vec<(i64, usize)>,
-    weights: Vec<f64>,
     key: (usize, usize),
     /// `z_k`, and the standard normal density at it.
     z: f64,
@@ -106,6 +106,54 @@ fn count_ge_eq(row: &[i32], t: i32) -> (usize, usize) {
     (ge as usize, eq as usize)
 }
 
+/// Top-p's threshold for a one-entry-block row with tabulated weights: `(e, eq_left)`, keep
+/// `v > e` and the first `eq_left` entries `== e`, the same count as [`hdp::topp_count`] on
+/// the row's value list (the same integer weights, summed in the same groups). Only entries
+/// within the table's gaps below the maximum weigh anything, so one pass counts the entries
+/// per gap over that window (a few hundred gaps, against a value range often several times
+/// wider), the total is the counts' dot product with the table, and the walk down from the
+/// maximum stops where the kept weight reaches the target.
+#[inline(always)]
+fn topp_threshold(
+    row: &[i32],
+    max: i32,
+    min: i32,
+    table: &[u32],
+    mass: f64,
+    counts: &mut Vec<u32>,
+) -> (i32, usize) {
+    // The table ends in its first 0: gaps from `zero` on weigh nothing; no entry is more
+    // than `max - min` below the maximum. (Branch-free counting into a spill bin and four
+    // interleaved sub-histograms measured slower: clearing them costs more than the branch.)
+    let zero = (table.len() - 1).min((max as i64 - min as i64) as usize + 1);
+    counts.clear();
+    counts.resize(zero, 0);
+    for &v in row {
+        // Masked entries (i32::MIN) are far past the window.
+        let gap = (max as i64 - v as i64) as u64;
+        if gap < zero as u64 {
+            counts[gap as usize] += 1;
+        }
+    }
+    let counts = &counts[..];
+    let total: u64 = counts
+        .iter()
+        .zip(table)
+        .map(|(&c, &w)| c as u64 * w as u64)
+        .sum();
+    let target = hdp::topp_target(total, mass);
+    let mut acc = 0u64;
+    for (gap, (&c, &w)) in counts.iter().zip(table).enumerate() {
+        let group = c as u64 * w as u64;
+        if c > 0 && acc + group >= target {
+            let need = (target - acc).div_ceil(w as u64) as usize;
+            return (max - gap as i32, need.min(c as usize));
+        }
+        acc += group;
+    }
+    unreachable!("the target is at most the total")
+}
+
 /// The standard normal quantile `Phi^-1(p)`, to about 1e-3 (Abramowitz-Stegun 26.2.23; a
 /// search's first guess only), p clamped into [1e-9, 1 - 1e-9].
 fn normal_quantile(p: f64) -> f64 {
@@ -151,9 +199,14 @@ pub(super) fn decide_b1_body(
             let first = t.ceil().clamp(min as f64, max as f64) as i32;
             (first - 1, 0)
         }
+        RowThreshold::TopP { mass } if logit_scale.complete_table().is_some() => {
+            let table = logit_scale.complete_table().expect("checked by the guard");
+            topp_threshold(row, max, min, table, mass, &mut search.counts)
+        }
         RowThreshold::TopP { mass } => {
-            // The same (value, count) list as the reference gives the count, and the
-            // threshold is read off the same list: no counting passes.
+            // Weights not tabulated (scales so small that no gap weighs 0 within the table):
+            // the same (value, count) list as the reference gives the count, and the
+            // threshold is read off the same list.
             let valid = row.iter().filter(|&&v| v != MASKED).map(|&v| v as i64);
             let g = &mut *search;
             hdp::value_counts_into(
@@ -164,7 +217,7 @@ pub(super) fn decide_b1_body(
                 &mut g.counts,
                 &mut g.desc,
             );
-            let k = hdp::topp_count_with(&g.desc, logit_scale, mass, &mut g.weights);
+            let k = hdp::topp_count(&g.desc, logit_scale, mass);
             let mut above = 0usize;
             let mut e = max;
             for &(v, c) in &g.desc {
