@@ -351,6 +351,12 @@ def test_embedder_takes_a_calibration():
     assert x.shape == (1, 384) and e.last_stats()["block_sparsity"] > 0
     with pytest.raises(ValueError, match="calibration sets every layer"):
         hdp.Embedder(str(MODEL), calibration=str(cal), config=hdp.Config(keep=0.5))
+    # A calibration records the options it was fitted with; other options are refused.
+    centred = ROOT / "docs/results/calibration-minilm-cos0.99-centred.json"
+    with pytest.raises(ValueError, match="centred true"):
+        hdp.Embedder(str(MODEL), calibration=str(centred))
+    e = hdp.Embedder(str(MODEL), calibration=str(centred), config=hdp.Config(centred=True))
+    assert e.encode(["x y z"]).shape == (1, 384)
 
 
 @pytest.mark.parametrize("threads", ["1", "3"])
