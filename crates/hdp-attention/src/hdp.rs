@@ -104,6 +104,11 @@ impl LogitScale {
         }
     }
 
+    /// Integer importance units to logits.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
     /// The table when it covers every gap (it ends in 0 and larger gaps weigh 0 too).
     pub(crate) fn complete_table(&self) -> Option<&[u32]> {
         self.complete.then_some(self.table.as_slice())

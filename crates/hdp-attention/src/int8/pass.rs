@@ -25,6 +25,8 @@ pub(super) struct RowSearch {
     /// untabulated scales) and the (value, count) list.
     counts: Vec<u32>,
     desc: Vec<(i64, usize)>,
+    weights: Vec<u32>,
+    last_gap: i64,
     key: (usize, usize),
     /// `z_k`, and the standard normal density at it.
     z: f64,
@@ -154,6 +156,106 @@ fn topp_threshold(
     unreachable!("the target is at most the total")
 }
 
+/// Rows shorter than this sum their weights in u32 lanes (`len 2^20 < 2^32`) and search.
+const SEARCH_ROW_MAX: usize = 4096;
+
+/// Each entry's weight into `w` (0 at masked entries and past the table) and their total;
+/// `row.len() < SEARCH_ROW_MAX`.
+#[inline(always)]
+fn topp_weights(row: &[i32], max: i32, table: &[u32], w: &mut [u32]) -> u32 {
+    let zero = (table.len() - 1) as u32;
+    let mut total = 0u32;
+    for (x, &v) in w.iter_mut().zip(row) {
+        // Valid scores are within +-2^24, so `max - v` fits u32 and a masked entry's
+        // (i32::MIN) wraps above 2^31 - 2^24: past every table. 32-bit lanes gather 16 at a
+        // time where 64-bit indices gathered 8.
+        let gap = (max.wrapping_sub(v) as u32).min(zero) as usize;
+        // SAFETY: gap <= zero = table.len() - 1.
+        *x = unsafe { *table.get_unchecked(gap) };
+        total += *x;
+    }
+    total
+}
+
+/// The weight of the entries `>= t`, and the weight and count of those `== t`.
+#[inline(always)]
+fn weight_ge_eq(row: &[i32], w: &[u32], t: i32) -> (u32, u32, u32) {
+    let (mut m, mut me, mut ce) = (0u32, 0u32, 0u32);
+    for (&v, &x) in row.iter().zip(w) {
+        m += if v >= t { x } else { 0 };
+        me += if v == t { x } else { 0 };
+        ce += (v == t) as u32;
+    }
+    (m, me, ce)
+}
+
+/// [`topp_threshold`] by search (rows under [`SEARCH_ROW_MAX`]): one pass for the weights and
+/// their total, then weighted counting passes at guessed thresholds (`M(t)`, the weight of
+/// the entries `>= t`, falls as `t` rises): first the last row's gap below its maximum, then
+/// interpolation of `log M` across the bracket, a bisection after two steps that fail to
+/// halve it.
+#[inline(always)]
+fn topp_search(
+    row: &[i32],
+    max: i32,
+    min: i32,
+    table: &[u32],
+    mass: f64,
+    lambda: f64,
+    g: &mut RowSearch,
+) -> (i32, usize) {
+    g.weights.resize(row.len(), 0);
+    let w = &mut g.weights[..row.len()];
+    let total = topp_weights(row, max, table, w) as u64;
+    let target = hdp::topp_target(total, mass);
+    // Invariant: M(lo) >= target > M(hi). The weight below t, `total - M(t)`, grows about
+    // like exp(lambda t) (exponential weights over a locally even spread of entries), so
+    // guesses come from the line through the last two points of `ln(total - M)` against t
+    // (the first from the last row's answer, the second with slope lambda), clamped into the
+    // bracket; a bisection after two steps that fail to halve it.
+    let (mut lo, mut hi) = (min as i64, max as i64 + 1);
+    let y_target = ((total - target) as f64 + 0.5).ln();
+    let mut guess = max as i64 - g.last_gap;
+    let mut last: Option<(i64, f64)> = None;
+    let mut misses = 0;
+    let mut found = None;
+    while hi - lo > 1 {
+        let width = hi - lo;
+        let mid = if misses >= 2 {
+            misses = 0;
+            lo + width / 2
+        } else {
+            guess.clamp(lo + 1, hi - 1)
+        };
+        let (m, me, ce) = weight_ge_eq(row, w, mid as i32);
+        let (m, me) = (m as u64, me as u64);
+        if m >= target && m - me < target {
+            found = Some((mid, m - me, ce));
+            break;
+        } else if m >= target {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+        misses = if 2 * (hi - lo) > width { misses + 1 } else { 0 };
+        let y = ((total - m) as f64 + 0.5).ln();
+        let slope = match last {
+            Some((t0, y0)) if t0 != mid && y0 != y => (y - y0) / (mid - t0) as f64,
+            _ => lambda,
+        };
+        guess = mid + ((y_target - y) / slope.max(1e-12)).round() as i64;
+        last = Some((mid, y));
+    }
+    let (t, above, eq_c) = found.unwrap_or_else(|| {
+        let (m, me, ce) = weight_ge_eq(row, w, lo as i32);
+        (lo, (m - me) as u64, ce)
+    });
+    g.last_gap = max as i64 - t;
+    let wt = table[((max as i64 - t) as usize).min(table.len() - 1)] as u64;
+    let need = (target - above).div_ceil(wt.max(1)) as usize;
+    (t as i32, need.min(eq_c as usize))
+}
+
 /// The standard normal quantile `Phi^-1(p)`, to about 1e-3 (Abramowitz-Stegun 26.2.23; a
 /// search's first guess only), p clamped into [1e-9, 1 - 1e-9].
 fn normal_quantile(p: f64) -> f64 {
@@ -201,7 +303,11 @@ pub(super) fn decide_b1_body(
         }
         RowThreshold::TopP { mass } if logit_scale.complete_table().is_some() => {
             let table = logit_scale.complete_table().expect("checked by the guard");
-            topp_threshold(row, max, min, table, mass, &mut search.counts)
+            if row.len() < SEARCH_ROW_MAX {
+                topp_search(row, max, min, table, mass, logit_scale.scale(), search)
+            } else {
+                topp_threshold(row, max, min, table, mass, &mut search.counts)
+            }
         }
         RowThreshold::TopP { mass } => {
             // Weights not tabulated (scales so small that no gap weighs 0 within the table):

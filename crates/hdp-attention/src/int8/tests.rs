@@ -190,3 +190,64 @@ fn supported_formats() {
         assert!(!supported(&cfg(8, 3, ScoreMode::Approx), 1 << 20, isa)); // scores beyond 2^24
     }
 }
+
+/// Top-p on long rows (at least `SEARCH_ROW_MAX` entries take the per-gap counting path, the
+/// shorter ones the weighted search) and on rows whose values sit in a few groups: the same
+/// kept entries and head importance as the reference, every tier, several scales and masses.
+#[test]
+fn topp_long_rows_and_both_paths_match_the_reference() {
+    let mut rng = hdp_core::rng::SplitMix64::new(11);
+    for (len, spread) in [
+        (5000usize, 40i64),
+        (4096, 3),
+        (4095, 1000),
+        (2000, 7),
+        (300, 1),
+    ] {
+        for scale in [1e-3f64, 0.05, 1.0] {
+            for mass in [0.3, 0.9, 0.999] {
+                let cfg = HdpConfig {
+                    threshold: RowThreshold::TopP { mass },
+                    block_size: 1,
+                    ..HdpConfig::default()
+                };
+                for isa in isas() {
+                    let mut reference = HeadDecider::new(len, &cfg, LogitScale::new(scale, false));
+                    let mut fast = HeadDecider::new(len, &cfg, LogitScale::new(scale, true));
+                    let mut cache = RowSearch::default();
+                    for r in 0..3 {
+                        let vals: Vec<i32> = (0..len)
+                            .map(|_| {
+                                let x = rng.next_u64();
+                                if x.is_multiple_of(17) {
+                                    MASKED
+                                } else {
+                                    ((x >> 8) % 64) as i32 * spread as i32 - 500
+                                }
+                            })
+                            .collect();
+                        let imp: Vec<Option<i64>> = vals
+                            .iter()
+                            .map(|&v| (v != MASKED).then_some(v as i64))
+                            .collect();
+                        reference.row(r, &imp);
+                        let mut words = vec![0u64; len.div_ceil(64)];
+                        let stats = decide_b1(
+                            isa,
+                            isa,
+                            &vals,
+                            cfg.threshold,
+                            &LogitScale::new(scale, true),
+                            &mut words,
+                            &mut cache,
+                        );
+                        fast.row_decided(r, &stats, &words);
+                    }
+                    let ((fk, fi), (rk, ri)) = (fast.finish(), reference.finish());
+                    assert_eq!(fk, rk, "{isa:?} len {len} scale {scale} mass {mass}");
+                    assert_eq!(fi.to_bits(), ri.to_bits());
+                }
+            }
+        }
+    }
+}
