@@ -1,6 +1,6 @@
 //! `hdp embed`: sentence embeddings for a user's texts, dense or HDP, as JSONL, .npy or a table.
 
-use crate::args::HdpArgs;
+use crate::args::{HdpArgs, HdpArgsExt};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use hdp_models::bert::Stage;

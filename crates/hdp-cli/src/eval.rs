@@ -1,7 +1,7 @@
 //! `hdp eval` and `hdp sweep`: accuracy of HDP attention on real models and labeled data, dense
 //! and HDP side by side; sweeps over the HDP options with an accuracy-vs-sparsity plot.
 
-use crate::args::HdpArgs;
+use crate::args::{HdpArgs, HdpArgsExt};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdp_attention::{RowThreshold, ValidConfig};

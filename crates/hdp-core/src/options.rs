@@ -10,48 +10,81 @@ use crate::config::{
 use crate::{Error, QFormat, Result};
 
 /// Every HDP option, each `None` (or `false`) when not given; [`HdpOptions::config`] fills the
-/// library defaults in. Field names are the option names (the CLI's flags with `-` for `_`).
+/// library defaults in. Field names are the option names (the CLI's flags with `-` for `_`);
+/// with the `clap` feature this is the flag set every `hdp` subcommand flattens in.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct HdpOptions {
     /// Fixed-point width of Q and K, 4..=16 [8].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub bits: Option<u32>,
     /// Fractional bits of Q and K, < bits [3].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub frac_bits: Option<u32>,
-    /// Power-of-two pre-scale [run-time].
+    /// Power-of-two pre-scale before quantization: run-time, none, fixed (with
+    /// --q-prescale-exp/--k-prescale-exp) or fixed:Q_EXP:K_EXP [run-time].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub prescale: Option<Prescale>,
-    /// Pre-scale exponent of Q with a fixed pre-scale.
+    /// Pre-scale exponent of Q with --prescale fixed [0].
+    #[cfg_attr(feature = "clap", arg(long, allow_hyphen_values = true))]
     pub q_prescale_exp: Option<i32>,
-    /// Pre-scale exponent of K with a fixed pre-scale.
+    /// Pre-scale exponent of K with --prescale fixed [0].
+    #[cfg_attr(feature = "clap", arg(long, allow_hyphen_values = true))]
     pub k_prescale_exp: Option<i32>,
-    /// Block size b [1].
+    /// Block size b, 1..=65536 [1].
+    #[cfg_attr(feature = "clap", arg(long, short = 'b'))]
     pub block_size: Option<usize>,
     /// Block importance reduction [sum].
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub importance: Option<BlockImportance>,
-    /// Mean-max threshold rho in [0, 1].
+    /// Mean-max threshold: keep blocks >= mean + rho (max - mean) per block-row, rho in [0, 1]
+    /// (default policy: top-k with --keep 0.3).
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with_all = ["keep", "no_block_pruning"], allow_hyphen_values = true))]
     pub rho: Option<f64>,
-    /// Top-k fraction kept per block-row, in (0, 1] [0.3].
+    /// Top-k threshold: keep ceil(keep x blocks) per block-row, keep in (0, 1] [0.3].
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, conflicts_with = "no_block_pruning", allow_hyphen_values = true)
+    )]
     pub keep: Option<f64>,
-    /// Top-p estimated mass kept per block-row, in (0, 1].
+    /// Top-p threshold: keep the fewest blocks per block-row whose softmax mass, estimated
+    /// from the integer scores, reaches this fraction, in (0, 1] (row-adaptive top-k).
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with_all = ["keep", "rho", "no_block_pruning"], allow_hyphen_values = true))]
     pub top_p: Option<f64>,
-    /// Keep every valid block.
+    /// Keep every valid block (no block pruning).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub no_block_pruning: bool,
-    /// Early head pruning below tau x the layer's max head importance.
+    /// Early head pruning: prune heads below tau x the layer's max importance, tau in [0, 1].
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, conflicts_with = "head_top_k", allow_hyphen_values = true)
+    )]
     pub tau: Option<f64>,
-    /// Early head pruning keeping this many heads per layer.
+    /// Early head pruning: keep only this many heads per layer.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub head_top_k: Option<usize>,
     /// Head importance measure [kept-pos-sum].
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub head_importance: Option<HeadImportance>,
     /// Output of pruned heads [zero].
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub pruned_head_output: Option<PrunedHeadOutput>,
-    /// Scores of surviving blocks [exact].
+    /// Scores of surviving blocks [exact] (approx: what the hardware computes).
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub score: Option<ScoreMode>,
-    /// Precision of P.V's operands [bf16].
+    /// Precision of P.V's operands (probabilities and V) [bf16]; bf16 doubles P.V's rate on
+    /// CPUs with AVX-512 BF16 (elsewhere the same numbers, at f32 speed).
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub pv: Option<PvPrecision>,
-    /// Rank with the centred integer estimate `(2 Q_int + 1).(2 K_int + 1)`.
+    /// Rank with the centred integer estimate (2 Q_int + 1).(2 K_int + 1), one more bit per
+    /// operand [off].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub centred: bool,
-    /// Always keep the blocks of the first this many keys [0].
+    /// Always keep the blocks of the first K keys (attention sinks such as [CLS]) [0].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "K"))]
     pub keep_sink: Option<usize>,
-    /// Always keep the blocks within this distance of the diagonal [0].
+    /// Always keep the blocks within W of the diagonal (|i - j| < W) [0].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "W"))]
     pub keep_local: Option<usize>,
 }
 
