@@ -248,9 +248,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         }
     }
     if let Some(path) = &a.plot {
-        const COLORS: [&str; 6] = [
-            "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-        ];
+        const COLORS: [&str; 8] = hdp_plot::PALETTE;
         let series: Vec<hdp_plot::Series> = isas
             .iter()
             .flat_map(|isa| configs.iter().map(move |c| (isa, c)))

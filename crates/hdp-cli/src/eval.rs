@@ -424,11 +424,9 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
             name: "Pareto front".into(),
             points: front.iter().map(|&i| xy[i]).collect(),
             line: true,
-            color: "#999".into(),
+            color: hdp_plot::PALETTE[7].into(),
         }];
-        let palette = [
-            "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
-        ];
+        let palette = &hdp_plot::PALETTE[..6];
         let mut kinds: Vec<String> = points.iter().map(|p| kind(&p["label"])).collect();
         kinds.sort();
         kinds.dedup();

@@ -254,13 +254,13 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
                 name: "design points".into(),
                 points: all,
                 line: false,
-                color: "#1f77b4".into(),
+                color: hdp_plot::PALETTE[0].into(),
             },
             hdp_plot::Series {
                 name: "Pareto front".into(),
                 points: f,
                 line: true,
-                color: "#333".into(),
+                color: hdp_plot::PALETTE[6].into(),
             },
         ];
         let svg = hdp_plot::xy_chart_svg(

@@ -67,6 +67,7 @@ fn json_has_the_documented_fields_and_files_are_written() {
     assert!(v["block_sparsity"].as_f64().unwrap() > 0.0);
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert_eq!(svg.matches("<image").count(), 3);
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
     let t = hdp_core::Trace::read(&trace).unwrap();
     assert_eq!(t.layers[0].sequences[0].heads.len(), 3);
     assert_eq!(
@@ -318,9 +319,9 @@ fn sim_on_a_trace_and_a_model_shape() {
     ])
     .status
     .success());
-    assert!(std::fs::read_to_string(&plot)
-        .unwrap()
-        .contains("int_engine"));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("int_engine"));
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
     assert_clean_failure(&hdp(&["sim"]), "workload");
     assert_clean_failure(
         &hdp(&["sim", "--model-shape", "gpt-7"]),
@@ -438,7 +439,8 @@ fn bench_attention_reports_every_documented_field() {
             .map(|v| v["config"]["block_size"].as_u64().unwrap())
             .collect();
         assert_eq!(bs, [1, 8, 1, 8]);
-        assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
     }
     // Every tier this CPU has, side by side: one line per tier, length and block size.
     let out = hdp(&[

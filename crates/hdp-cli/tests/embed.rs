@@ -224,6 +224,7 @@ fn heatmaps_for_one_text_and_many() {
         String::from_utf8_lossy(&out.stderr)
     );
     let svg = std::fs::read_to_string(&one).unwrap();
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
     assert_eq!(
         svg.matches("<image").count(),
         6 * 12,

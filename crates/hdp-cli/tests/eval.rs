@@ -110,9 +110,9 @@ fn lee_fidelity_and_user_data_run() {
     ]);
     let v = json_of(&out);
     assert_eq!(v["points"].as_array().unwrap().len(), 3);
-    assert!(std::fs::read_to_string(&plot)
-        .unwrap()
-        .contains("Pareto front"));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("Pareto front"));
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
     let _ = json_of(&hdp(&[
         "eval",
         "--data",

@@ -4,7 +4,13 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod png;
+
+/// Colour-blind-safe series colours (Okabe-Ito), for every chart's series.
+pub const PALETTE: [&str; 8] = [
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#999999",
+];
 
 /// Largest panel resolution drawn; larger matrices are average-pooled down to this.
 pub const MAX_PANEL_CELLS: usize = 256;
@@ -81,6 +87,65 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Average advance of a sans-serif glyph, in ems: a conservative estimate (digits and most
+/// lowercase letters are 0.5-0.56 em in common sans-serif faces) that layout and
+/// [`check::check_svg`] share.
+pub const EM_ADVANCE: f64 = 0.6;
+
+/// Estimated width of `text` at `font` px.
+pub fn text_width(text: &str, font: f64) -> f64 {
+    text.chars().count() as f64 * font * EM_ADVANCE
+}
+
+/// `text` at the largest size up to `font` (down to 9 px) that fits `max_width`, cut with an
+/// ellipsis if even 9 px is too wide: titles and legend entries never run off the canvas.
+pub fn fit_text(text: &str, font: f64, max_width: f64) -> (f64, String) {
+    let n = text.chars().count().max(1) as f64;
+    let fitting = (max_width / (n * EM_ADVANCE)).floor();
+    if fitting >= font {
+        return (font, text.to_string());
+    }
+    if fitting >= 9.0 {
+        return (fitting, text.to_string());
+    }
+    let keep = ((max_width / (9.0 * EM_ADVANCE)).floor() as usize).saturating_sub(1);
+    let cut: String = text.chars().take(keep).collect();
+    (9.0, format!("{}\u{2026}", cut.trim_end()))
+}
+
+/// A `<text>` element fitted to `max_width` (see [`fit_text`]) with extra attributes.
+fn text_el(x: f64, y: f64, font: f64, max_width: f64, attrs: &str, text: &str) -> String {
+    let (size, t) = fit_text(text, font, max_width);
+    format!(
+        "<text x=\"{x:.1}\" y=\"{y:.1}\" font-size=\"{size}\"{attrs}>{}</text>\n",
+        escape(&t)
+    )
+}
+
+/// A tick label with an SI prefix for large values (`20 M`, `1.5 k`), as many decimals as
+/// `step` needs in that unit.
+pub fn si_label(v: f64, step: f64) -> String {
+    let large = [(1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")]
+        .into_iter()
+        .find(|&(d, _)| step.abs() >= d);
+    // Steps below 0.01 take the prefix that makes them at least 1 (`2 µ`, not `0.0000020`).
+    let small = [(1e-3, " m"), (1e-6, " \u{b5}"), (1e-9, " n"), (1e-12, " p")]
+        .into_iter()
+        .find(|&(d, _)| step.abs() >= d && step.abs() < 1e-2);
+    let (div, suffix) = large.or(small).unwrap_or((1.0, ""));
+    let t = Ticks {
+        start: v / div,
+        step: step / div,
+        count: 0,
+    };
+    let text = t.label(0);
+    if text == "0" {
+        text
+    } else {
+        format!("{text}{suffix}")
+    }
+}
+
 /// A grid of heatmap panels with a title and a legend, as an SVG document.
 pub fn heatmap_grid_svg(title: &str, legend: &str, panels: &[Heatmap], columns: usize) -> String {
     let columns = columns.max(1);
@@ -91,12 +156,10 @@ pub fn heatmap_grid_svg(title: &str, legend: &str, panels: &[Heatmap], columns: 
     let height = head + rows as f64 * (size + pad + 18.0) + 30.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{pad}\" y=\"28\" font-size=\"16\">{}</text>\n\
-         <text x=\"{pad}\" y=\"48\" font-size=\"11\" fill=\"#444\">{}</text>\n",
-        escape(title),
-        escape(legend)
+         font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
+    s += &text_el(pad, 28.0, 16.0, width - 2.0 * pad, "", title);
+    s += &text_el(pad, 48.0, 11.0, width - 2.0 * pad, " fill=\"#444\"", legend);
     for (k, panel) in panels.iter().enumerate() {
         let p = panel.pooled(MAX_PANEL_CELLS);
         let x = pad + (k % columns) as f64 * (size + pad);
@@ -107,13 +170,11 @@ pub fn heatmap_grid_svg(title: &str, legend: &str, panels: &[Heatmap], columns: 
         } else {
             (size, size * aspect)
         };
+        s += &text_el(x, y + 12.0, 12.0, size, "", &panel.title);
         s += &format!(
-            "<text x=\"{x}\" y=\"{}\" font-size=\"12\">{}</text>\n\
-             <image x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{h}\" preserveAspectRatio=\"none\" \
+            "<image x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{h}\" preserveAspectRatio=\"none\" \
              style=\"image-rendering:pixelated\" href=\"data:image/png;base64,{}\"/>\n\
              <rect x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#888\"/>\n",
-            y + 12.0,
-            escape(&panel.title),
             y + 16.0,
             png::base64(&p.to_png()),
             y + 16.0
@@ -316,7 +377,7 @@ pub fn xy_chart_svg_scaled(
         }
     };
     let x_label_at = |k: usize| match x_scale {
-        XScale::Linear => xt.label(k),
+        XScale::Linear => si_label(xt.value(k), xt.step),
         XScale::Log2 => format!("{}", 2f64.powf(xt.value(k))),
     };
     let (x0, x1) = (xt.start, xt.end());
@@ -328,19 +389,18 @@ pub fn xy_chart_svg_scaled(
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"24\" font-size=\"15\">{}</text>\n\
          <rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#444\"/>\n",
-        escape(title),
         w - left - right,
         h - top - bottom
     );
+    s += &text_el(left, 24.0, 15.0, w - left - 10.0, "", title);
     for k in 0..=xt.count {
         let xv = xt.value(k);
         s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n\
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" class=\"tick-x\">{}</text>\n\
              <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#eee\"/>\n",
             pt(xv),
-            h - bottom + 16.0,
+            h - bottom + 18.0,
             x_label_at(k),
             pt(xv),
             pt(xv),
@@ -350,25 +410,32 @@ pub fn xy_chart_svg_scaled(
     for k in 0..=yt.count {
         let yv = yt.value(k);
         s += &format!(
-            "<text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>\n\
+            "<text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" class=\"tick-y\">{}</text>\n\
              <line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
             left - 6.0,
             py(yv) + 4.0,
-            yt.label(k),
+            si_label(yv, yt.step),
             w - right,
             py(yv),
             py(yv)
         );
     }
-    s += &format!(
-        "<text x=\"{:.1}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n\
-         <text x=\"16\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.1})\">{}</text>\n",
+    s += &text_el(
         (left + w - right) / 2.0,
         h - 12.0,
-        escape(x_label),
-        (top + h - bottom) / 2.0,
-        (top + h - bottom) / 2.0,
-        escape(y_label)
+        12.0,
+        w - left - right,
+        " text-anchor=\"middle\"",
+        x_label,
+    );
+    let yc = (top + h - bottom) / 2.0;
+    s += &text_el(
+        16.0,
+        yc,
+        12.0,
+        h - top - bottom,
+        &format!(" text-anchor=\"middle\" transform=\"rotate(-90 16 {yc:.1})\""),
+        y_label,
     );
     if let Some((y, label)) = reference {
         s += &format!(
@@ -378,7 +445,8 @@ pub fn xy_chart_svg_scaled(
             py(y),
             py(y),
             left + 6.0,
-            py(y) - 4.0,
+            // Above the line, or below it when the line runs along the top of the plot.
+            if py(y) - top < 16.0 { py(y) + 14.0 } else { py(y) - 4.0 },
             escape(label)
         );
     }
@@ -391,9 +459,10 @@ pub fn xy_chart_svg_scaled(
                 .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
                 .collect();
             s += &format!(
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"/>\n",
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" data-series=\"{}\"/>\n",
                 pts.join(" "),
-                ser.color
+                ser.color,
+                escape(&ser.name)
             );
         }
         // Every measured point gets a marker, on lines too.
@@ -403,20 +472,26 @@ pub fn xy_chart_svg_scaled(
             .filter(|p| tx(p.0).is_finite() && p.1.is_finite())
         {
             s += &format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\" data-series=\"{}\"/>\n",
                 px(x),
                 py(y),
-                ser.color
+                ser.color,
+                escape(&ser.name)
             );
         }
         let ly = top + 16.0 + 18.0 * k as f64;
         s += &format!(
-            "<circle cx=\"{}\" cy=\"{ly}\" r=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>\n",
+            "<circle cx=\"{}\" cy=\"{ly}\" r=\"4\" fill=\"{}\"/>",
             w - right + 12.0,
-            ser.color,
+            ser.color
+        );
+        s += &text_el(
             w - right + 22.0,
             ly + 4.0,
-            escape(&ser.name)
+            11.0,
+            right - 28.0,
+            &format!(" class=\"legend\" data-series=\"{}\"", escape(&ser.name)),
+            &ser.name,
         );
     }
     s += "</svg>\n";
@@ -541,29 +616,42 @@ pub fn stacked_bars_svg(
                 .sum()
         })
         .collect();
-    let ymax = totals.iter().copied().fold(0.0, f64::max).max(1e-12) * 1.05;
+    // Round ticks from 0 to at or above the tallest bar, labelled with SI prefixes.
+    let yt = nice_ticks(
+        (0.0, totals.iter().copied().fold(0.0, f64::max).max(1e-12)),
+        5,
+    );
+    let ymax = yt.end();
     let plot_h = h - top - bottom;
     let slot = (w - left - right) / bars.len().max(1) as f64;
+    // Colour-blind-safe (Okabe-Ito, then grey shades).
     let palette = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+        "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+        "#999999", "#666666",
     ];
+    let yc = top + plot_h / 2.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"15\">{}</text>\n\
-         <text x=\"16\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.1})\">{}</text>\n",
-        escape(title),
-        top + plot_h / 2.0,
-        top + plot_h / 2.0,
-        escape(y_label)
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    for k in 0..=4 {
-        let v = ymax * k as f64 / 4.0;
-        let y = h - bottom - plot_h * k as f64 / 4.0;
+    s += &text_el(left, 24.0, 15.0, w - left - 10.0, "", title);
+    s += &text_el(
+        16.0,
+        yc,
+        12.0,
+        plot_h,
+        &format!(" text-anchor=\"middle\" transform=\"rotate(-90 16 {yc:.1})\""),
+        y_label,
+    );
+    for k in 0..=yt.count {
+        let v = yt.value(k);
+        let y = h - bottom - plot_h * v / ymax;
         s += &format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.3e}</text>\n",
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" class=\"tick-y\">{}</text>\n",
             w - right,
             left - 6.0,
-            y + 4.0
+            y + 4.0,
+            si_label(v, yt.step)
         );
     }
     for (b, name) in bars.iter().enumerate() {
@@ -574,29 +662,37 @@ pub fn stacked_bars_svg(
             let bh = v / ymax * plot_h;
             y -= bh;
             s += &format!(
-                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{}: {v:.4e}</title></rect>\n",
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\" data-series=\"{}\"><title>{}: {v:.4e}</title></rect>\n",
                 slot * 0.6,
                 palette[k % palette.len()],
+                escape(&seg.0),
                 escape(&seg.0)
             );
         }
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
+        s += &text_el(
             x + slot * 0.3,
             h - bottom + 16.0,
-            escape(name)
+            12.0,
+            slot * 0.95,
+            " text-anchor=\"middle\"",
+            name,
         );
     }
     for (k, seg) in segments.iter().enumerate() {
         let ly = top + 10.0 + 18.0 * k as f64;
         s += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>\n",
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>",
             w - right + 12.0,
             ly - 9.0,
-            palette[k % palette.len()],
+            palette[k % palette.len()]
+        );
+        s += &text_el(
             w - right + 28.0,
             ly,
-            escape(&seg.0)
+            11.0,
+            right - 34.0,
+            &format!(" class=\"legend\" data-series=\"{}\"", escape(&seg.0)),
+            &seg.0,
         );
     }
     s += "</svg>\n";
@@ -614,5 +710,180 @@ mod bar_tests {
             &[("x".into(), vec![1.0, 2.0]), ("y".into(), vec![3.0, 0.0])],
         );
         assert_eq!(svg.matches("<rect x=").count(), 4 + 2); // 2 bars x 2 segments + 2 legend boxes
+    }
+}
+
+#[cfg(test)]
+mod figure_checks {
+    //! Every chart function, on the data shapes hdp feeds it and on adversarial ones (long
+    //! titles and names, wide and tiny ranges, many series), passes [`check::check_svg`].
+    use super::*;
+
+    fn series(name: &str, pts: &[(f64, f64)], line: bool, k: usize) -> Series {
+        Series {
+            name: name.into(),
+            points: pts.to_vec(),
+            line,
+            color: PALETTE[k % PALETTE.len()].into(),
+        }
+    }
+
+    #[test]
+    fn xy_charts_read_well() {
+        let long = "rt-sentiment: accuracy vs sparsity (12,808 texts; dense cached; top-k, top-p, mean-max, calibrated and centred variants)";
+        type Case<'a> = (Vec<Series>, XScale, Option<(f64, &'a str)>);
+        let cases: Vec<Case> = vec![
+            (
+                vec![
+                    series(
+                        "avx512-vnni",
+                        &[(128.0, 0.6), (512.0, 1.2), (2048.0, 1.5), (4096.0, 1.7)],
+                        true,
+                        0,
+                    ),
+                    series(
+                        "avx2",
+                        &[(128.0, 0.5), (512.0, 0.75), (2048.0, 0.82)],
+                        true,
+                        1,
+                    ),
+                    series(
+                        "PyTorch SDPA (torch 2.15, same machine and threads)",
+                        &[(512.0, 1.1)],
+                        false,
+                        2,
+                    ),
+                ],
+                XScale::Log2,
+                Some((1.0, "dense = 1x")),
+            ),
+            (
+                vec![series(
+                    "avx512-vnni",
+                    &[(512.0, 0.4), (2048.0, 0.9)],
+                    true,
+                    0,
+                )],
+                XScale::Log2,
+                Some((1.0, "dense")),
+            ),
+            (
+                vec![
+                    series(
+                        "Pareto front",
+                        &[(0.5, 0.7669), (0.686, 0.7626), (0.8, 0.758)],
+                        true,
+                        7,
+                    ),
+                    series("top-k", &[(0.49, 0.7658), (0.686, 0.7626)], false, 0),
+                    series("mean-max", &[(0.52, 0.7615), (0.8, 0.758)], false, 1),
+                ],
+                XScale::Linear,
+                Some((0.7669, "dense")),
+            ),
+            (
+                vec![series(
+                    "design points",
+                    &[(10017.98, 6.9e7), (10020.1, 1.2e7), (10019.0, 3.3e7)],
+                    false,
+                    0,
+                )],
+                XScale::Linear,
+                None,
+            ),
+            (
+                vec![series("tiny", &[(1e-6, 3e-6), (2e-6, 1e-6)], true, 0)],
+                XScale::Linear,
+                None,
+            ),
+        ];
+        for (ser, scale, reference) in cases {
+            let svg = xy_chart_svg_scaled(
+                long,
+                "effective block sparsity (share of valid blocks not computed)",
+                "accuracy",
+                &ser,
+                reference,
+                scale,
+            );
+            assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
+        }
+    }
+
+    #[test]
+    fn stacked_bars_read_well() {
+        let names = [
+            "int_engine",
+            "pruning_unit",
+            "frac_engine",
+            "softmax_unit",
+            "sv_engine",
+            "sram",
+            "dram",
+            "score_engine (dense)",
+        ];
+        let segs: Vec<(String, Vec<f64>)> = names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                (
+                    n.to_string(),
+                    vec![1.3e7 * k as f64, if k == 7 { 6.936e7 } else { 0.0 }],
+                )
+            })
+            .collect();
+        let svg = stacked_bars_svg(
+            "Busy cycles per unit: HDPA-edge vs dense-edge (trace /some/long/path/to/a/trace-file-from-hdp-eval.json)",
+            "busy cycles (units overlap in the pipeline)",
+            &["HDPA-edge".into(), "dense-edge (same multipliers)".into()],
+            &segs,
+        );
+        assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
+        assert!(svg.contains(">400 M</text>"), "{svg}");
+    }
+
+    #[test]
+    fn heatmaps_read_well() {
+        let panel = |t: &str| Heatmap {
+            title: t.into(),
+            rows: 4,
+            cols: 4,
+            values: vec![0.5; 16],
+        };
+        let panels: Vec<Heatmap> = (0..6)
+            .map(|k| panel(&format!("layer {k} head {k}: 71.3% kept of valid blocks")))
+            .collect();
+        let svg = heatmap_grid_svg(
+            "Kept blocks, all-MiniLM-L6-v2, one sentence of the Rotten Tomatoes test split, top-k 0.3",
+            "white = kept, black = pruned, grey = masked (padding or causal); one panel per layer and head",
+            &panels,
+            3,
+        );
+        assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
+    }
+
+    #[test]
+    fn fit_text_shrinks_then_cuts() {
+        assert_eq!(fit_text("short", 15.0, 500.0), (15.0, "short".into()));
+        let (size, t) = fit_text(&"x".repeat(40), 15.0, 300.0);
+        assert!((9.0..15.0).contains(&size) && t.len() == 40);
+        let (size, t) = fit_text(&"y".repeat(500), 15.0, 300.0);
+        assert_eq!(size, 9.0);
+        assert!(t.ends_with('\u{2026}') && text_width(&t, 9.0) <= 300.0);
+        assert_eq!(si_label(2e7, 1e7), "20 M");
+        assert_eq!(si_label(0.0, 1e7), "0");
+        assert_eq!(si_label(1500.0, 500.0), "1500");
+        assert_eq!(
+            si_label(2.5e3, 5e3),
+            "2.5 k".replace(
+                "2.5",
+                &Ticks {
+                    start: 2.5,
+                    step: 5.0,
+                    count: 0
+                }
+                .label(0)
+            )
+        );
     }
 }
