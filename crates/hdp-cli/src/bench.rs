@@ -15,7 +15,154 @@ use std::time::Instant;
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Fast dense vs fast HDP attention over sequence lengths.
-    Attention(BenchAttentionArgs),
+    Attention(Box<BenchAttentionArgs>),
+    /// Redraw the speedup figure from saved `hdp bench attention --json` lines (and PyTorch
+    /// SDPA timings from `bench/sdpa.py`), so committed figures come from committed data.
+    Plot(BenchPlotArgs),
+}
+
+/// Flags of `hdp bench plot`.
+#[derive(Args, Debug)]
+pub struct BenchPlotArgs {
+    /// JSON lines written by `hdp bench attention --json` (one object per line).
+    pub results: PathBuf,
+    /// PyTorch SDPA timings (`bench/sdpa.py` JSON lines: seq_len, head_dim, threads,
+    /// sdpa_ms), drawn as SDPA's speedup over our dense kernel at the same shape and threads.
+    #[arg(long)]
+    pub sdpa: Option<PathBuf>,
+    /// Output SVG.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Title (default: what the lines were measured on).
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+fn json_lines(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                anyhow::anyhow!("line {} of {} is not JSON: {e}", i + 1, path.display())
+            })
+        })
+        .collect()
+}
+
+/// `hdp bench plot`: the speedup figure from saved results.
+fn run_plot(a: &BenchPlotArgs) -> Result<()> {
+    let lines = json_lines(&a.results)?;
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64();
+    // (isa, block size) -> points (N, speedup); dense ms per (N, d, threads) for SDPA.
+    type Curve = ((String, u64), Vec<(f64, f64)>);
+    let mut curves: Vec<Curve> = Vec::new();
+    let mut dense: Vec<((u64, u64, u64), f64)> = Vec::new();
+    let mut threads = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let (Some(n), Some(speedup), Some(isa), Some(b)) = (
+            num(l, "seq_len"),
+            num(l, "speedup"),
+            l["isa"].as_str(),
+            l["config"]["block_size"].as_u64(),
+        ) else {
+            bail!(
+                "line {} of {} lacks seq_len, speedup, isa or config.block_size: is it hdp bench attention --json output?",
+                i + 1,
+                a.results.display()
+            );
+        };
+        let key = (isa.to_string(), b);
+        match curves.iter_mut().find(|c| c.0 == key) {
+            Some(c) => c.1.push((n, speedup)),
+            None => curves.push((key, vec![(n, speedup)])),
+        }
+        let t = l["threads"].as_u64().unwrap_or(1);
+        threads.push(t);
+        if let (Some(d), Some(ms)) = (l["head_dim"].as_u64(), num(l, "dense_ms")) {
+            dense.push(((n as u64, d, t), ms));
+        }
+    }
+    if curves.is_empty() {
+        bail!("{} holds no results", a.results.display());
+    }
+    let mut series: Vec<hdp_plot::Series> = curves
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((isa, b), mut points))| {
+            points.sort_by(|x, y| x.0.total_cmp(&y.0));
+            hdp_plot::Series {
+                name: format!("HDP b = {b}, {isa}"),
+                points,
+                line: true,
+                color: hdp_plot::PALETTE[i % 6].into(),
+            }
+        })
+        .collect();
+    if let Some(p) = &a.sdpa {
+        let mut points = Vec::new();
+        for (i, l) in json_lines(p)?.iter().enumerate() {
+            let (Some(n), Some(d), Some(ms)) =
+                (num(l, "seq_len"), l["head_dim"].as_u64(), num(l, "sdpa_ms"))
+            else {
+                bail!(
+                    "line {} of {} lacks seq_len, head_dim or sdpa_ms",
+                    i + 1,
+                    p.display()
+                );
+            };
+            let t = l["threads"].as_u64().unwrap_or(1);
+            // Our dense kernel's time at that shape, averaged over the tiers measured.
+            let ours: Vec<f64> = dense
+                .iter()
+                .filter(|x| x.0 == (n as u64, d, t))
+                .map(|x| x.1)
+                .collect();
+            if !ours.is_empty() {
+                points.push((n, ours.iter().sum::<f64>() / ours.len() as f64 / ms));
+            }
+        }
+        if points.is_empty() {
+            bail!(
+                "no SDPA timing in {} matches a shape and thread count of {}",
+                p.display(),
+                a.results.display()
+            );
+        }
+        points.sort_by(|x, y| x.0.total_cmp(&y.0));
+        series.push(hdp_plot::Series {
+            name: "PyTorch SDPA".into(),
+            points,
+            line: true,
+            color: hdp_plot::PALETTE[6].into(),
+        });
+    }
+    threads.sort();
+    threads.dedup();
+    let title = a.title.clone().unwrap_or_else(|| {
+        format!(
+            "HDP and PyTorch SDPA vs our dense attention ({} thread(s))",
+            threads
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        )
+    });
+    let svg = hdp_plot::xy_chart_svg_scaled(
+        &title,
+        "sequence length N",
+        "speedup over our dense kernel",
+        &series,
+        Some((1.0, "dense")),
+        hdp_plot::XScale::Log2,
+    );
+    hdp_core::io::write_bytes_atomic(&a.output, svg.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.output.display()))?;
+    outln!("plot: {}", a.output.display());
+    Ok(())
 }
 
 /// Flags of `hdp bench attention`.
@@ -70,7 +217,10 @@ fn median(mut t: Vec<f64>) -> f64 {
 
 /// Runs the command.
 pub fn run(cmd: &BenchCommand) -> Result<()> {
-    let BenchCommand::Attention(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Attention(a) => a,
+        BenchCommand::Plot(p) => return run_plot(p),
+    };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }

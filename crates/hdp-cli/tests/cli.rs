@@ -659,3 +659,36 @@ fn top_p_selection_runs_end_to_end_and_bad_values_are_refused() {
         "cannot be used with",
     );
 }
+
+#[test]
+fn bench_plot_redraws_committed_results() {
+    let results = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/results");
+    let out = tmp("redrawn.svg");
+    let o = hdp(&[
+        "bench",
+        "plot",
+        &format!("{results}/bench-attention-zen4-tiers.jsonl"),
+        "--sdpa",
+        &format!("{results}/bench-sdpa-zen4.jsonl"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
+    for name in ["HDP b = 1, avx512-vnni", "HDP b = 16, avx2", "PyTorch SDPA"] {
+        assert!(svg.contains(&format!("data-series=\"{name}\"")), "{name}");
+    }
+    let bad = tmp("not-results.jsonl");
+    std::fs::write(&bad, "{\"seq_len\": 3}\n").unwrap();
+    assert_clean_failure(
+        &hdp(&[
+            "bench",
+            "plot",
+            bad.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "hdp bench attention --json",
+    );
+}

@@ -438,16 +438,31 @@ pub fn xy_chart_svg_scaled(
         y_label,
     );
     if let Some((y, label)) = reference {
+        // The line across the plot; its name goes in the legend, under the series, where no
+        // data point can cover it.
         s += &format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"5 4\"/>\n\
-             <text x=\"{}\" y=\"{:.1}\" font-size=\"11\" fill=\"#c00\">{}</text>\n",
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"5 4\" data-series=\"{}\"/>\n",
             w - right,
             py(y),
             py(y),
-            left + 6.0,
-            // Above the line, or below it when the line runs along the top of the plot.
-            if py(y) - top < 16.0 { py(y) + 14.0 } else { py(y) - 4.0 },
             escape(label)
+        );
+        let ly = top + 16.0 + 18.0 * series.len() as f64;
+        s += &format!(
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"#c00\" stroke-dasharray=\"5 4\"/>",
+            w - right + 6.0,
+            w - right + 18.0
+        );
+        s += &text_el(
+            w - right + 22.0,
+            ly + 4.0,
+            11.0,
+            right - 28.0,
+            &format!(
+                " fill=\"#c00\" class=\"legend\" data-series=\"{}\"",
+                escape(label)
+            ),
+            label,
         );
     }
     for (k, ser) in series.iter().enumerate() {

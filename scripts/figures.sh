@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerates the figures in docs/results from the committed data next to them (no
+# measurement runs), and renders each to PNG for a look when rsvg-convert (Debian's
+# librsvg2-bin) is installed. Needs the release binary: cargo build --release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hdp=${HDP_BIN:-target/release/hdp}
+r=docs/results
+"$hdp" bench plot "$r/bench-attention-zen4-tiers.jsonl" --sdpa "$r/bench-sdpa-zen4.jsonl" \
+    -o "$r/bench-speedup-zen4.svg"
+"$hdp" bench plot "$r/bench-attention-1-thread.jsonl" -o "$r/bench-speedup-1-thread.svg" \
+    --title "HDP vs our dense attention, Zen 3 (AVX2), 1 thread, earlier kernels"
+"$hdp" bench plot "$r/bench-attention-2-threads.jsonl" -o "$r/bench-speedup-2-threads.svg" \
+    --title "HDP vs our dense attention, Zen 3 (AVX2), 2 threads, earlier kernels"
+if command -v rsvg-convert > /dev/null; then
+    for f in "$r"/bench-speedup-*.svg; do
+        rsvg-convert "$f" -o "${TMPDIR:-/tmp}/$(basename "${f%.svg}").png"
+    done
+    echo "PNG renderings in ${TMPDIR:-/tmp}"
+fi
