@@ -355,13 +355,101 @@ pub struct SweepArgs {
     /// Write the accuracy-vs-sparsity plot (SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Redraw the plot of a saved sweep (`--out` JSON) instead of running one; needs --plot.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
 }
 
+/// The accuracy-vs-sparsity figure of a sweep: the Pareto front as a line, every point marked
+/// by its policy kind, dense as a reference line.
+fn write_sweep_plot(
+    path: &Path,
+    title: &str,
+    metric: &str,
+    dense: f64,
+    points: &[serde_json::Value],
+) -> Result<()> {
+    let xy: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p["effective_block_sparsity"].as_f64().unwrap_or(0.0),
+                p["metric"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let front = hdp_plot::pareto_front(&xy);
+    // The front first, so the configurations' own markers are drawn over it.
+    let mut series = vec![hdp_plot::Series {
+        name: "Pareto front".into(),
+        points: front.iter().map(|&i| xy[i]).collect(),
+        line: true,
+        color: hdp_plot::PALETTE[7].into(),
+    }];
+    let palette = &hdp_plot::PALETTE[..6];
+    let mut kinds: Vec<String> = points.iter().map(|p| kind(&p["label"])).collect();
+    kinds.sort();
+    kinds.dedup();
+    for (k, name) in kinds.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .zip(&xy)
+            .filter(|(p, _)| &kind(&p["label"]) == name)
+            .map(|(_, &q)| q)
+            .collect();
+        series.push(hdp_plot::Series {
+            name: name.clone(),
+            points: pts,
+            line: false,
+            color: palette[k % palette.len()].into(),
+        });
+    }
+    let svg = hdp_plot::xy_chart_svg(
+        title,
+        "effective block sparsity (share of valid blocks not computed)",
+        metric,
+        &series,
+        Some((dense, "dense")),
+    );
+    hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `hdp sweep --from FILE --plot SVG`: the figure of a saved sweep, no evaluation.
+fn replot_sweep(from: &Path, plot: Option<&Path>) -> Result<()> {
+    let plot = plot.context("--from redraws a saved sweep: give --plot FILE.svg")?;
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", from.display()))?;
+    let (Some(points), Some(dense), Some(metric)) = (
+        v["points"].as_array(),
+        v["dense"]["metric"].as_f64(),
+        v["metric_name"].as_str(),
+    ) else {
+        bail!(
+            "{} lacks points, dense.metric or metric_name: is it hdp sweep --out output?",
+            from.display()
+        );
+    };
+    let title = format!(
+        "{}: {metric} vs sparsity ({} texts)",
+        v["task"].as_str().unwrap_or("sweep"),
+        v["hdp_texts"]
+    );
+    write_sweep_plot(plot, &title, metric, dense, points)?;
+    outln!("plot: {}", plot.display());
+    Ok(())
+}
+
 /// Runs `hdp sweep`.
 pub fn run_sweep(a: &SweepArgs) -> Result<()> {
+    if let Some(from) = &a.from {
+        return replot_sweep(from, a.plot.as_deref());
+    }
     let base = a.hdp.config()?;
     let configs = SweepGrid {
         rhos: a.rhos.clone(),
@@ -419,45 +507,13 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &a.plot {
-        // The front first, so the configurations' own markers are drawn over it.
-        let mut series = vec![hdp_plot::Series {
-            name: "Pareto front".into(),
-            points: front.iter().map(|&i| xy[i]).collect(),
-            line: true,
-            color: hdp_plot::PALETTE[7].into(),
-        }];
-        let palette = &hdp_plot::PALETTE[..6];
-        let mut kinds: Vec<String> = points.iter().map(|p| kind(&p["label"])).collect();
-        kinds.sort();
-        kinds.dedup();
-        for (k, name) in kinds.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = points
-                .iter()
-                .zip(&xy)
-                .filter(|(p, _)| &kind(&p["label"]) == name)
-                .map(|(_, &q)| q)
-                .collect();
-            series.push(hdp_plot::Series {
-                name: name.clone(),
-                points: pts,
-                line: false,
-                color: palette[k % palette.len()].into(),
-            });
-        }
-        let svg = hdp_plot::xy_chart_svg(
-            &format!(
-                "{}: {} vs sparsity ({} texts)",
-                ev.task,
-                ev.metric_name,
-                ev.texts()
-            ),
-            "effective block sparsity (share of valid blocks not computed)",
-            ev.metric_name.name(),
-            &series,
-            Some((dense, "dense")),
+        let title = format!(
+            "{}: {} vs sparsity ({} texts)",
+            ev.task,
+            ev.metric_name,
+            ev.texts()
         );
-        hdp_core::io::write_bytes_atomic(p, svg.as_bytes())
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        write_sweep_plot(p, &title, ev.metric_name.name(), dense, &points)?;
     }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&out)?);

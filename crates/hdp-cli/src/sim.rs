@@ -246,7 +246,8 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &s.plot {
-        let all: Vec<(f64, f64)> = xy.iter().map(|&(x, y)| (-x, -y)).collect();
+        // Milliseconds and millijoules: round ticks without thousands of microunits.
+        let all: Vec<(f64, f64)> = xy.iter().map(|&(x, y)| (-x / 1e3, -y / 1e3)).collect();
         let mut f: Vec<(f64, f64)> = front.iter().map(|&i| all[i]).collect();
         f.sort_by(|a, b| a.0.total_cmp(&b.0));
         let series = [
@@ -265,8 +266,8 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
         ];
         let svg = hdp_plot::xy_chart_svg(
             &format!("{}: latency vs energy", base.name),
-            "latency (us)",
-            "energy (uJ)",
+            "latency (ms)",
+            "energy (mJ)",
             &series,
             None,
         );

@@ -692,3 +692,18 @@ fn bench_plot_redraws_committed_results() {
         "hdp bench attention --json",
     );
 }
+
+#[test]
+fn sweep_from_redraws_a_saved_sweep() {
+    let saved = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/results/sweep-rt-sentiment.json"
+    );
+    let out = tmp("sweep-redrawn.svg");
+    let o = hdp(&["sweep", "--from", saved, "--plot", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
+    assert!(svg.contains("data-series=\"Pareto front\"") && svg.contains(">0.766</text>"));
+    assert_clean_failure(&hdp(&["sweep", "--from", saved]), "--plot");
+}

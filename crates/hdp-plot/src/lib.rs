@@ -122,16 +122,17 @@ fn text_el(x: f64, y: f64, font: f64, max_width: f64, attrs: &str, text: &str) -
     )
 }
 
-/// A tick label with an SI prefix for large values (`20 M`, `1.5 k`), as many decimals as
-/// `step` needs in that unit.
-pub fn si_label(v: f64, step: f64) -> String {
+/// A tick label of an axis whose ticks go up to `magnitude` in absolute value, `step` apart:
+/// an SI prefix for large steps (`20 M`, `1.5 k`) and for axes whose every value is below
+/// 0.01 (`2 µ`, not `0.0000020`), plain decimals otherwise (`0.766`); as many decimals as the
+/// step needs in that unit.
+pub fn si_label(v: f64, step: f64, magnitude: f64) -> String {
     let large = [(1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")]
         .into_iter()
         .find(|&(d, _)| step.abs() >= d);
-    // Steps below 0.01 take the prefix that makes them at least 1 (`2 µ`, not `0.0000020`).
     let small = [(1e-3, " m"), (1e-6, " \u{b5}"), (1e-9, " n"), (1e-12, " p")]
         .into_iter()
-        .find(|&(d, _)| step.abs() >= d && step.abs() < 1e-2);
+        .find(|&(d, _)| magnitude.abs() < 1e-2 && step.abs() >= d);
     let (div, suffix) = large.or(small).unwrap_or((1.0, ""));
     let t = Ticks {
         start: v / div,
@@ -143,6 +144,18 @@ pub fn si_label(v: f64, step: f64) -> String {
         text
     } else {
         format!("{text}{suffix}")
+    }
+}
+
+impl Ticks {
+    /// The largest absolute tick value.
+    pub fn magnitude(&self) -> f64 {
+        self.start.abs().max(self.end().abs())
+    }
+
+    /// The `k`-th tick with [`si_label`].
+    pub fn si_label(&self, k: usize) -> String {
+        si_label(self.value(k), self.step, self.magnitude())
     }
 }
 
@@ -377,7 +390,7 @@ pub fn xy_chart_svg_scaled(
         }
     };
     let x_label_at = |k: usize| match x_scale {
-        XScale::Linear => si_label(xt.value(k), xt.step),
+        XScale::Linear => xt.si_label(k),
         XScale::Log2 => format!("{}", 2f64.powf(xt.value(k))),
     };
     let (x0, x1) = (xt.start, xt.end());
@@ -414,7 +427,7 @@ pub fn xy_chart_svg_scaled(
              <line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
             left - 6.0,
             py(yv) + 4.0,
-            si_label(yv, yt.step),
+            yt.si_label(k),
             w - right,
             py(yv),
             py(yv)
@@ -666,7 +679,7 @@ pub fn stacked_bars_svg(
             w - right,
             left - 6.0,
             y + 4.0,
-            si_label(v, yt.step)
+            yt.si_label(k)
         );
     }
     for (b, name) in bars.iter().enumerate() {
@@ -885,20 +898,11 @@ mod figure_checks {
         let (size, t) = fit_text(&"y".repeat(500), 15.0, 300.0);
         assert_eq!(size, 9.0);
         assert!(t.ends_with('\u{2026}') && text_width(&t, 9.0) <= 300.0);
-        assert_eq!(si_label(2e7, 1e7), "20 M");
-        assert_eq!(si_label(0.0, 1e7), "0");
-        assert_eq!(si_label(1500.0, 500.0), "1500");
-        assert_eq!(
-            si_label(2.5e3, 5e3),
-            "2.5 k".replace(
-                "2.5",
-                &Ticks {
-                    start: 2.5,
-                    step: 5.0,
-                    count: 0
-                }
-                .label(0)
-            )
-        );
+        assert_eq!(si_label(2e7, 1e7, 4e7), "20 M");
+        assert_eq!(si_label(0.0, 1e7, 4e7), "0");
+        assert_eq!(si_label(1500.0, 500.0, 2000.0), "1500");
+        assert_eq!(si_label(0.766, 0.002, 0.768), "0.766");
+        assert_eq!(si_label(2e-6, 1e-6, 3e-6), "2 \u{b5}");
+        assert_eq!(si_label(0.25, 0.05, 0.5), "0.25");
     }
 }
