@@ -52,6 +52,18 @@ fn json_lines(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
+/// The speedup figure: speedup over our dense kernel against N (log axis), dense = 1.
+fn speedup_svg(title: &str, series: &[hdp_plot::Series]) -> String {
+    hdp_plot::xy_chart_svg_scaled(
+        title,
+        "sequence length N",
+        "speedup over our dense kernel",
+        series,
+        Some((1.0, "dense")),
+        hdp_plot::XScale::Log2,
+    )
+}
+
 /// `hdp bench plot`: the speedup figure from saved results.
 fn run_plot(a: &BenchPlotArgs) -> Result<()> {
     let lines = json_lines(&a.results)?;
@@ -151,14 +163,7 @@ fn run_plot(a: &BenchPlotArgs) -> Result<()> {
                 .join("/")
         )
     });
-    let svg = hdp_plot::xy_chart_svg_scaled(
-        &title,
-        "sequence length N",
-        "speedup over our dense kernel",
-        &series,
-        Some((1.0, "dense")),
-        hdp_plot::XScale::Log2,
-    );
+    let svg = speedup_svg(&title, &series);
     hdp_core::io::write_bytes_atomic(&a.output, svg.as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.output.display()))?;
     outln!("plot: {}", a.output.display());
@@ -424,14 +429,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             names.join(" / "),
             a.repeats
         );
-        let svg = hdp_plot::xy_chart_svg_scaled(
-            &title,
-            "sequence length N",
-            "speedup over our dense kernel",
-            &series,
-            Some((1.0, "dense")),
-            hdp_plot::XScale::Log2,
-        );
+        let svg = speedup_svg(&title, &series);
         hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write the plot {}: {e}", path.display()))?;
         if !a.json {

@@ -363,6 +363,19 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
+/// (effective block sparsity, metric) of each sweep point.
+fn sweep_xy(points: &[serde_json::Value]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .map(|p| {
+            (
+                p["effective_block_sparsity"].as_f64().unwrap_or(0.0),
+                p["metric"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect()
+}
+
 /// The accuracy-vs-sparsity figure of a sweep: the Pareto front as a line, every point marked
 /// by its policy kind, dense as a reference line.
 fn write_sweep_plot(
@@ -372,15 +385,7 @@ fn write_sweep_plot(
     dense: f64,
     points: &[serde_json::Value],
 ) -> Result<()> {
-    let xy: Vec<(f64, f64)> = points
-        .iter()
-        .map(|p| {
-            (
-                p["effective_block_sparsity"].as_f64().unwrap_or(0.0),
-                p["metric"].as_f64().unwrap_or(0.0),
-            )
-        })
-        .collect();
+    let xy = sweep_xy(points);
     let front = hdp_plot::pareto_front(&xy);
     // The front first, so the configurations' own markers are drawn over it.
     let mut series = vec![hdp_plot::Series {
@@ -488,15 +493,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
         }));
     }
     overall.finish_and_clear();
-    let xy: Vec<(f64, f64)> = points
-        .iter()
-        .map(|p| {
-            (
-                p["effective_block_sparsity"].as_f64().unwrap_or(0.0),
-                p["metric"].as_f64().unwrap_or(0.0),
-            )
-        })
-        .collect();
+    let xy = sweep_xy(&points);
     let front = hdp_plot::pareto_front(&xy);
     let out = json!({
         "task": ev.task, "metric_name": ev.metric_name, "max_length": ev.max_length, "hdp_texts": ev.texts(),

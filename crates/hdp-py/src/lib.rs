@@ -23,21 +23,9 @@ fn value_error(e: impl std::fmt::Display) -> PyErr {
 /// The instruction-set tier: `name` if given (`portable`, `avx2`, `avx-vnni`, `avx512-vnni`),
 /// else `HDP_ISA` if set, else the best this CPU has.
 fn choose_isa(name: Option<&str>) -> PyResult<Isa> {
+    // `by_name` also refuses a tier this CPU lacks, naming the ones it has.
     match name {
-        Some(n) => {
-            let isa = Isa::by_name(n).map_err(value_error)?;
-            if !isa.available() {
-                return Err(PyValueError::new_err(format!(
-                    "isa {n:?} is not available on this CPU (available: {})",
-                    Isa::available_tiers()
-                        .iter()
-                        .map(|i| i.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            Ok(isa)
-        }
+        Some(n) => Isa::by_name(n).map_err(value_error),
         None => Ok(Isa::from_env()
             .map_err(value_error)?
             .unwrap_or_else(Isa::detect)),
