@@ -14,8 +14,11 @@ r=docs/results
     --title "HDP vs our dense attention, Zen 3 (AVX2), 2 threads, earlier kernels"
 "$hdp" sweep --from "$r/sweep-rt-sentiment.json" --plot "$r/sweep-rt-sentiment.svg"
 # The simulator is deterministic: its figures come from the presets and a synthetic workload.
-"$hdp" sim --preset edge --model-shape bert-base --seq-len 512 --block-sparsity 0.7 \
-    --head-sparsity 0 --plot "$r/sim-edge-bert-base-512.svg" > /dev/null
+for preset in edge server; do
+    "$hdp" sim --preset $preset --model-shape bert-base --seq-len 512 --block-sparsity 0.7 \
+        --head-sparsity 0 --plot "$r/sim-$preset-bert-base-512.svg" \
+        --energy-plot "$r/sim-$preset-bert-base-512-energy.svg" > /dev/null
+done
 "$hdp" sim --preset edge --model-shape bert-base --seq-len 512 sweep --int-mults 64,128,256 \
     --sv-mults 64,128,256 --sram-kib 32,256 --plot "$r/sim-edge-design-space.svg" > /dev/null
 if command -v rsvg-convert > /dev/null; then

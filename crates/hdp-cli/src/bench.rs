@@ -109,6 +109,7 @@ fn run_plot(a: &BenchPlotArgs) -> Result<()> {
                 name: format!("HDP b = {b}, {isa}"),
                 points,
                 line: true,
+                step: hdp_plot::Step::None,
                 color: hdp_plot::PALETTE[i % 6].into(),
             }
         })
@@ -148,6 +149,7 @@ fn run_plot(a: &BenchPlotArgs) -> Result<()> {
             name: "PyTorch SDPA".into(),
             points,
             line: true,
+            step: hdp_plot::Step::None,
             color: hdp_plot::PALETTE[6].into(),
         });
     }
@@ -419,6 +421,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                     },
                     points,
                     line: true,
+                    step: hdp_plot::Step::None,
                     color: COLORS[i % COLORS.len()].to_string(),
                 }
             })

@@ -392,6 +392,8 @@ fn write_sweep_plot(
         name: "Pareto front".into(),
         points: front.iter().map(|&i| xy[i]).collect(),
         line: true,
+        // Larger is better in both: the front's boundary drops, then runs right.
+        step: hdp_plot::Step::VerticalFirst,
         color: hdp_plot::PALETTE[7].into(),
     }];
     let palette = &hdp_plot::PALETTE[..6];
@@ -409,7 +411,37 @@ fn write_sweep_plot(
             name: name.clone(),
             points: pts,
             line: false,
+            step: hdp_plot::Step::None,
             color: palette[k % palette.len()].into(),
+        });
+    }
+    // The default operating point, where the sweep has it (its block-row threshold, format,
+    // block size and head pruning; the kept-side options do not move the point).
+    let d = hdp_core::HdpConfig::default();
+    let is_default = |p: &serde_json::Value| {
+        serde_json::from_value::<hdp_core::HdpConfig>(p["config"].clone()).is_ok_and(|c| {
+            c.threshold == d.threshold
+                && c.q_format == d.q_format
+                && c.block_size == d.block_size
+                && c.head_pruning == d.head_pruning
+        })
+    };
+    let chosen: Vec<(f64, f64)> = points
+        .iter()
+        .zip(&xy)
+        .filter(|(p, _)| is_default(p))
+        .map(|(_, &q)| q)
+        .collect();
+    if !chosen.is_empty() {
+        series.push(hdp_plot::Series {
+            name: format!(
+                "default ({}, {}:{})",
+                d.threshold, d.q_format.bits, d.q_format.frac_bits
+            ),
+            points: chosen,
+            line: false,
+            step: hdp_plot::Step::None,
+            color: hdp_plot::PALETTE[6].into(),
         });
     }
     let svg = hdp_plot::xy_chart_svg(

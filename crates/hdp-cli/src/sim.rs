@@ -85,6 +85,9 @@ pub struct SimArgs {
     /// Stacked-bar plot of busy cycles per unit, HDPA vs dense (SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Stacked-bar plot of energy per unit (and static energy), HDPA vs dense (SVG).
+    #[arg(long)]
+    pub energy_plot: Option<PathBuf>,
     /// Compare with published accelerators, normalized to 128 multipliers at 1 GHz
     /// (presets/peers.toml, or --peers-file).
     #[arg(long)]
@@ -255,12 +258,15 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
                 name: "design points".into(),
                 points: all,
                 line: false,
+                step: hdp_plot::Step::None,
                 color: hdp_plot::PALETTE[0].into(),
             },
             hdp_plot::Series {
                 name: "Pareto front".into(),
                 points: f,
                 line: true,
+                // Smaller is better in both: the boundary runs right, then drops.
+                step: hdp_plot::Step::HorizontalFirst,
                 color: hdp_plot::PALETTE[6].into(),
             },
         ];
@@ -319,36 +325,54 @@ pub fn run(a: &SimArgs) -> Result<()> {
     } else {
         None
     };
-    if let Some(p) = &a.plot {
-        let names: Vec<String> = hdpa.units.iter().map(|u| u.name.to_string()).collect();
-        let mut segs: Vec<(String, Vec<f64>)> = Vec::new();
-        for n in &names {
-            let get = |r: &Report| {
-                r.units
-                    .iter()
-                    .find(|u| u.name == n)
-                    .map_or(0.0, |u| u.busy_cycles)
-            };
-            segs.push((n.clone(), vec![get(&hdpa), get(&dense)]));
-        }
+    // One bar per accelerator, one segment per unit (the dense design's score engine apart).
+    let unit_segments = |value: &dyn Fn(&hdp_sim::sim::UnitReport) -> f64| {
+        let get = |r: &Report, n: &str| r.units.iter().find(|u| u.name == n).map_or(0.0, value);
+        let mut segs: Vec<(String, Vec<f64>)> = hdpa
+            .units
+            .iter()
+            .map(|u| (u.name.to_string(), vec![value(u), get(&dense, u.name)]))
+            .collect();
         segs.push((
             "score_engine (dense)".into(),
-            vec![
-                0.0,
-                dense
-                    .units
-                    .iter()
-                    .find(|u| u.name == "score_engine")
-                    .map_or(0.0, |u| u.busy_cycles),
-            ],
+            vec![0.0, get(&dense, "score_engine")],
         ));
+        segs
+    };
+    let bars = [hdpa.hardware.clone(), dense.hardware.clone()];
+    if let Some(p) = &a.plot {
         let svg = hdp_plot::stacked_bars_svg(
             &format!(
-                "Busy cycles per unit: {} vs {} ({source})",
+                "Busy cycles per unit: {} vs {}\n{source}",
                 hdpa.hardware, dense.hardware
             ),
             "busy cycles (units overlap in the pipeline)",
-            &[hdpa.hardware.clone(), dense.hardware.clone()],
+            &bars,
+            &unit_segments(&|u| u.busy_cycles),
+        );
+        hdp_core::io::write_bytes_atomic(p, svg.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.energy_plot {
+        // Per unit, plus the static energy of the run's whole latency; in mJ when a bar
+        // passes 1,000 uJ (round ticks without thousands of microjoules).
+        let (div, unit) = if hdpa.energy_uj.max(dense.energy_uj) > 1e3 {
+            (1e3, "mJ")
+        } else {
+            (1.0, "uJ")
+        };
+        let mut segs = unit_segments(&|u| u.energy_pj * 1e-6 / div);
+        segs.push((
+            "static".into(),
+            vec![hdpa.static_energy_uj / div, dense.static_energy_uj / div],
+        ));
+        let svg = hdp_plot::stacked_bars_svg(
+            &format!(
+                "Energy per unit: {} vs {}\n{source}; {} nm energy table",
+                hdpa.hardware, dense.hardware, energy.process_nm
+            ),
+            &format!("energy ({unit})"),
+            &bars,
             &segs,
         );
         hdp_core::io::write_bytes_atomic(p, svg.as_bytes())

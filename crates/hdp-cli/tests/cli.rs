@@ -307,7 +307,7 @@ fn sim_on_a_trace_and_a_model_shape() {
         }
         assert!(v["speedup_vs_dense"].as_f64().unwrap() > 1.0);
     }
-    let plot = tmp("sim.svg");
+    let (plot, energy_plot) = (tmp("sim.svg"), tmp("sim-energy.svg"));
     assert!(hdp(&[
         "sim",
         "--model-shape",
@@ -315,12 +315,17 @@ fn sim_on_a_trace_and_a_model_shape() {
         "--seq-len",
         "64",
         "--plot",
-        plot.to_str().unwrap()
+        plot.to_str().unwrap(),
+        "--energy-plot",
+        energy_plot.to_str().unwrap(),
     ])
     .status
     .success());
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("int_engine"));
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
+    let svg = std::fs::read_to_string(&energy_plot).unwrap();
+    assert!(svg.contains("data-series=\"static\"") && svg.contains("energy (uJ)"));
     assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
     assert_clean_failure(&hdp(&["sim"]), "workload");
     assert_clean_failure(

@@ -122,6 +122,18 @@ fn text_el(x: f64, y: f64, font: f64, max_width: f64, attrs: &str, text: &str) -
     )
 }
 
+/// A chart title at the top left: its first line at 15 px, a second line (after `\n`, e.g.
+/// the workload or data source) smaller and grey underneath, each fitted to `max_width`.
+fn title_els(x: f64, max_width: f64, title: &str) -> String {
+    match title.split_once('\n') {
+        None => text_el(x, 24.0, 15.0, max_width, "", title),
+        Some((main, sub)) => {
+            text_el(x, 18.0, 14.0, max_width, "", main)
+                + &text_el(x, 33.0, 10.0, max_width, " fill=\"#555\"", sub)
+        }
+    }
+}
+
 /// A tick label of an axis whose ticks go up to `magnitude` in absolute value, `step` apart:
 /// an SI prefix for large steps (`20 M`, `1.5 k`) and for axes whose every value is below
 /// 0.01 (`2 µ`, not `0.0000020`), plain decimals otherwise (`0.766`); as many decimals as the
@@ -257,8 +269,23 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Connect the points with a line.
     pub line: bool,
+    /// With `line`, connect consecutive points by a staircase instead of a straight segment
+    /// (a Pareto front's attainment boundary).
+    pub step: Step,
     /// CSS color.
     pub color: String,
+}
+
+/// How a line series joins consecutive points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Step {
+    /// Straight segments.
+    #[default]
+    None,
+    /// Down (or up) first, then across: the boundary of a front where larger is better in both.
+    VerticalFirst,
+    /// Across first, then down: the boundary of a front where smaller is better in both.
+    HorizontalFirst,
 }
 
 /// Round axis ticks: `count + 1` values `start + k step`, `step` of the form 1, 2 or 5 times a
@@ -406,7 +433,7 @@ pub fn xy_chart_svg_scaled(
         w - left - right,
         h - top - bottom
     );
-    s += &text_el(left, 24.0, 15.0, w - left - 10.0, "", title);
+    s += &title_els(left, w - left - 10.0, title);
     for k in 0..=xt.count {
         let xv = xt.value(k);
         s += &format!(
@@ -480,10 +507,26 @@ pub fn xy_chart_svg_scaled(
     }
     for (k, ser) in series.iter().enumerate() {
         if ser.line && ser.points.len() > 1 {
-            let pts: Vec<String> = ser
+            let drawn: Vec<(f64, f64)> = ser
                 .points
                 .iter()
+                .copied()
                 .filter(|p| tx(p.0).is_finite() && p.1.is_finite())
+                .collect();
+            let mut corners = Vec::with_capacity(2 * drawn.len());
+            for (i, &(x, y)) in drawn.iter().enumerate() {
+                if i > 0 {
+                    let (x0, y0) = drawn[i - 1];
+                    match ser.step {
+                        Step::None => {}
+                        Step::VerticalFirst => corners.push((x0, y)),
+                        Step::HorizontalFirst => corners.push((x, y0)),
+                    }
+                }
+                corners.push((x, y));
+            }
+            let pts: Vec<String> = corners
+                .iter()
                 .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
                 .collect();
             s += &format!(
@@ -599,6 +642,7 @@ mod chart_tests {
             name: "a".into(),
             points: vec![(128.0, 0.5), (512.0, 0.8), (4096.0, 1.2)],
             line: true,
+            step: Step::None,
             color: "#000".into(),
         };
         let svg = xy_chart_svg_scaled("t", "N", "y", &[s], None, XScale::Log2);
@@ -614,6 +658,7 @@ mod chart_tests {
             name: "a".into(),
             points: vec![(0.0, 1.0), (1.0, 2.0)],
             line: true,
+            step: Step::None,
             color: "#000".into(),
         };
         let s2 = s.clone();
@@ -662,7 +707,7 @@ pub fn stacked_bars_svg(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    s += &text_el(left, 24.0, 15.0, w - left - 10.0, "", title);
+    s += &title_els(left, w - left - 10.0, title);
     s += &text_el(
         16.0,
         yc,
@@ -752,6 +797,11 @@ mod figure_checks {
             name: name.into(),
             points: pts.to_vec(),
             line,
+            step: if name == "Pareto front" {
+                Step::VerticalFirst
+            } else {
+                Step::None
+            },
             color: PALETTE[k % PALETTE.len()].into(),
         }
     }
@@ -861,7 +911,7 @@ mod figure_checks {
             })
             .collect();
         let svg = stacked_bars_svg(
-            "Busy cycles per unit: HDPA-edge vs dense-edge (trace /some/long/path/to/a/trace-file-from-hdp-eval.json)",
+            "Busy cycles per unit: HDPA-edge vs dense-edge\ntrace /some/long/path/to/a/trace-file-from-hdp-eval.json, 12 layers",
             "busy cycles (units overlap in the pipeline)",
             &["HDPA-edge".into(), "dense-edge (same multipliers)".into()],
             &segs,
