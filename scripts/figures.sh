@@ -12,6 +12,12 @@ r=docs/results
     --title "HDP vs our dense attention, Zen 3 (AVX2), 1 thread, earlier kernels"
 "$hdp" bench plot "$r/bench-attention-2-threads.jsonl" -o "$r/bench-speedup-2-threads.svg" \
     --title "HDP vs our dense attention, Zen 3 (AVX2), 2 threads, earlier kernels"
+"$hdp" bench plot-embed "$r/embed-e2e-zen4.jsonl" -o "$r/embed-e2e-zen4.svg" --title \
+    "End to end: hdp embed vs sentence-transformers, all-MiniLM-L6-v2
+Zen 4, torch 2.15; 30 Brown passages (512 tok) and 200 RT snippets (256 tok); medians of 5"
+# One sentence through the packaged model: deterministic (needs the fetched assets).
+"$hdp" embed --attention hdp --rho 0.1 --heatmap "$r/kept-blocks-minilm-one-sentence.svg" \
+    "The film is a charming, often affecting journey, but one that is too long by half." > /dev/null
 "$hdp" sweep --from "$r/sweep-rt-sentiment.json" --plot "$r/sweep-rt-sentiment.svg"
 # The simulator is deterministic: its figures come from the presets and a synthetic workload.
 for preset in edge server; do
@@ -22,7 +28,7 @@ done
 "$hdp" sim --preset edge --model-shape bert-base --seq-len 512 sweep --int-mults 64,128,256 \
     --sv-mults 64,128,256 --sram-kib 32,256 --plot "$r/sim-edge-design-space.svg" > /dev/null
 if command -v rsvg-convert > /dev/null; then
-    for f in "$r"/bench-speedup-*.svg "$r"/sweep-*.svg "$r"/sim-*.svg; do
+    for f in "$r"/bench-speedup-*.svg "$r"/embed-*.svg "$r"/kept-*.svg "$r"/sweep-*.svg "$r"/sim-*.svg; do
         rsvg-convert "$f" -o "${TMPDIR:-/tmp}/$(basename "${f%.svg}").png"
     done
     echo "PNG renderings in ${TMPDIR:-/tmp}"

@@ -19,6 +19,93 @@ pub enum BenchCommand {
     /// Redraw the speedup figure from saved `hdp bench attention --json` lines (and PyTorch
     /// SDPA timings from `bench/sdpa.py`), so committed figures come from committed data.
     Plot(BenchPlotArgs),
+    /// Draw the speed of `hdp embed` (dense, HDP) relative to sentence-transformers from the
+    /// JSON lines `bench/embed_compare.py` prints last.
+    PlotEmbed(BenchPlotEmbedArgs),
+}
+
+/// Flags of `hdp bench plot-embed`.
+#[derive(Args, Debug)]
+pub struct BenchPlotEmbedArgs {
+    /// JSON lines, one per `bench/embed_compare.py` run (its last output line).
+    pub results: PathBuf,
+    /// Output SVG.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Title (a second line after a newline is drawn smaller).
+    #[arg(long, default_value = "End to end: hdp embed vs sentence-transformers")]
+    pub title: String,
+}
+
+/// `hdp bench plot-embed`: one group of bars per run (token limit, threads), one bar per
+/// contender, each the contender's speed relative to sentence-transformers in that run (texts
+/// per second differ by 30x between short and long inputs; the ratios read on one axis).
+fn run_plot_embed(a: &BenchPlotEmbedArgs) -> Result<()> {
+    let runs = json_lines(&a.results)?;
+    let mut groups = Vec::new();
+    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+    for (g, run) in runs.iter().enumerate() {
+        let (Some(texts), Some(threads), Some(rows)) = (
+            run["texts"].as_u64(),
+            run["threads"].as_u64(),
+            run["rows"].as_array(),
+        ) else {
+            bail!(
+                "line {} of {} lacks texts, threads or rows: is it bench/embed_compare.py output?",
+                g + 1,
+                a.results.display()
+            );
+        };
+        let secs = |name: &str| {
+            rows.iter()
+                .find(|r| r["contender"] == name)
+                .and_then(|r| r["median_s"].as_f64())
+        };
+        let Some(torch) = secs("sentence-transformers") else {
+            bail!(
+                "line {} of {} has no sentence-transformers row",
+                g + 1,
+                a.results.display()
+            );
+        };
+        // Short enough for one group's width; the text counts go in the title or caption.
+        let _ = texts;
+        groups.push(format!("{} tok, {threads} thr", run["max_length"]));
+        for row in rows {
+            let (Some(name), Some(t)) = (row["contender"].as_str(), row["median_s"].as_f64())
+            else {
+                bail!("a row of line {} lacks contender or median_s", g + 1);
+            };
+            let name = match name {
+                "hdp dense" => "hdp embed, dense",
+                "hdp hdp" => "hdp embed, HDP",
+                other => other,
+            }
+            .to_string();
+            let i = match series.iter().position(|s| s.0 == name) {
+                Some(i) => i,
+                None => {
+                    series.push((name, Vec::new()));
+                    series.len() - 1
+                }
+            };
+            series[i].1.resize(g, f64::NAN);
+            series[i].1.push(torch / t);
+        }
+    }
+    for s in &mut series {
+        s.1.resize(groups.len(), f64::NAN);
+    }
+    let svg = hdp_plot::grouped_bars_svg(
+        &a.title,
+        "speed relative to sentence-transformers",
+        &groups,
+        &series,
+    );
+    hdp_core::io::write_bytes_atomic(&a.output, svg.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.output.display()))?;
+    outln!("plot: {}", a.output.display());
+    Ok(())
 }
 
 /// Flags of `hdp bench plot`.
@@ -227,6 +314,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     let a = match cmd {
         BenchCommand::Attention(a) => a,
         BenchCommand::Plot(p) => return run_plot(p),
+        BenchCommand::PlotEmbed(p) => return run_plot_embed(p),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");

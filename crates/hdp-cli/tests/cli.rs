@@ -712,3 +712,19 @@ fn sweep_from_redraws_a_saved_sweep() {
     assert!(svg.contains("data-series=\"Pareto front\"") && svg.contains(">0.766</text>"));
     assert_clean_failure(&hdp(&["sweep", "--from", saved]), "--plot");
 }
+
+#[test]
+fn bench_plot_embed_draws_the_committed_end_to_end_runs() {
+    let saved = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/results/embed-e2e-zen4.jsonl"
+    );
+    let out = tmp("e2e.svg");
+    let o = hdp(&["bench", "plot-embed", saved, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(hdp_plot::check::check_svg(&svg), Vec::<String>::new());
+    // Four runs, three contenders: twelve bars.
+    assert_eq!(svg.matches("<rect x=").count() - 3, 12, "{svg}");
+    assert!(svg.contains("data-series=\"hdp embed, HDP\""));
+}

@@ -672,6 +672,97 @@ mod chart_tests {
     }
 }
 
+/// A grouped bar chart: for each of `groups`, one bar per series side by side (series: name
+/// and one value per group, in group order), round ticks from zero, a value label on each bar.
+pub fn grouped_bars_svg(
+    title: &str,
+    y_label: &str,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 200.0, 40.0, 50.0);
+    let vmax = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-12);
+    let yt = nice_ticks((0.0, vmax), 5);
+    let ymax = yt.end();
+    let plot_h = h - top - bottom;
+    let slot = (w - left - right) / groups.len().max(1) as f64;
+    let bar = slot * 0.8 / series.len().max(1) as f64;
+    let yc = top + plot_h / 2.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s += &title_els(left, w - left - 10.0, title);
+    s += &text_el(
+        16.0,
+        yc,
+        12.0,
+        plot_h,
+        &format!(" text-anchor=\"middle\" transform=\"rotate(-90 16 {yc:.1})\""),
+        y_label,
+    );
+    for k in 0..=yt.count {
+        let y = h - bottom - plot_h * yt.value(k) / ymax;
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" class=\"tick-y\">{}</text>\n",
+            w - right,
+            left - 6.0,
+            y + 4.0,
+            yt.si_label(k)
+        );
+    }
+    for (g, name) in groups.iter().enumerate() {
+        let x0 = left + slot * (g as f64 + 0.1);
+        for (k, (sname, values)) in series.iter().enumerate() {
+            let Some(&v) = values.get(g).filter(|v| v.is_finite()) else {
+                continue;
+            };
+            let bh = v.max(0.0) / ymax * plot_h;
+            let x = x0 + bar * k as f64;
+            s += &format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\" data-series=\"{}\"><title>{}: {v:.4}</title></rect>\n",
+                h - bottom - bh,
+                bar * 0.9,
+                PALETTE[k % PALETTE.len()],
+                escape(sname),
+                escape(sname)
+            );
+        }
+        s += &text_el(
+            x0 + slot * 0.4,
+            h - bottom + 16.0,
+            11.0,
+            slot * 0.95,
+            " text-anchor=\"middle\"",
+            name,
+        );
+    }
+    for (k, (sname, _)) in series.iter().enumerate() {
+        let ly = top + 10.0 + 18.0 * k as f64;
+        s += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>",
+            w - right + 12.0,
+            ly - 9.0,
+            PALETTE[k % PALETTE.len()]
+        );
+        s += &text_el(
+            w - right + 28.0,
+            ly,
+            11.0,
+            right - 34.0,
+            &format!(" class=\"legend\" data-series=\"{}\"", escape(sname)),
+            sname,
+        );
+    }
+    s += "</svg>\n";
+    s
+}
+
 /// A stacked bar chart: one bar per entry of `bars`, each split into `segments` (name and one
 /// value per bar).
 pub fn stacked_bars_svg(
@@ -918,6 +1009,43 @@ mod figure_checks {
         );
         assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
         assert!(svg.contains(">400 M</text>"), "{svg}");
+    }
+
+    #[test]
+    fn grouped_bars_read_well() {
+        let groups: Vec<String> = [
+            "512-token passages, 1 thread",
+            "512-token passages, 2 threads",
+            "short sentences, 1 thread",
+            "short sentences, 2 threads",
+        ]
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+        let series = vec![
+            (
+                "sentence-transformers (torch 2.15)".to_string(),
+                vec![7.1, 12.4, 118.0, 222.0],
+            ),
+            (
+                "hdp embed, dense".to_string(),
+                vec![9.0, 15.2, 130.0, f64::NAN],
+            ),
+            ("hdp embed, HDP".to_string(), vec![12.2, 20.9, 126.0, 240.0]),
+        ];
+        let svg = grouped_bars_svg(
+            "Texts per second\nall-MiniLM-L6-v2, Zen 4",
+            "texts per second",
+            &groups,
+            &series,
+        );
+        assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
+        // A NaN value draws no bar.
+        assert_eq!(
+            svg.matches("data-series=\"hdp embed, dense\"><title>")
+                .count(),
+            3
+        );
     }
 
     #[test]
