@@ -672,26 +672,14 @@ mod chart_tests {
     }
 }
 
-/// A grouped bar chart: for each of `groups`, one bar per series side by side (series: name
-/// and one value per group, in group order), round ticks from zero, a value label on each bar.
-pub fn grouped_bars_svg(
-    title: &str,
-    y_label: &str,
-    groups: &[String],
-    series: &[(String, Vec<f64>)],
-) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 200.0, 40.0, 50.0);
-    let vmax = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .filter(|v| v.is_finite())
-        .fold(0.0, f64::max)
-        .max(1e-12);
-    let yt = nice_ticks((0.0, vmax), 5);
-    let ymax = yt.end();
+/// Canvas of the bar charts: width, height and the left, right, top and bottom margins.
+const BARS: (f64, f64, f64, f64, f64, f64) = (720.0, 420.0, 80.0, 200.0, 40.0, 50.0);
+
+/// The frame of a bar chart: the document's opening, title, y-axis title and the y ticks
+/// `yt` with their grid lines (the axis runs from 0 to `yt.end()`).
+fn bar_chart_head(title: &str, y_label: &str, yt: &Ticks) -> String {
+    let (w, h, left, right, top, bottom) = BARS;
     let plot_h = h - top - bottom;
-    let slot = (w - left - right) / groups.len().max(1) as f64;
-    let bar = slot * 0.8 / series.len().max(1) as f64;
     let yc = top + plot_h / 2.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
@@ -707,7 +695,7 @@ pub fn grouped_bars_svg(
         y_label,
     );
     for k in 0..=yt.count {
-        let y = h - bottom - plot_h * yt.value(k) / ymax;
+        let y = h - bottom - plot_h * yt.value(k) / yt.end();
         s += &format!(
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" class=\"tick-y\">{}</text>\n",
             w - right,
@@ -716,6 +704,55 @@ pub fn grouped_bars_svg(
             yt.si_label(k)
         );
     }
+    s
+}
+
+/// A bar chart's legend: a swatch of `colors[k]` and the name of each series, right of the
+/// plot.
+fn bar_legend<'a>(names: impl Iterator<Item = &'a str>, colors: &[&str]) -> String {
+    let (w, _, _, right, top, _) = BARS;
+    let mut s = String::new();
+    for (k, name) in names.enumerate() {
+        let ly = top + 10.0 + 18.0 * k as f64;
+        s += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>",
+            w - right + 12.0,
+            ly - 9.0,
+            colors[k % colors.len()]
+        );
+        s += &text_el(
+            w - right + 28.0,
+            ly,
+            11.0,
+            right - 34.0,
+            &format!(" class=\"legend\" data-series=\"{}\"", escape(name)),
+            name,
+        );
+    }
+    s
+}
+
+/// A grouped bar chart: for each of `groups`, one bar per series side by side (series: name
+/// and one value per group, in group order), round ticks from zero, a value label on each bar.
+pub fn grouped_bars_svg(
+    title: &str,
+    y_label: &str,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let (w, h, left, right, top, bottom) = BARS;
+    let vmax = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-12);
+    let yt = nice_ticks((0.0, vmax), 5);
+    let ymax = yt.end();
+    let plot_h = h - top - bottom;
+    let slot = (w - left - right) / groups.len().max(1) as f64;
+    let bar = slot * 0.8 / series.len().max(1) as f64;
+    let mut s = bar_chart_head(title, y_label, &yt);
     for (g, name) in groups.iter().enumerate() {
         let x0 = left + slot * (g as f64 + 0.1);
         for (k, (sname, values)) in series.iter().enumerate() {
@@ -742,23 +779,7 @@ pub fn grouped_bars_svg(
             name,
         );
     }
-    for (k, (sname, _)) in series.iter().enumerate() {
-        let ly = top + 10.0 + 18.0 * k as f64;
-        s += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>",
-            w - right + 12.0,
-            ly - 9.0,
-            PALETTE[k % PALETTE.len()]
-        );
-        s += &text_el(
-            w - right + 28.0,
-            ly,
-            11.0,
-            right - 34.0,
-            &format!(" class=\"legend\" data-series=\"{}\"", escape(sname)),
-            sname,
-        );
-    }
+    s += &bar_legend(series.iter().map(|x| x.0.as_str()), &PALETTE);
     s += "</svg>\n";
     s
 }
@@ -771,7 +792,7 @@ pub fn stacked_bars_svg(
     bars: &[String],
     segments: &[(String, Vec<f64>)],
 ) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 200.0, 40.0, 50.0);
+    let (w, h, left, right, top, bottom) = BARS;
     let totals: Vec<f64> = (0..bars.len())
         .map(|b| {
             segments
@@ -793,31 +814,7 @@ pub fn stacked_bars_svg(
         "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
         "#999999", "#666666",
     ];
-    let yc = top + plot_h / 2.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &title_els(left, w - left - 10.0, title);
-    s += &text_el(
-        16.0,
-        yc,
-        12.0,
-        plot_h,
-        &format!(" text-anchor=\"middle\" transform=\"rotate(-90 16 {yc:.1})\""),
-        y_label,
-    );
-    for k in 0..=yt.count {
-        let v = yt.value(k);
-        let y = h - bottom - plot_h * v / ymax;
-        s += &format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" class=\"tick-y\">{}</text>\n",
-            w - right,
-            left - 6.0,
-            y + 4.0,
-            yt.si_label(k)
-        );
-    }
+    let mut s = bar_chart_head(title, y_label, &yt);
     for (b, name) in bars.iter().enumerate() {
         let x = left + slot * (b as f64 + 0.2);
         let mut y = h - bottom;
@@ -842,23 +839,7 @@ pub fn stacked_bars_svg(
             name,
         );
     }
-    for (k, seg) in segments.iter().enumerate() {
-        let ly = top + 10.0 + 18.0 * k as f64;
-        s += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>",
-            w - right + 12.0,
-            ly - 9.0,
-            palette[k % palette.len()]
-        );
-        s += &text_el(
-            w - right + 28.0,
-            ly,
-            11.0,
-            right - 34.0,
-            &format!(" class=\"legend\" data-series=\"{}\"", escape(&seg.0)),
-            &seg.0,
-        );
-    }
+    s += &bar_legend(segments.iter().map(|x| x.0.as_str()), &palette);
     s += "</svg>\n";
     s
 }
