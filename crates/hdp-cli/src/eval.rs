@@ -444,12 +444,23 @@ fn write_sweep_plot(
             color: hdp_plot::PALETTE[6].into(),
         });
     }
-    let svg = hdp_plot::xy_chart_svg(
+    // The front's configurations by name, where a label fits.
+    let labels: Vec<hdp_plot::Annotation> = front
+        .iter()
+        .map(|&i| hdp_plot::Annotation {
+            x: xy[i].0,
+            y: xy[i].1,
+            text: points[i]["label"].as_str().unwrap_or("").to_string(),
+        })
+        .collect();
+    let svg = hdp_plot::xy_chart_svg_annotated(
         title,
         "effective block sparsity (share of valid blocks not computed)",
         metric,
         &series,
         Some((dense, "dense")),
+        hdp_plot::XScale::Linear,
+        &labels,
     );
     hdp_core::io::write_bytes_atomic(path, svg.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))

@@ -256,7 +256,7 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
         let series = [
             hdp_plot::Series {
                 name: "design points".into(),
-                points: all,
+                points: all.clone(),
                 line: false,
                 step: hdp_plot::Step::None,
                 color: hdp_plot::PALETTE[0].into(),
@@ -270,12 +270,29 @@ fn run_sweep(a: &SimArgs, s: &SimSweepArgs) -> Result<()> {
                 color: hdp_plot::PALETTE[6].into(),
             },
         ];
-        let svg = hdp_plot::xy_chart_svg(
+        // The front's designs by their unit counts and buffers, where a label fits.
+        let labels: Vec<hdp_plot::Annotation> = front
+            .iter()
+            .map(|&i| {
+                let p = &points[i];
+                hdp_plot::Annotation {
+                    x: all[i].0,
+                    y: all[i].1,
+                    text: format!(
+                        "int {} frac {} sv {}, {} KiB",
+                        p["int_mults"], p["frac_mults"], p["sv_mults"], p["kv_sram_kib"]
+                    ),
+                }
+            })
+            .collect();
+        let svg = hdp_plot::xy_chart_svg_annotated(
             &format!("{}: latency vs energy", base.name),
             "latency (ms)",
             "energy (mJ)",
             &series,
             None,
+            hdp_plot::XScale::Linear,
+            &labels,
         );
         hdp_core::io::write_bytes_atomic(p, svg.as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?;

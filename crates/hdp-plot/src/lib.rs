@@ -372,6 +372,33 @@ pub fn xy_chart_svg_scaled(
     reference: Option<(f64, &str)>,
     x_scale: XScale,
 ) -> String {
+    xy_chart_svg_annotated(title, x_label, y_label, series, reference, x_scale, &[])
+}
+
+/// A text label for one data point (`hdp sweep` names the configurations on its Pareto front).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Annotation {
+    /// The point, in data coordinates.
+    pub x: f64,
+    /// The point, in data coordinates.
+    pub y: f64,
+    /// Its label.
+    pub text: String,
+}
+
+/// [`xy_chart_svg_scaled`] with point labels: each is placed at the first of four spots
+/// around its point (right-above, left-above, right-below, left-below; 10 px, then 9 px)
+/// that lies inside the plot area and overlaps no label placed before it; a label with no
+/// free spot is left out rather than drawn over another.
+pub fn xy_chart_svg_annotated(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    reference: Option<(f64, &str)>,
+    x_scale: XScale,
+    annotations: &[Annotation],
+) -> String {
     let tx = |x: f64| match x_scale {
         XScale::Linear => x,
         XScale::Log2 if x > 0.0 => x.log2(),
@@ -564,6 +591,44 @@ pub fn xy_chart_svg_scaled(
             &format!(" class=\"legend\" data-series=\"{}\"", escape(&ser.name)),
             &ser.name,
         );
+    }
+    // Point labels: boxes as check::check_svg estimates them, inside the plot area.
+    let mut placed: Vec<(f64, f64, f64, f64)> = Vec::new();
+    for a in annotations {
+        if !(tx(a.x).is_finite() && a.y.is_finite()) {
+            continue;
+        }
+        let (cx, cy) = (px(a.x), py(a.y));
+        'spot: for size in [10.0, 9.0] {
+            let wid = text_width(&a.text, size);
+            for (dx, dy, end) in [
+                (6.0, -6.0, false),
+                (-6.0, -6.0, true),
+                (6.0, 6.0 + size, false),
+                (-6.0, 6.0 + size, true),
+            ] {
+                let x = cx + dx;
+                let y = cy + dy;
+                let (x0, x1) = if end { (x - wid, x) } else { (x, x + wid) };
+                let b = (x0, y - size, x1, y + 0.25 * size);
+                let inside = b.0 >= left + 2.0
+                    && b.2 <= w - right - 2.0
+                    && b.1 >= top + 2.0
+                    && b.3 <= h - bottom - 2.0;
+                let free = placed.iter().all(|p| {
+                    b.0.max(p.0) + 1.0 >= b.2.min(p.2) || b.1.max(p.1) + 1.0 >= b.3.min(p.3)
+                });
+                if inside && free {
+                    placed.push(b);
+                    s += &format!(
+                        "<text x=\"{x:.1}\" y=\"{y:.1}\" font-size=\"{size}\" fill=\"#333\"{}>{}</text>\n",
+                        if end { " text-anchor=\"end\"" } else { "" },
+                        escape(&a.text)
+                    );
+                    break 'spot;
+                }
+            }
+        }
     }
     s += "</svg>\n";
     s
@@ -990,6 +1055,37 @@ mod figure_checks {
         );
         assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
         assert!(svg.contains(">400 M</text>"), "{svg}");
+    }
+
+    #[test]
+    fn point_labels_never_collide_or_leave_the_plot() {
+        let pts: Vec<(f64, f64)> = (0..12)
+            .map(|k| (0.5 + 0.03 * k as f64, 0.766 - 0.0007 * k as f64))
+            .collect();
+        let notes: Vec<Annotation> = pts
+            .iter()
+            .enumerate()
+            .map(|(k, &(x, y))| Annotation {
+                x,
+                y,
+                text: format!("keep 0.{k} b=1 8:3 approx"),
+            })
+            .collect();
+        let svg = xy_chart_svg_annotated(
+            "t",
+            "x",
+            "y",
+            &[series("Pareto front", &pts, true, 7)],
+            Some((0.7669, "dense")),
+            XScale::Linear,
+            &notes,
+        );
+        assert_eq!(check::check_svg(&svg), Vec::<String>::new(), "{svg}");
+        let drawn = notes
+            .iter()
+            .filter(|n| svg.contains(&format!(">{}</text>", n.text)))
+            .count();
+        assert!(drawn >= 3, "only {drawn} labels placed");
     }
 
     #[test]
