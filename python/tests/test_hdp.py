@@ -81,6 +81,9 @@ def test_config_defaults_and_names():
     )
     cfg = json.loads(hdp.Config(centred=True, keep_sink=1, keep_local=2).to_json())
     assert (cfg["centred"], cfg["keep_sink"], cfg["keep_local"]) == (True, 1, 2)
+    assert json.loads(hdp.Config(compensate="mean-v").to_json())["compensate"] == "mean-v"
+    with pytest.raises(ValueError, match="compensate"):
+        hdp.Config(compensate="median")
     assert "centred=True" in repr(hdp.Config(centred=True))
 
 
@@ -148,6 +151,8 @@ def test_dense_attention_matches_float64():
         {"tau": 0.5, "head_importance": "kept-sum"},
         {"centred": True, "keep_sink": 1, "keep_local": 3},
         {"top_p": 0.9, "centred": True, "block_size": 4, "keep_local": 5},
+        {"compensate": "mean-v"},
+        {"top_p": 0.8, "compensate": "mean-v", "block_size": 16, "pv": "f32"},
     ],
 )
 @pytest.mark.parametrize("causal", [False, True])

@@ -437,15 +437,15 @@ multiversion! {
 multiversion! {
     /// [`integer_pass_body`] for `isa`.
     fn integer_pass => integer_pass_body(c: &HeadCodes, valid_tok: &[bool], causal: bool, n: usize,
-        d: usize, cfg: &HdpConfig, kt: &mut [f32], s: &mut [f32]) -> (BlockMask, f64)
+        d: usize, cfg: &HdpConfig, kt: &mut [f32], s: &mut [f32]) -> hdp::Decided
 }
 
 multiversion! {
     /// [`sparse_attend_body`] for `isa`.
     fn sparse_attend => sparse_attend_body(c: &HeadCodes, qf: &[f32], kf: &[f32], v: &[f32],
         kept: &BlockMask, valid_tok: &[bool], causal: bool, n: usize, d: usize, bs: usize,
-        mode: ScoreMode, score_scale: f32, bf16: bool, out: &mut [f32], idx: &mut Vec<usize>,
-        sc: &mut Vec<f32>)
+        mode: ScoreMode, score_scale: f32, bf16: bool, comp: Option<(&[f64], &hdp::VSums)>,
+        out: &mut [f32], idx: &mut Vec<usize>, sc: &mut Vec<f32>)
 }
 
 /// A read-only matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
@@ -660,7 +660,7 @@ fn integer_pass_body(
     cfg: &HdpConfig,
     kt: &mut [f32],
     s: &mut [f32],
-) -> (BlockMask, f64) {
+) -> hdp::Decided {
     let bs = cfg.block_size;
     let nb = n.div_ceil(bs);
     transpose(&c.k_est, n, d, kt);
@@ -721,6 +721,7 @@ fn sparse_attend_body(
     mode: ScoreMode,
     score_scale: f32,
     bf16: bool,
+    comp: Option<(&[f64], &hdp::VSums)>,
     out: &mut [f32],
     idx: &mut Vec<usize>,
     sc: &mut Vec<f32>,
@@ -759,14 +760,21 @@ fn sparse_attend_body(
             sum += *x;
         }
         let inv = 1.0 / sum;
+        // Compensation (hdp.md step 7's option): kept weights `(1 - m) p - c` and `c` times
+        // the row's valid V sum.
+        let rc = comp.and_then(|(mass, vs)| {
+            hdp::row_compensation(mass[r], vs.count(i), idx.len())
+                .map(|(keep, c)| (keep as f32, c as f32, vs))
+        });
+        let (keep, c) = rc.map_or((1.0, 0.0), |x| (x.0, x.1));
         for (&j, &pj) in idx.iter().zip(sc.iter()) {
             // bf16: the normalized probability rounded (V comes rounded by the caller).
-            let pj = if bf16 {
-                hdp_core::bf16_round(pj * inv)
-            } else {
-                pj * inv
-            };
+            let pj = keep * (pj * inv) - c;
+            let pj = if bf16 { hdp_core::bf16_round(pj) } else { pj };
             axpy(pj, &v[j * d..(j + 1) * d], o);
+        }
+        if let Some((_, c, vs)) = rc {
+            axpy(c, vs.sum32(i), o);
         }
     }
 }
@@ -892,7 +900,7 @@ pub fn hdp_attention(
             })
             .collect();
         // Steps 2-5 per head, in parallel.
-        let decided: Vec<(BlockMask, f64)> = codes
+        let decided: Vec<hdp::Decided> = codes
             .par_iter()
             .map_init(
                 || (vec![0.0f32; d * n], vec![0.0f32; ROWS * n]),
@@ -925,7 +933,10 @@ pub fn hdp_attention(
                 };
                 let v = if bf16 { &vr[..] } else { v };
                 let c = &codes[h];
-                let kept = &decided[h].0;
+                let (kept, _, mass) = &decided[h];
+                let vsums =
+                    (!mass.is_empty()).then(|| hdp::VSums::new(v, &valid_tok, p.causal(), d));
+                let comp = vsums.as_ref().map(|vs| (&mass[..], vs));
                 sparse_attend(
                     isa,
                     c,
@@ -941,6 +952,7 @@ pub fn hdp_attention(
                     cfg.score_mode,
                     score_scale,
                     bf16,
+                    comp,
                     o,
                     idx,
                     sc,

@@ -6,8 +6,8 @@
 //! reuse exactly the same rules; they work on per-block importances, never on scores.
 
 use crate::config::{
-    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
-    RowThreshold, ValidConfig,
+    BlockImportance, Compensation, HdpConfig, HeadImportance, HeadPruning, Prescale,
+    PrunedHeadOutput, RowThreshold, ValidConfig,
 };
 use crate::dense::masked_softmax;
 use crate::problem::AttentionProblem;
@@ -46,7 +46,9 @@ pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> Log
         BlockImportance::Max => base,
         _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
     };
-    LogitScale::new(scale, matches!(cfg.threshold, RowThreshold::TopP { .. }))
+    let table =
+        matches!(cfg.threshold, RowThreshold::TopP { .. }) || cfg.compensate != Compensation::Off;
+    LogitScale::new(scale, table)
 }
 
 /// Fixed-point unit of top-p's block weights: a block `gap` integer units below its row's
@@ -373,6 +375,117 @@ pub(crate) struct HeadDecider {
     all_sum: f64,
     peak: f64,
     rows_with_blocks: usize,
+    /// Per block-row, the estimated softmax mass of its pruned blocks (compensation only;
+    /// empty otherwise).
+    mass: Vec<f64>,
+}
+
+/// What one head's decision pass produces: the kept blocks, the head's importance, and per
+/// block-row the estimated pruned mass (empty without compensation).
+pub(crate) type Decided = (BlockMask, f64, Vec<f64>);
+
+/// The estimated softmax mass of a block-row's pruned blocks (compensation, hdp.md step 7):
+/// `W_pruned / W_valid` with each valid block weighing top-p's integer weight
+/// `round(2^20 exp(-scale gap))` below the row's maximum, so every implementation computes
+/// the same ratio of exact integer sums. `blocks` yields `(importance, kept)` per valid block.
+pub(crate) fn pruned_mass(
+    blocks: impl Iterator<Item = (i64, bool)> + Clone,
+    scale: &LogitScale,
+) -> f64 {
+    let Some(max) = blocks.clone().map(|b| b.0).max() else {
+        return 0.0;
+    };
+    let (mut total, mut pruned) = (0u64, 0u64);
+    for (v, kept) in blocks {
+        let w = scale.weight(max - v);
+        total += w;
+        if !kept {
+            pruned += w;
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        pruned as f64 / total as f64
+    }
+}
+
+/// Per query row, the coefficients of compensation (hdp.md step 7's option): the kept
+/// probabilities are scaled by `1 - m` and every valid pruned key of the row gets weight
+/// `c = m / n_pruned`; `None` when nothing is pruned in the row, its mass is 0, or it keeps
+/// nothing (a padding row: every valid row keeps at least one entry). Applied as
+/// kept weights `(1 - m) p_j - c` plus `c` times the sum of V over the row's valid keys, which
+/// is the same sum.
+pub(crate) fn row_compensation(mass: f64, n_valid: usize, n_kept: usize) -> Option<(f64, f64)> {
+    (mass > 0.0 && n_kept > 0 && n_valid > n_kept)
+        .then(|| (1.0 - mass, mass / (n_valid - n_kept) as f64))
+}
+
+/// Sums of V over the valid keys each query row sees (all valid keys, or causally those up to
+/// the row), accumulated in f64, for compensation; and their counts.
+pub(crate) struct VSums {
+    causal: bool,
+    d: usize,
+    sums: Vec<f64>,
+    sums32: Vec<f32>,
+    counts: Vec<usize>,
+}
+
+impl VSums {
+    /// From one head's V (`n x d`, already rounded as P.V reads it).
+    pub(crate) fn new(v: &[f32], valid_tok: &[bool], causal: bool, d: usize) -> VSums {
+        let n = valid_tok.len();
+        let mut acc = vec![0.0f64; d];
+        let mut count = 0usize;
+        let (mut sums, mut counts) = (Vec::new(), Vec::new());
+        for (i, &ok) in valid_tok.iter().enumerate() {
+            if ok {
+                count += 1;
+                for (a, &x) in acc.iter_mut().zip(&v[i * d..(i + 1) * d]) {
+                    *a += x as f64;
+                }
+            }
+            if causal {
+                sums.extend_from_slice(&acc);
+                counts.push(count);
+            }
+        }
+        if !causal || n == 0 {
+            sums = acc;
+            counts = vec![count];
+        }
+        let sums32 = sums.iter().map(|&x| x as f32).collect();
+        VSums {
+            causal,
+            d,
+            sums,
+            sums32,
+            counts,
+        }
+    }
+
+    fn at(&self, i: usize) -> usize {
+        if self.causal {
+            i.min(self.counts.len().saturating_sub(1))
+        } else {
+            0
+        }
+    }
+
+    /// Valid keys row `i` sees.
+    pub(crate) fn count(&self, i: usize) -> usize {
+        self.counts[self.at(i)]
+    }
+
+    /// Their V sum (f64).
+    pub(crate) fn sum(&self, i: usize) -> &[f64] {
+        &self.sums[self.at(i) * self.d..][..self.d]
+    }
+
+    /// Their V sum (f32, for the fast kernels).
+    pub(crate) fn sum32(&self, i: usize) -> &[f32] {
+        &self.sums32[self.at(i) * self.d..][..self.d]
+    }
 }
 
 impl HeadDecider {
@@ -390,6 +503,23 @@ impl HeadDecider {
             all_sum: 0.0,
             peak: 0.0,
             rows_with_blocks: 0,
+            mass: if cfg.compensate == Compensation::Off {
+                Vec::new()
+            } else {
+                vec![0.0; nb]
+            },
+        }
+    }
+
+    /// Whether the decision estimates pruned masses (compensation on).
+    pub(crate) fn wants_mass(&self) -> bool {
+        !self.mass.is_empty()
+    }
+
+    /// Records the pruned mass of block-row `r` computed by the caller ([`pruned_mass`]).
+    pub(crate) fn set_mass(&mut self, r: usize, m: f64) {
+        if let Some(x) = self.mass.get_mut(r) {
+            *x = m;
         }
     }
 
@@ -423,6 +553,14 @@ impl HeadDecider {
                     self.kept_pos += (v as f64).max(0.0);
                 }
             }
+        }
+        if self.wants_mass() {
+            let kept = &self.kept;
+            let blocks = imp
+                .iter()
+                .enumerate()
+                .filter_map(|(c, v)| v.map(|v| (v, kept.get(r, c))));
+            self.mass[r] = pruned_mass(blocks, &self.logit_scale);
         }
     }
 
@@ -524,6 +662,16 @@ impl HeadDecider {
                 self.kept_pos += v.max(0.0);
             }
         }
+        if self.wants_mass() {
+            let kept = &self.kept;
+            let blocks = imp
+                .iter()
+                .zip(ok)
+                .enumerate()
+                .filter(|x| *x.1 .1)
+                .map(|(c, (&v, _))| (v, kept.get(r, c)));
+            self.mass[r] = pruned_mass(blocks, &self.logit_scale);
+        }
     }
 
     /// Records block-row `r` decided elsewhere from the same rules (the fast kernels' one-block
@@ -543,15 +691,15 @@ impl HeadDecider {
         self.kept_pos += stats.kept_pos as f64;
     }
 
-    /// The kept blocks and the head's importance.
-    pub(crate) fn finish(self) -> (BlockMask, f64) {
+    /// The kept blocks, the head's importance and the pruned masses.
+    pub(crate) fn finish(self) -> Decided {
         let importance = match self.head_importance {
             HeadImportance::KeptSum => self.kept_sum,
             HeadImportance::KeptPosSum => self.kept_pos,
             HeadImportance::AllSum => self.all_sum,
             HeadImportance::Peakedness => self.peak / self.rows_with_blocks.max(1) as f64,
         };
-        (self.kept, importance)
+        (self.kept, importance, self.mass)
     }
 }
 
@@ -715,7 +863,7 @@ pub(crate) fn decide_blocks(
     nb: usize,
     cfg: &HdpConfig,
     logit_scale: LogitScale,
-) -> (BlockMask, f64) {
+) -> Decided {
     let mut d = HeadDecider::new(nb, cfg, logit_scale);
     for r in 0..nb {
         d.row(r, &imp[r * nb..(r + 1) * nb]);
@@ -734,7 +882,7 @@ pub(crate) fn finish_sequence(
     (valid, valid_tokens): (BlockMask, usize),
     (q_prescale_exp, k_prescale_exp): (i32, i32),
     (q_saturated, k_saturated): (u64, u64),
-    decided: Vec<(BlockMask, f64)>,
+    decided: Vec<Decided>,
     pruned: &[bool],
 ) -> SequenceTrace {
     let s = p.q().shape();
@@ -747,7 +895,7 @@ pub(crate) fn finish_sequence(
     let heads = decided
         .into_iter()
         .enumerate()
-        .map(|(h, (kept, importance))| HeadTrace {
+        .map(|(h, (kept, importance, _))| HeadTrace {
             head: h,
             importance,
             pruned: pruned[h],
@@ -831,6 +979,10 @@ pub(crate) fn head_counts(
     counts.frac_macs = kept_entries * per_entry;
     counts.exps = kept_entries;
     counts.sv_macs = kept_entries * d as u64;
+    if cfg.compensate != Compensation::Off {
+        // The V sum over valid keys and one `c . sum` per query row (step 7's option).
+        counts.sv_macs += 2 * valid_tokens as u64 * d as u64;
+    }
     let mut used = vec![0u64; nb.div_ceil(64)];
     for r in 0..nb {
         kept.or_row_into(r, &mut used);
@@ -842,7 +994,13 @@ pub(crate) fn head_counts(
         } else {
             0
         };
-    counts.v_bytes = used_rows * d as u64 * V_BITS / 8;
+    // Compensation reads every valid V row (for the sum).
+    let v_rows = if cfg.compensate != Compensation::Off {
+        used_rows.max(valid_tokens as u64)
+    } else {
+        used_rows
+    };
+    counts.v_bytes = v_rows * d as u64 * V_BITS / 8;
     counts
 }
 
@@ -910,9 +1068,9 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
                 }
             }
             let scale = block_logit_scale(cfg, (eq, ek), d);
-            let (kept, importance) = decide_blocks(&imp, nb, cfg, scale);
+            let (kept, importance, mass) = decide_blocks(&imp, nb, cfg, scale);
             head_imp.push(importance);
-            kept_masks.push(kept);
+            kept_masks.push((kept, mass));
         }
 
         // Step 5: early head pruning, from integer information only.
@@ -931,7 +1089,8 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
             k_saturated: k_sat,
             heads: Vec::with_capacity(heads),
         };
-        for (h, kept) in kept_masks.into_iter().enumerate() {
+        let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
+        for (h, (kept, mass)) in kept_masks.into_iter().enumerate() {
             let counts = head_counts(&seq.valid, &kept, pruned[h], cfg, n, d, valid_tokens);
             if pruned[h] {
                 if cfg.pruned_head_output == PrunedHeadOutput::MeanV {
@@ -968,6 +1127,18 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
                 let mut scores = vec![0.0f64; n];
                 let mut ok = vec![false; n];
                 let mut acc = vec![0.0f64; d];
+                // Step 7's operands at the configured precision (bf16: P and V rounded).
+                let bf16 = cfg.pv == PvPrecision::Bf16;
+                let round = |x: f32| if bf16 { hdp_core::bf16_round(x) } else { x };
+                // Compensation: sums of (rounded) V over each row's valid keys.
+                let vsums = (!mass.is_empty()).then(|| {
+                    let off = p.row_offset(b, h, 0);
+                    let v: Vec<f32> = p.v().data()[off..off + n * d]
+                        .iter()
+                        .map(|&x| round(x))
+                        .collect();
+                    VSums::new(&v, &valid_tok, p.causal(), d)
+                });
                 for i in (0..n).filter(|&i| p.token_is_valid(b, i)) {
                     for j in 0..n {
                         ok[j] = kept.get(i / bs, j / bs) && p.entry_is_valid(b, i, j);
@@ -979,10 +1150,22 @@ pub fn attention(p: &AttentionProblem, cfg: &ValidConfig, layer: usize) -> Resul
                         continue;
                     }
                     acc.fill(0.0);
-                    // Step 7's operands at the configured precision (bf16: P and V rounded).
-                    let bf16 = cfg.pv == PvPrecision::Bf16;
-                    let round = |x: f32| if bf16 { hdp_core::bf16_round(x) } else { x };
-                    for (j, &pj) in scores.iter().enumerate().filter(|(_, &pj)| pj != 0.0) {
+                    // Compensation (step 7's option): kept weights `(1 - m) p - c`, plus
+                    // `c` times the row's valid V sum.
+                    let comp = vsums.as_ref().and_then(|vs| {
+                        let n_kept = ok.iter().filter(|&&o| o).count();
+                        row_compensation(mass[i / bs], vs.count(i), n_kept).map(|x| (x, vs))
+                    });
+                    if let Some(((_, c), vs)) = comp {
+                        for (a, &x) in acc.iter_mut().zip(vs.sum(i)) {
+                            *a = c * x;
+                        }
+                    }
+                    for j in (0..n).filter(|&j| ok[j]) {
+                        let pj = match comp {
+                            Some(((keep, c), _)) => keep * scores[j] - c,
+                            None => scores[j],
+                        };
                         let pj = if bf16 { round(pj as f32) as f64 } else { pj };
                         for (a, &x) in acc
                             .iter_mut()
@@ -1042,6 +1225,117 @@ pub(crate) fn write_mean_v(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruned_mass_is_the_ratio_of_integer_weights() {
+        // Weights halve per unit of gap: 2^20, 2^19, 2^18 below the maximum 3.
+        let scale = LogitScale::new(std::f64::consts::LN_2, true);
+        let m = pruned_mass([(3, true), (2, false), (1, false)].into_iter(), &scale);
+        assert!((m - 3.0 / 7.0).abs() < 1e-12, "{m}");
+        assert_eq!(pruned_mass([(5, true), (5, true)].into_iter(), &scale), 0.0);
+        assert_eq!(pruned_mass(std::iter::empty(), &scale), 0.0);
+    }
+
+    /// With V the identity (d = N), output row i is row i's attention weights: compensation
+    /// must scale the kept weights by `1 - m`, give every pruned valid key the same weight, in
+    /// total `m`, with `m` the integer-weight ratio of the row's pruned entries (b = 1,
+    /// recomputed here from the integer scores), and leave padding rows zero.
+    #[test]
+    fn compensation_moves_the_estimated_pruned_mass_to_the_mean_of_v() {
+        let n = 24;
+        let g = crate::synthetic::generate(&crate::synthetic::SyntheticSpec {
+            batch: 1,
+            heads: 1,
+            seq_len: n,
+            head_dim: n,
+            valid_len: Some(21),
+            causal: false,
+            seed: 7,
+        })
+        .unwrap();
+        let mut eye = vec![0.0f32; n * n];
+        for i in 0..n {
+            eye[i * n + i] = 1.0;
+        }
+        for causal in [false, true] {
+            for bs in [1, 3] {
+                let p = AttentionProblem::new(
+                    g.q().clone(),
+                    g.k().clone(),
+                    Tensor::new(vec![1, 1, n, n], eye.clone()).unwrap(),
+                    g.token_valid().map(|v| v.to_vec()),
+                    causal,
+                )
+                .unwrap();
+                let cfg = |compensate| {
+                    HdpConfig {
+                        block_size: bs,
+                        threshold: RowThreshold::TopK { keep: 0.3 },
+                        pv: PvPrecision::F32,
+                        compensate,
+                        ..HdpConfig::default()
+                    }
+                    .validated()
+                    .unwrap()
+                };
+                let off = attention(&p, &cfg(Compensation::Off), 0).unwrap();
+                let on = attention(&p, &cfg(Compensation::MeanV), 0).unwrap();
+                let kept = &off.trace.sequences[0].heads[0].kept;
+                // Integer scores for the b = 1 mass.
+                let c = cfg(Compensation::MeanV);
+                let exps = prescale_exponents(&p, &c, 0, 1, n, n);
+                let codes = |t: &Tensor, e| quantize_sequence(&p, t, c.q_format, e, 0).0;
+                let (qc, kc) = (codes(p.q(), exps.0), codes(p.k(), exps.1));
+                let s_int = |i: usize, j: usize| -> i64 {
+                    (0..n)
+                        .map(|t| {
+                            c.q_format.estimate(qc[i * n + t], false) as i64
+                                * c.q_format.estimate(kc[j * n + t], false) as i64
+                        })
+                        .sum()
+                };
+                let scale = block_logit_scale(&c, exps, n);
+                for i in 0..n {
+                    let w = &on.output.data()[i * n..(i + 1) * n];
+                    let w0 = &off.output.data()[i * n..(i + 1) * n];
+                    if !p.token_is_valid(0, i) {
+                        assert!(w.iter().all(|&x| x == 0.0));
+                        continue;
+                    }
+                    let valid: Vec<usize> = (0..n).filter(|&j| p.entry_is_valid(0, i, j)).collect();
+                    let (k_set, p_set): (Vec<usize>, Vec<usize>) =
+                        valid.iter().partition(|&&j| kept.get(i / bs, j / bs));
+                    let m: f64 = p_set.iter().map(|&j| w[j] as f64).sum();
+                    for &j in &p_set {
+                        assert!((w[j] - w[p_set[0]]).abs() < 1e-6, "pruned weights equal");
+                    }
+                    for &j in &k_set {
+                        let want = (1.0 - m) * w0[j] as f64;
+                        assert!(
+                            (w[j] as f64 - want).abs() < 1e-5,
+                            "kept {j}: {} vs {want}",
+                            w[j]
+                        );
+                    }
+                    if p_set.is_empty() {
+                        assert_eq!(w, w0);
+                    } else if bs == 1 {
+                        let max = valid.iter().map(|&j| s_int(i, j)).max().unwrap();
+                        let wt = |j: usize| scale.weight(max - s_int(i, j)) as f64;
+                        let total: f64 = valid.iter().map(|&j| wt(j)).sum();
+                        let pruned: f64 = p_set.iter().map(|&j| wt(j)).sum();
+                        assert!(
+                            (m - pruned / total).abs() < 1e-5,
+                            "row {i}: m {m} vs {}",
+                            pruned / total
+                        );
+                    } else {
+                        assert!(m > 0.0 && m < 1.0, "row {i}: m {m}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn valid_blocks_equal_their_definition() {

@@ -8,7 +8,7 @@ use hdp_attention::{
     RowThreshold,
 };
 use hdp_core::tolerance::{FAST_EXP_REL, FAST_VS_REFERENCE_ABS, FAST_VS_REFERENCE_BF16_PER_V};
-use hdp_core::{PvPrecision, QFormat, ScoreMode, Tensor};
+use hdp_core::{Compensation, PvPrecision, QFormat, ScoreMode, Tensor};
 
 /// [`FAST_VS_REFERENCE_ABS`], plus the bf16 allowance for `pv = bf16`.
 fn tolerance(pv: PvPrecision, v: &Tensor) -> f32 {
@@ -75,6 +75,7 @@ proptest! {
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact), Just(ScoreMode::Float)],
         mean_v in any::<bool>(), f in 2u32..=5, pv in pv_precision(),
         (centred, keep_sink, keep_local) in (any::<bool>(), 0usize..6, prop_oneof![Just(0usize), 1usize..20]),
+        compensate in prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV)],
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
@@ -82,7 +83,7 @@ proptest! {
             q_format: QFormat::new(8, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
             head_importance: HeadImportance::KeptPosSum, score_mode,
             pruned_head_output: if mean_v { PrunedHeadOutput::MeanV } else { PrunedHeadOutput::Zero },
-            pv, centred, keep_sink, keep_local,
+            pv, centred, keep_sink, keep_local, compensate,
             ..HdpConfig::default()
         };
         let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();
@@ -141,12 +142,13 @@ proptest! {
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact)],
         pv in pv_precision(),
         (centred, keep_sink, keep_local) in (any::<bool>(), 0usize..6, prop_oneof![Just(0usize), 1usize..40]),
+        compensate in prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV)],
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch: 2, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
         let cfg = HdpConfig {
             q_format: QFormat::new(bits, f).unwrap(), block_size: bs, importance, threshold, head_pruning,
-            score_mode, pv, centred, keep_sink, keep_local,
+            score_mode, pv, centred, keep_sink, keep_local, compensate,
             ..HdpConfig::default()
         };
         let reference = hdp::attention(&p, &cfg.validated().unwrap(), 0).unwrap();

@@ -263,6 +263,23 @@ pub enum PrunedHeadOutput {
 
 named_options!(PrunedHeadOutput, "pruned-head-output", { "zero" => Zero, "mean-v" => MeanV });
 
+/// What happens to the softmax mass of pruned entries (hdp.md step 7's option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Compensation {
+    /// Dropped: the kept entries' softmax is renormalized over them alone.
+    #[default]
+    Off,
+    /// Given to the mean of the pruned keys' values: each block-row's pruned mass `m` is
+    /// estimated from the integer scores alone (the top-p weights), and a query row's output
+    /// is `(1 - m) softmax_kept . V + m mean(V of its pruned valid keys)`. One d-vector per
+    /// row on top of the sparse P.V (the mean comes from the sum of all valid V).
+    MeanV,
+}
+
+named_options!(Compensation, "compensate", { "off" => Off, "mean-v" => MeanV });
+
 /// Largest block size accepted: far beyond any useful block (a block is a tile of the N x N
 /// score matrix) and small enough that every size derived from it stays far from overflow.
 pub const MAX_BLOCK_SIZE: usize = 1 << 16;
@@ -306,6 +323,8 @@ pub struct HdpConfig {
     /// Always keep the blocks holding entries within `keep_local` of the diagonal
     /// (`|i - j| < keep_local`); counted as kept.
     pub keep_local: usize,
+    /// Pruned-mass compensation (step 7's option).
+    pub compensate: Compensation,
 }
 
 impl Default for HdpConfig {
@@ -333,6 +352,7 @@ impl Default for HdpConfig {
             centred: false,
             keep_sink: 0,
             keep_local: 0,
+            compensate: Compensation::Off,
         }
     }
 }

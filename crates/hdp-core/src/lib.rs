@@ -19,7 +19,7 @@ pub mod trace;
 
 pub use calibration::Calibration;
 pub use config::{
-    bf16_round, BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale,
+    bf16_round, BlockImportance, Compensation, HdpConfig, HeadImportance, HeadPruning, Prescale,
     PrunedHeadOutput, PvPrecision, RowThreshold, ScoreMode, ValidConfig,
 };
 pub use error::{Error, Result};

@@ -4,8 +4,8 @@
 //! Python package accept, default and reject exactly the same things with the same messages.
 
 use crate::config::{
-    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
-    PvPrecision, RowThreshold, ScoreMode, ValidConfig,
+    BlockImportance, Compensation, HdpConfig, HeadImportance, HeadPruning, Prescale,
+    PrunedHeadOutput, PvPrecision, RowThreshold, ScoreMode, ValidConfig,
 };
 use crate::{Error, QFormat, Result};
 
@@ -86,6 +86,10 @@ pub struct HdpOptions {
     /// Always keep the blocks within W of the diagonal (|i - j| < W) [0].
     #[cfg_attr(feature = "clap", arg(long, value_name = "W"))]
     pub keep_local: Option<usize>,
+    /// Pruned-mass compensation: off, or mean-v (the pruned entries' softmax mass, estimated
+    /// from the integer scores, goes to the mean of their values) [off].
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
+    pub compensate: Option<Compensation>,
 }
 
 /// The value of a given option ([`HdpOptions::given`]).
@@ -124,6 +128,7 @@ impl HdpOptions {
         "centred",
         "keep_sink",
         "keep_local",
+        "compensate",
     ];
 
     /// The options given, by name, in [`HdpOptions::NAMES`] order (for messages and reprs).
@@ -131,7 +136,7 @@ impl HdpOptions {
         use GivenValue::{Bool, Float, Int, Text};
         let int = |v: Option<usize>| v.map(|x| Int(x as i64));
         let text = |v: Option<String>| v.map(Text);
-        let all: [(&'static str, Option<GivenValue>); 20] = [
+        let all: [(&'static str, Option<GivenValue>); 21] = [
             ("bits", self.bits.map(|x| Int(x as i64))),
             ("frac_bits", self.frac_bits.map(|x| Int(x as i64))),
             ("prescale", text(self.prescale.map(|x| x.to_string()))),
@@ -161,6 +166,7 @@ impl HdpOptions {
             ("centred", self.centred.then_some(Bool(true))),
             ("keep_sink", int(self.keep_sink)),
             ("keep_local", int(self.keep_local)),
+            ("compensate", text(self.compensate.map(|x| x.to_string()))),
         ];
         all.into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
     }
@@ -245,6 +251,7 @@ impl HdpOptions {
             centred: self.centred || d.centred,
             keep_sink: self.keep_sink.unwrap_or(d.keep_sink),
             keep_local: self.keep_local.unwrap_or(d.keep_local),
+            compensate: self.compensate.unwrap_or(d.compensate),
         };
         cfg.validated()
     }
@@ -319,6 +326,7 @@ mod tests {
             centred: true,
             keep_sink: Some(1),
             keep_local: Some(1),
+            compensate: Some(Compensation::MeanV),
         };
         let names: Vec<&str> = all.given().iter().map(|g| g.0).collect();
         assert_eq!(names, HdpOptions::NAMES);

@@ -132,6 +132,7 @@ impl Config {
                 }
                 "keep_sink" => o.keep_sink = Some(opt_int(n, &v)?),
                 "keep_local" => o.keep_local = Some(opt_int(n, &v)?),
+                "compensate" => o.compensate = Some(opt_parse(n, &v)?),
                 other => {
                     return Err(PyValueError::new_err(format!(
                         "unknown HDP option {other:?}; the options are {}",

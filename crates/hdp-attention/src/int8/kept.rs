@@ -40,6 +40,20 @@ pub(super) struct AttendScratch {
     pub(super) vpk: Vec<u32>,
     pub(super) vpk_head: Vec<u32>,
     pub(super) ppk: Vec<u32>,
+    /// Compensation of each row of the chunk: `(1 - m, c)`, `(1, 0)` when none.
+    pub(super) comp: Vec<(f32, f32)>,
+}
+
+/// Adds `c` times row `i`'s valid V sum to each output row of a chunk starting at `c0`
+/// (compensation, hdp.md step 7's option).
+fn add_compensation(comp: &[(f32, f32)], vs: &hdp::VSums, c0: usize, d: usize, o: &mut [f32]) {
+    for (r, (&(_, c), orow)) in comp.iter().zip(o.chunks_exact_mut(d)).enumerate() {
+        if c != 0.0 {
+            for (y, &x) in orow.iter_mut().zip(vs.sum32(c0 + r)) {
+                *y += c * x;
+            }
+        }
+    }
 }
 
 /// Turns `Z` into the f32 score the reference uses.
@@ -94,6 +108,7 @@ pub(super) fn attend(
     bs: usize,
     v: &[f32],
     pv: PvPrecision,
+    mass: &[f64],
     k: Coef,
     out: &mut [f32],
     sc: &mut AttendScratch,
@@ -133,6 +148,13 @@ pub(super) fn attend(
     } else {
         v
     };
+    // Compensation: the V sums each row's pruned mass goes to.
+    let vsums = (!mass.is_empty()).then(|| {
+        let valid_tok: Vec<bool> = (0..n)
+            .map(|i| valid_words[i / 64] >> (i % 64) & 1 == 1)
+            .collect();
+        hdp::VSums::new(v, &valid_tok, causal, d)
+    });
     clock.lap(&mut st.kept_setup);
     let mut c0 = 0;
     while c0 < n {
@@ -169,6 +191,25 @@ pub(super) fn attend(
                 }
                 for x in rw.iter_mut().skip(end.div_ceil(64)) {
                     *x = 0;
+                }
+            }
+        }
+        sc.comp.clear();
+        sc.comp.resize(ch, (1.0, 0.0));
+        if let Some(vs) = &vsums {
+            for r in 0..ch {
+                let i = c0 + r;
+                if valid_words[i / 64] >> (i % 64) & 1 == 0 {
+                    continue;
+                }
+                let n_kept: u32 = sc.rw[r * wn..(r + 1) * wn]
+                    .iter()
+                    .map(|x| x.count_ones())
+                    .sum();
+                if let Some((keep, c)) =
+                    hdp::row_compensation(mass[i / bs], vs.count(i), n_kept as usize)
+                {
+                    sc.comp[r] = (keep as f32, c as f32);
                 }
             }
         }
@@ -216,6 +257,12 @@ pub(super) fn attend(
                 );
                 clock.lap(&mut st.kept_scores);
                 crate::fast::softmax_row(isa, &mut sc.sc);
+                let (keep, c) = sc.comp[r];
+                if c != 0.0 {
+                    for x in sc.sc.iter_mut() {
+                        *x = keep * *x - c;
+                    }
+                }
                 if bf16 {
                     for x in sc.sc.iter_mut() {
                         *x = hdp_core::bf16_round(*x);
@@ -223,6 +270,9 @@ pub(super) fn attend(
                 }
                 clock.lap(&mut st.softmax);
                 kn.pv(&sc.idx, &sc.sc, v, d, orow);
+                if let Some(vs) = &vsums {
+                    add_compensation(&sc.comp[r..r + 1], vs, i, d, orow);
+                }
                 clock.lap(&mut st.pv);
             }
             c0 += ch;
@@ -312,6 +362,20 @@ pub(super) fn attend(
                 let words = &crw[r * cwn..(r + 1) * cwn];
                 let p = &mut sc.p[r * m..(r + 1) * m];
                 sc.inv[r] = kn.probs(z, ksg, k.a, k.two_f, k.scale, words, p);
+                // Compensation on the unnormalized kept entries: `(1 - m) e - c sum`, so
+                // that the normalization below gives `(1 - m) p - c`.
+                let (keep, c) = sc.comp[r];
+                if c != 0.0 {
+                    let cs = c / sc.inv[r];
+                    for (wi, &word) in words.iter().enumerate() {
+                        let mut word = word;
+                        while word != 0 {
+                            let t = wi * 64 + word.trailing_zeros() as usize;
+                            word &= word - 1;
+                            p[t] = keep * p[t] - cs;
+                        }
+                    }
+                }
             }
             clock.lap(&mut st.softmax);
             r0 += TR;
@@ -339,6 +403,9 @@ pub(super) fn attend(
             };
             clock.lap(&mut st.softmax);
             hw.run(&sc.ppk, m2, ch, m2, vpk, d, o, d);
+            if let Some(vs) = &vsums {
+                add_compensation(&sc.comp, vs, c0, d, o);
+            }
             clock.lap(&mut st.pv);
             c0 += ch;
             continue;
@@ -370,6 +437,9 @@ pub(super) fn attend(
                     *x *= inv;
                 }
             }
+        }
+        if let Some(vs) = &vsums {
+            add_compensation(&sc.comp, vs, c0, d, o);
         }
         clock.lap(&mut st.pv);
         c0 += ch;

@@ -182,7 +182,7 @@ pub(crate) fn hdp_attention(
         }
         let exps = hdp::prescale_exponents(p, cfg, b, heads, n, d);
         // Steps 1-5 per head, in parallel.
-        let decided: Vec<(HeadData, BlockMask, f64)> = (0..heads)
+        let decided: Vec<(HeadData, hdp::Decided)> = (0..heads)
             .into_par_iter()
             .map_init(PassScratch::default, |sc, h| {
                 let mut st = StageTimes::default();
@@ -190,7 +190,7 @@ pub(crate) fn hdp_attention(
                 let mut hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
                 clock.lap(&mut st.quantize);
                 hd.logit_scale = hdp::block_logit_scale(cfg, exps, d);
-                let (kept, imp) = integer_pass(
+                let decision = integer_pass(
                     isa,
                     &hd,
                     dm,
@@ -207,10 +207,10 @@ pub(crate) fn hdp_attention(
                 if profile {
                     times.lock().expect("no panics while held").add(&st);
                 }
-                (hd, kept, imp)
+                (hd, decision)
             })
             .collect();
-        let head_imp: Vec<f64> = decided.iter().map(|x| x.2).collect();
+        let head_imp: Vec<f64> = decided.iter().map(|x| x.1 .1).collect();
         let pruned = prune_heads(&head_imp, cfg.head_pruning);
         let coef = Coef {
             a: dm.za,
@@ -230,7 +230,7 @@ pub(crate) fn hdp_attention(
                 let mut clock = Clock::new(profile);
                 let off = p.row_offset(b, h, 0);
                 let v = &p.v().data()[off..off + n * d];
-                let (hd, kept, _) = &decided[h];
+                let (hd, (kept, _, mass)) = &decided[h];
                 attend(
                     isa,
                     hd,
@@ -242,6 +242,7 @@ pub(crate) fn hdp_attention(
                     bs,
                     v,
                     cfg.pv,
+                    mass,
                     coef,
                     o,
                     sc,
@@ -256,10 +257,7 @@ pub(crate) fn hdp_attention(
         let saturated = decided
             .iter()
             .fold((0, 0), |(q, k), x| (q + x.0.q_sat, k + x.0.k_sat));
-        let decided = decided
-            .into_iter()
-            .map(|(_, kept, imp)| (kept, imp))
-            .collect();
+        let decided = decided.into_iter().map(|(_, x)| x).collect();
         trace.sequences.push(hdp::finish_sequence(
             p,
             cfg,

@@ -546,7 +546,7 @@ pub(super) fn integer_pass_block_sums(
     cfg: &HdpConfig,
     a: i32,
     sc: &mut PassScratch,
-) -> (BlockMask, f64) {
+) -> hdp::Decided {
     let (n, d, dp, bs) = (dm.n, dm.d, dm.dp, cfg.block_size);
     let nb = n.div_ceil(bs);
     let q_int = |i: usize| {
@@ -613,7 +613,7 @@ pub(super) fn integer_pass(
     sc: &mut PassScratch,
     clock: &mut Clock,
     st: &mut StageTimes,
-) -> (BlockMask, f64) {
+) -> hdp::Decided {
     let (n, n_pad) = (dm.n, dm.n_pad);
     let bs = cfg.block_size;
     if bs > 1 && cfg.importance == BlockImportance::Sum {
@@ -682,6 +682,15 @@ pub(super) fn integer_pass(
                     }
                 }
                 decider.row_decided(i, &stats, words);
+                if decider.wants_mass() {
+                    // One-entry blocks: the row's valid entries and their kept bits.
+                    let entries = row
+                        .iter()
+                        .enumerate()
+                        .filter(|x| *x.1 != MASKED)
+                        .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
+                    decider.set_mass(i, hdp::pruned_mass(entries, &hd.logit_scale));
+                }
             }
             clock.lap(&mut st.decisions);
             i0 += TR;

@@ -108,8 +108,8 @@ proptest! {
                 let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), &mut words, &mut cache);
                 fast.row_decided(r, &stats, &words);
             }
-            let (fk, fi) = fast.finish();
-            let (rk, ri) = reference.finish();
+            let (fk, fi, _) = fast.finish();
+            let (rk, ri, _) = reference.finish();
             prop_assert_eq!(&fk, &rk, "{:?}", isa);
             prop_assert_eq!(fi.to_bits(), ri.to_bits(), "{:?} importance {} vs {}", isa, fi, ri);
         }
@@ -160,8 +160,8 @@ proptest! {
             reference.row(r, &opt);
             fast.row_fast(r, &imp, &ok, &mut scratch);
         }
-        let (fk, fi) = fast.finish();
-        let (rk, ri) = reference.finish();
+        let (fk, fi, _) = fast.finish();
+        let (rk, ri, _) = reference.finish();
         prop_assert_eq!(&fk, &rk);
         prop_assert_eq!(fi.to_bits(), ri.to_bits());
     }
@@ -243,7 +243,7 @@ fn topp_long_rows_and_both_paths_match_the_reference() {
                         );
                         fast.row_decided(r, &stats, &words);
                     }
-                    let ((fk, fi), (rk, ri)) = (fast.finish(), reference.finish());
+                    let ((fk, fi, _), (rk, ri, _)) = (fast.finish(), reference.finish());
                     assert_eq!(fk, rk, "{isa:?} len {len} scale {scale} mass {mass}");
                     assert_eq!(fi.to_bits(), ri.to_bits());
                 }
