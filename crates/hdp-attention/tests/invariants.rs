@@ -9,7 +9,7 @@ use hdp_attention::{
 use hdp_core::tolerance::{
     BF16_VS_F32_PER_V, FLOAT_SAME_MATH_ABS, FLOAT_SAME_MATH_REL, QUANT_BOUND_SLACK_ABS,
 };
-use hdp_core::{PvPrecision, QFormat, ScoreMode, Tensor};
+use hdp_core::{Compensation, PvPrecision, QFormat, ScoreMode, Tensor};
 use proptest::prelude::*;
 
 /// A random problem: shapes, padding and causality drawn by proptest.
@@ -85,6 +85,7 @@ fn config_strategy() -> impl Strategy<Value = HdpConfig> {
             Just(ScoreMode::Float)
         ],
         (4u32..=16, 0u32..=15),
+        prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV)],
     )
         .prop_map(
             |(
@@ -95,8 +96,10 @@ fn config_strategy() -> impl Strategy<Value = HdpConfig> {
                 head_pruning,
                 score_mode,
                 (bits, f),
+                compensate,
             )| {
                 HdpConfig {
+                    compensate,
                     q_format: QFormat::new(bits, f.min(bits - 1)).unwrap(),
                     block_size,
                     importance,
@@ -242,8 +245,15 @@ proptest! {
                     }
                 }
                 prop_assert_eq!(h.counts.exps, kept_entries as u64);
-                prop_assert_eq!(h.counts.sv_macs, (kept_entries * d) as u64);
-                let v_rows: usize = (0..nb).filter(|&c| used[c]).map(ext).sum();
+                // Compensation adds the V sum and one d-vector per query row, and reads
+                // every valid V row (docs/trace-format.md).
+                let comp = cfg.compensate != Compensation::Off;
+                let extra = if comp { 2 * seq.valid_tokens * d } else { 0 };
+                prop_assert_eq!(h.counts.sv_macs, (kept_entries * d + extra) as u64);
+                let mut v_rows: usize = (0..nb).filter(|&c| used[c]).map(ext).sum();
+                if comp {
+                    v_rows = v_rows.max(seq.valid_tokens);
+                }
                 prop_assert_eq!(h.counts.v_bytes, (v_rows * d * 2) as u64);
             }
         }

@@ -87,7 +87,7 @@ pub struct HdpOptions {
     #[cfg_attr(feature = "clap", arg(long, value_name = "W"))]
     pub keep_local: Option<usize>,
     /// Pruned-mass compensation: off, or mean-v (the pruned entries' softmax mass, estimated
-    /// from the integer scores, goes to the mean of their values) [off].
+    /// from the integer scores, goes to the mean of their values) [mean-v].
     #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub compensate: Option<Compensation>,
 }

@@ -267,6 +267,10 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                 ib.score_macs = kept * per_entry;
                 ib.exps = kept;
                 ib.sv_macs = kept * d;
+                if f.block_pruning && l.compensate {
+                    // The V sum over valid keys and `c . sum` per query row.
+                    ib.sv_macs += 2.0 * rows * d;
+                }
                 ib.sram_bytes = kept / tile * d * (code + 2.0) + rows * d * code;
                 ib.dram_bytes = (v_bytes * v_passes + out_bytes) / nrows;
             }

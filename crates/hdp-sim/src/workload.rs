@@ -24,7 +24,8 @@ pub struct HeadWork {
     pub pruned: bool,
     /// Block-rows.
     pub rows: Vec<RowWork>,
-    /// Tokens whose V rows a kept block uses.
+    /// Tokens whose V rows are read: those a kept block uses (every valid one under
+    /// compensation, which sums V over all valid keys).
     pub v_rows_kept: u64,
 }
 
@@ -40,6 +41,9 @@ pub struct LayerWork {
     /// The integer pass ranked with the centred estimate `(2 Q_int + 1).(2 K_int + 1)`: one
     /// more bit per integer-engine operand.
     pub centred: bool,
+    /// Pruned-mass compensation (hdp.md step 7's option): the V sum over valid keys and one
+    /// d-vector per query row in S.V, every valid V row read.
+    pub compensate: bool,
     /// Whether early head pruning was in use (its decision is a barrier between the integer
     /// pass of all heads and any fractional work; without it the two stream together).
     pub head_pruning: bool,
@@ -76,6 +80,7 @@ impl Workload {
     /// From a trace (`hdp attention --trace`, `hdp eval --trace`).
     pub fn from_trace(t: &Trace) -> Workload {
         let policy_on = t.config.head_pruning != hdp_core::HeadPruning::Off;
+        let compensate = t.config.compensate != hdp_core::Compensation::Off;
         let mut layers = Vec::new();
         for l in &t.layers {
             let (n, bs) = (l.seq_len, l.block_size);
@@ -98,7 +103,8 @@ impl Workload {
                             v_rows_kept: (0..used.len())
                                 .filter(|&c| used[c])
                                 .map(|c| bs.min(n - c * bs) as u64)
-                                .sum(),
+                                .sum::<u64>()
+                                .max(if compensate { s.valid_tokens as u64 } else { 0 }),
                         }
                     })
                     .collect();
@@ -108,6 +114,7 @@ impl Workload {
                     head_dim: l.head_dim as u64,
                     qk_bits: l.q_format.bits as u64,
                     centred: t.config.centred,
+                    compensate,
                     heads,
                 });
             }
@@ -166,6 +173,7 @@ impl Workload {
             head_dim: shape.head_dim as u64,
             qk_bits: 8,
             centred: false,
+            compensate: false,
             heads: (0..shape.heads)
                 .map(|h| HeadWork {
                     pruned: h < pruned,

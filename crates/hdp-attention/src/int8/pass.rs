@@ -462,6 +462,56 @@ pub(super) fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
     (gt, eq)
 }
 
+/// [`hdp::pruned_mass`] of a one-entry-block row ([`MASKED`] at invalid keys) whose valid
+/// maximum is `max`, kept entries as bits of `words`: the same integer sums, by a table pass
+/// over the row (every gap past the table, masked entries included, weighs its last entry,
+/// 0) and one lookup per kept entry.
+#[inline(always)]
+fn row_pruned_mass_body(row: &[i32], max: i64, words: &[u64], scale: &hdp::LogitScale) -> f64 {
+    let Some(table) = scale.complete_table() else {
+        let entries = row
+            .iter()
+            .enumerate()
+            .filter(|x| *x.1 != MASKED)
+            .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
+        return hdp::pruned_mass(entries, scale);
+    };
+    let zero = (table.len() - 1) as u32;
+    let max = max as i32;
+    let weight = |v: i32| {
+        // As in `topp_weights`: masked entries wrap past the table.
+        let gap = (max.wrapping_sub(v) as u32).min(zero) as usize;
+        // SAFETY: gap <= zero = table.len() - 1.
+        unsafe { *table.get_unchecked(gap) }
+    };
+    // Dense and branchless (kept bits as 0/all-ones masks), 64 entries per word, u32 sums
+    // per word (at most 64 x 2^20) so that the gathers and adds vectorize.
+    let (mut total, mut kept) = (0u64, 0u64);
+    for (chunk, &word) in row.chunks(64).zip(words) {
+        let (mut t, mut k) = (0u32, 0u32);
+        for (half, h) in chunk.chunks(32).zip([word as u32, (word >> 32) as u32]) {
+            for (b, &v) in half.iter().enumerate() {
+                let w = weight(v);
+                t += w;
+                k += w & 0u32.wrapping_sub((h >> b) & 1);
+            }
+        }
+        total += t as u64;
+        kept += k as u64;
+    }
+    if total == 0 {
+        0.0
+    } else {
+        (total - kept) as f64 / total as f64
+    }
+}
+
+multiversion! {
+    /// [`row_pruned_mass_body`] for `isa`.
+    fn row_pruned_mass => row_pruned_mass_body(row: &[i32], max: i64, words: &[u64],
+        scale: &hdp::LogitScale) -> f64
+}
+
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     pub(super) fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
@@ -683,13 +733,8 @@ pub(super) fn integer_pass(
                 }
                 decider.row_decided(i, &stats, words);
                 if decider.wants_mass() {
-                    // One-entry blocks: the row's valid entries and their kept bits.
-                    let entries = row
-                        .iter()
-                        .enumerate()
-                        .filter(|x| *x.1 != MASKED)
-                        .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
-                    decider.set_mass(i, hdp::pruned_mass(entries, &hd.logit_scale));
+                    let m = row_pruned_mass(isa, row, stats.max, words, &hd.logit_scale);
+                    decider.set_mass(i, m);
                 }
             }
             clock.lap(&mut st.decisions);
