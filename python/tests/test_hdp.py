@@ -360,7 +360,11 @@ def test_embedder_takes_a_calibration():
     centred = ROOT / "docs/results/calibration-minilm-cos0.99-centred.json"
     with pytest.raises(ValueError, match="centred true"):
         hdp.Embedder(str(MODEL), calibration=str(centred))
-    e = hdp.Embedder(str(MODEL), calibration=str(centred), config=hdp.Config(centred=True))
+    # It was fitted before compensation existed (its file has no `compensate`: off).
+    with pytest.raises(ValueError, match='compensate "off"'):
+        hdp.Embedder(str(MODEL), calibration=str(centred), config=hdp.Config(centred=True))
+    fitted = hdp.Config(centred=True, compensate="off")
+    e = hdp.Embedder(str(MODEL), calibration=str(centred), config=fitted)
     assert e.encode(["x y z"]).shape == (1, 384)
 
 

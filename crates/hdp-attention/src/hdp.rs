@@ -754,6 +754,10 @@ pub(crate) struct RowStats {
     /// Sum of the kept importances and of their positive parts.
     pub kept_sum: i64,
     pub kept_pos: i64,
+    /// Compensation only: the integer weights ([`pruned_mass`]) of the valid and of the kept
+    /// entries (0 otherwise).
+    pub w_total: u64,
+    pub w_kept: u64,
 }
 
 /// Reusable buffers of [`HeadDecider::row_fast`].

@@ -279,6 +279,7 @@ pub(super) fn decide_b1_body(
     row: &[i32],
     threshold: RowThreshold,
     logit_scale: &hdp::LogitScale,
+    mass_table: Option<&[u32]>,
     words: &mut [u64],
     search: &mut RowSearch,
 ) -> RowStats {
@@ -431,12 +432,41 @@ pub(super) fn decide_b1_body(
         }
         *w = gt | take;
     }
+    // Compensation: the integer weights of the valid and of the kept entries, in the same
+    // branchless form (a masked entry's gap wraps past the table, whose last weight is 0).
+    let (mut w_total, mut w_kept) = (0u64, 0u64);
+    if let Some(table) = mass_table {
+        let zero = (table.len() - 1) as u32;
+        let weight = |v: i32| {
+            // Through i32 (gap < 2^31): a sign-extended 32-bit index lets the gathers take
+            // 16 dword indices (zero-extended to usize they took 8 qword ones, 2x slower).
+            let gap = (max.wrapping_sub(v) as u32).min(zero) as i32 as usize;
+            // SAFETY: gap <= zero = table.len() - 1.
+            unsafe { *table.get_unchecked(gap) }
+        };
+        // u32 sums over 2048 entries at most (weights <= 2^20), so the gathers vectorize.
+        for chunk in row.chunks(2048) {
+            let (mut t, mut k) = (0u32, 0u32);
+            for &v in chunk {
+                let w = weight(v);
+                t += w;
+                k += if v > e { w } else { 0 };
+            }
+            w_total += t as u64;
+            w_kept += k as u64;
+        }
+        if taken > 0 {
+            w_kept += taken as u64 * weight(e) as u64;
+        }
+    }
     RowStats {
         len,
         sum,
         max: max as i64,
         kept_sum: kept_sum + e as i64 * taken,
         kept_pos: kept_pos + (e.max(0) as i64) * taken,
+        w_total,
+        w_kept,
     }
 }
 
@@ -462,61 +492,11 @@ pub(super) fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
     (gt, eq)
 }
 
-/// [`hdp::pruned_mass`] of a one-entry-block row ([`MASKED`] at invalid keys) whose valid
-/// maximum is `max`, kept entries as bits of `words`: the same integer sums, by a table pass
-/// over the row (every gap past the table, masked entries included, weighs its last entry,
-/// 0) and one lookup per kept entry.
-#[inline(always)]
-fn row_pruned_mass_body(row: &[i32], max: i64, words: &[u64], scale: &hdp::LogitScale) -> f64 {
-    let Some(table) = scale.complete_table() else {
-        let entries = row
-            .iter()
-            .enumerate()
-            .filter(|x| *x.1 != MASKED)
-            .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
-        return hdp::pruned_mass(entries, scale);
-    };
-    let zero = (table.len() - 1) as u32;
-    let max = max as i32;
-    let weight = |v: i32| {
-        // As in `topp_weights`: masked entries wrap past the table.
-        let gap = (max.wrapping_sub(v) as u32).min(zero) as usize;
-        // SAFETY: gap <= zero = table.len() - 1.
-        unsafe { *table.get_unchecked(gap) }
-    };
-    // Dense and branchless (kept bits as 0/all-ones masks), 64 entries per word, u32 sums
-    // per word (at most 64 x 2^20) so that the gathers and adds vectorize.
-    let (mut total, mut kept) = (0u64, 0u64);
-    for (chunk, &word) in row.chunks(64).zip(words) {
-        let (mut t, mut k) = (0u32, 0u32);
-        for (half, h) in chunk.chunks(32).zip([word as u32, (word >> 32) as u32]) {
-            for (b, &v) in half.iter().enumerate() {
-                let w = weight(v);
-                t += w;
-                k += w & 0u32.wrapping_sub((h >> b) & 1);
-            }
-        }
-        total += t as u64;
-        kept += k as u64;
-    }
-    if total == 0 {
-        0.0
-    } else {
-        (total - kept) as f64 / total as f64
-    }
-}
-
-multiversion! {
-    /// [`row_pruned_mass_body`] for `isa`.
-    fn row_pruned_mass => row_pruned_mass_body(row: &[i32], max: i64, words: &[u64],
-        scale: &hdp::LogitScale) -> f64
-}
-
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     pub(super) fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
-        logit_scale: &hdp::LogitScale, words: &mut [u64], search: &mut RowSearch)
-        -> RowStats
+        logit_scale: &hdp::LogitScale, mass_table: Option<&[u32]>, words: &mut [u64],
+        search: &mut RowSearch) -> RowStats
 }
 
 /// `row[j] -= bias[j]` (then `|row[j]|` when `abs`), then [`MASKED`] at invalid keys
@@ -684,6 +664,12 @@ pub(super) fn integer_pass(
     sc.words.resize(n.div_ceil(64), 0);
     let all_valid = valid_tok.iter().all(|&v| v);
     let forced = hdp::Forced::new(cfg, nb).any();
+    // Compensation's weights come out of the decision's last pass when tabulated.
+    let mass_table = if decider.wants_mass() {
+        hd.logit_scale.complete_table()
+    } else {
+        None
+    };
     let mut i0 = 0;
     while i0 < n {
         // Keys past the last row of the tile are causally masked for all of its rows.
@@ -717,6 +703,7 @@ pub(super) fn integer_pass(
                     row,
                     cfg.threshold,
                     &hd.logit_scale,
+                    mass_table,
                     words,
                     &mut sc.search,
                 );
@@ -728,12 +715,30 @@ pub(super) fn integer_pass(
                             words[c / 64] |= bit;
                             stats.kept_sum += v as i64;
                             stats.kept_pos += (v as i64).max(0);
+                            if mass_table.is_some() {
+                                stats.w_kept += hd.logit_scale.weight(stats.max - v as i64);
+                            }
                         }
                     }
                 }
                 decider.row_decided(i, &stats, words);
                 if decider.wants_mass() {
-                    let m = row_pruned_mass(isa, row, stats.max, words, &hd.logit_scale);
+                    let m = if mass_table.is_some() {
+                        let (t, k) = (stats.w_total, stats.w_kept);
+                        if t == 0 {
+                            0.0
+                        } else {
+                            (t - k) as f64 / t as f64
+                        }
+                    } else {
+                        // Weights not tabulated (tiny scales): the reference's sums.
+                        let entries = row
+                            .iter()
+                            .enumerate()
+                            .filter(|x| *x.1 != MASKED)
+                            .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
+                        hdp::pruned_mass(entries, &hd.logit_scale)
+                    };
                     decider.set_mass(i, m);
                 }
             }

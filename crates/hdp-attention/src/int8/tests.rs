@@ -105,7 +105,7 @@ proptest! {
                     .collect();
                 reference.row(r, &imp);
                 let mut words = vec![0u64; vals.len().div_ceil(64)];
-                let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), &mut words, &mut cache);
+                let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), None, &mut words, &mut cache);
                 fast.row_decided(r, &stats, &words);
             }
             let (fk, fi, _) = fast.finish();
@@ -232,16 +232,29 @@ fn topp_long_rows_and_both_paths_match_the_reference() {
                             .collect();
                         reference.row(r, &imp);
                         let mut words = vec![0u64; len.div_ceil(64)];
+                        let tabulated = LogitScale::new(scale, true);
                         let stats = decide_b1(
                             isa,
                             isa,
                             &vals,
                             cfg.threshold,
-                            &LogitScale::new(scale, true),
+                            &tabulated,
+                            tabulated.complete_table(),
                             &mut words,
                             &mut cache,
                         );
                         fast.row_decided(r, &stats, &words);
+                        // Compensation's weights from the same pass: the reference's mass.
+                        if tabulated.complete_table().is_some() {
+                            let entries = vals
+                                .iter()
+                                .enumerate()
+                                .filter(|x| *x.1 != MASKED)
+                                .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
+                            let want = hdp::pruned_mass(entries, &tabulated);
+                            let got = (stats.w_total - stats.w_kept) as f64 / stats.w_total as f64;
+                            assert_eq!(got.to_bits(), want.to_bits(), "{isa:?} len {len}");
+                        }
                     }
                     let ((fk, fi, _), (rk, ri, _)) = (fast.finish(), reference.finish());
                     assert_eq!(fk, rk, "{isa:?} len {len} scale {scale} mass {mass}");
