@@ -6,8 +6,8 @@
 //! reuse exactly the same rules; they work on per-block importances, never on scores.
 
 use crate::config::{
-    BlockImportance, Compensation, HdpConfig, HeadImportance, HeadPruning, Prescale,
-    PrunedHeadOutput, RowThreshold, ValidConfig,
+    BlockImportance, HdpConfig, HeadImportance, HeadPruning, Prescale, PrunedHeadOutput,
+    RowThreshold, ValidConfig,
 };
 use crate::dense::masked_softmax;
 use crate::problem::AttentionProblem;
@@ -46,8 +46,7 @@ pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> Log
         BlockImportance::Max => base,
         _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
     };
-    let table =
-        matches!(cfg.threshold, RowThreshold::TopP { .. }) || cfg.compensate != Compensation::Off;
+    let table = matches!(cfg.threshold, RowThreshold::TopP { .. }) || cfg.compensates();
     LogitScale::new(scale, table)
 }
 
@@ -503,7 +502,7 @@ impl HeadDecider {
             all_sum: 0.0,
             peak: 0.0,
             rows_with_blocks: 0,
-            mass: if cfg.compensate == Compensation::Off {
+            mass: if !cfg.compensates() {
                 Vec::new()
             } else {
                 vec![0.0; nb]
@@ -983,7 +982,7 @@ pub(crate) fn head_counts(
     counts.frac_macs = kept_entries * per_entry;
     counts.exps = kept_entries;
     counts.sv_macs = kept_entries * d as u64;
-    if cfg.compensate != Compensation::Off {
+    if cfg.compensates() {
         // The V sum over valid keys and one `c . sum` per query row (step 7's option).
         counts.sv_macs += 2 * valid_tokens as u64 * d as u64;
     }
@@ -999,7 +998,7 @@ pub(crate) fn head_counts(
             0
         };
     // Compensation reads every valid V row (for the sum).
-    let v_rows = if cfg.compensate != Compensation::Off {
+    let v_rows = if cfg.compensates() {
         used_rows.max(valid_tokens as u64)
     } else {
         used_rows
@@ -1229,6 +1228,7 @@ pub(crate) fn write_mean_v(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Compensation;
 
     #[test]
     fn pruned_mass_is_the_ratio_of_integer_weights() {

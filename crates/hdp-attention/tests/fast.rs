@@ -75,7 +75,7 @@ proptest! {
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact), Just(ScoreMode::Float)],
         mean_v in any::<bool>(), f in 2u32..=5, pv in pv_precision(),
         (centred, keep_sink, keep_local) in (any::<bool>(), 0usize..6, prop_oneof![Just(0usize), 1usize..20]),
-        compensate in prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV)],
+        compensate in prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV), Just(Compensation::Auto)],
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();
@@ -142,7 +142,7 @@ proptest! {
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact)],
         pv in pv_precision(),
         (centred, keep_sink, keep_local) in (any::<bool>(), 0usize..6, prop_oneof![Just(0usize), 1usize..40]),
-        compensate in prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV)],
+        compensate in prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV), Just(Compensation::Auto)],
     ) {
         let valid_len = (pad > 0 && n > pad).then(|| n - pad);
         let p = generate(&SyntheticSpec { batch: 2, heads, seq_len: n, head_dim: d, valid_len, causal, seed }).unwrap();

@@ -85,7 +85,11 @@ fn config_strategy() -> impl Strategy<Value = HdpConfig> {
             Just(ScoreMode::Float)
         ],
         (4u32..=16, 0u32..=15),
-        prop_oneof![Just(Compensation::Off), Just(Compensation::MeanV)],
+        prop_oneof![
+            Just(Compensation::Off),
+            Just(Compensation::MeanV),
+            Just(Compensation::Auto)
+        ],
     )
         .prop_map(
             |(
@@ -247,7 +251,7 @@ proptest! {
                 prop_assert_eq!(h.counts.exps, kept_entries as u64);
                 // Compensation adds the V sum and one d-vector per query row, and reads
                 // every valid V row (docs/trace-format.md).
-                let comp = cfg.compensate != Compensation::Off;
+                let comp = cfg.compensates();
                 let extra = if comp { 2 * seq.valid_tokens * d } else { 0 };
                 prop_assert_eq!(h.counts.sv_macs, (kept_entries * d + extra) as u64);
                 let mut v_rows: usize = (0..nb).filter(|&c| used[c]).map(ext).sum();

@@ -4,7 +4,7 @@
 //! The file says what it was fitted on and what it measured there, so that results can name
 //! it and a reader can tell calibration data from test data.
 
-use crate::config::{HdpConfig, RowThreshold};
+use crate::config::{Compensation, HdpConfig, RowThreshold};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -96,8 +96,17 @@ impl Calibration {
         let Some(base) = self.base else {
             return Ok(());
         };
+        // Compensation compares by effect (`auto` is `mean-v` at b = 1, `off` otherwise).
+        let effective = |c: &HdpConfig| {
+            if c.compensates() {
+                Compensation::MeanV
+            } else {
+                Compensation::Off
+            }
+        };
         let fields = |c: &HdpConfig| match serde_json::to_value(HdpConfig {
             threshold: RowThreshold::KeepAll,
+            compensate: effective(c),
             ..*c
         }) {
             Ok(serde_json::Value::Object(m)) => m,
@@ -188,6 +197,17 @@ mod tests {
             ..HdpConfig::default()
         };
         assert_eq!(c.check_options(&run), Ok(()));
+        // Compensation by effect: auto is mean-v at b = 1, not off.
+        let mean_v = HdpConfig {
+            compensate: Compensation::MeanV,
+            ..run
+        };
+        assert_eq!(c.check_options(&mean_v), Ok(()));
+        let off = HdpConfig {
+            compensate: Compensation::Off,
+            ..run
+        };
+        assert!(c.check_options(&off).unwrap_err().contains("compensate"));
         let e = c.check_options(&HdpConfig::default()).unwrap_err();
         assert!(e.contains("centred true (this run: false)"), "{e}");
         let e = c

@@ -272,6 +272,10 @@ pub enum Compensation {
     /// written before compensation existed ran with, hence serde's default).
     #[default]
     Off,
+    /// `mean-v` with one-entry blocks (b = 1), `off` with larger blocks: a block's importance
+    /// (a sum or a maximum of its entries) does not estimate its softmax mass, and mean-v at
+    /// b = 8-16 measured worse than no compensation (README, "Compensation"). The default.
+    Auto,
     /// Given to the mean of the pruned keys' values: each block-row's pruned mass `m` is
     /// estimated from the integer scores alone (the top-p weights), and a query row's output
     /// is `(1 - m) softmax_kept . V + m mean(V of its pruned valid keys)`. One d-vector per
@@ -279,7 +283,7 @@ pub enum Compensation {
     MeanV,
 }
 
-named_options!(Compensation, "compensate", { "off" => Off, "mean-v" => MeanV });
+named_options!(Compensation, "compensate", { "off" => Off, "auto" => Auto, "mean-v" => MeanV });
 
 /// Largest block size accepted: far beyond any useful block (a block is a tile of the N x N
 /// score matrix) and small enough that every size derived from it stays far from overflow.
@@ -358,12 +362,21 @@ impl Default for HdpConfig {
             centred: false,
             keep_sink: 0,
             keep_local: 0,
-            compensate: Compensation::MeanV,
+            compensate: Compensation::Auto,
         }
     }
 }
 
 impl HdpConfig {
+    /// Whether pruned-mass compensation applies ([`Compensation`]; `auto` = at b = 1).
+    pub fn compensates(&self) -> bool {
+        match self.compensate {
+            Compensation::Off => false,
+            Compensation::MeanV => true,
+            Compensation::Auto => self.block_size == 1,
+        }
+    }
+
     /// No pruning at all (every valid block, every head), other options as given.
     pub fn no_pruning(self) -> Self {
         HdpConfig {

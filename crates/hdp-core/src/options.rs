@@ -86,8 +86,9 @@ pub struct HdpOptions {
     /// Always keep the blocks within W of the diagonal (|i - j| < W) [0].
     #[cfg_attr(feature = "clap", arg(long, value_name = "W"))]
     pub keep_local: Option<usize>,
-    /// Pruned-mass compensation: off, or mean-v (the pruned entries' softmax mass, estimated
-    /// from the integer scores, goes to the mean of their values) [mean-v].
+    /// Pruned-mass compensation: off, mean-v (the pruned entries' softmax mass, estimated
+    /// from the integer scores, goes to the mean of their values), or auto (mean-v at b = 1,
+    /// off with larger blocks) [auto].
     #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub compensate: Option<Compensation>,
 }

@@ -80,7 +80,7 @@ impl Workload {
     /// From a trace (`hdp attention --trace`, `hdp eval --trace`).
     pub fn from_trace(t: &Trace) -> Workload {
         let policy_on = t.config.head_pruning != hdp_core::HeadPruning::Off;
-        let compensate = t.config.compensate != hdp_core::Compensation::Off;
+        let compensate = t.config.compensates();
         let mut layers = Vec::new();
         for l in &t.layers {
             let (n, bs) = (l.seq_len, l.block_size);
