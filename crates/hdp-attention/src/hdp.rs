@@ -31,7 +31,7 @@ pub struct HdpOutput {
 const TOPK_EPS: f64 = 1e-9;
 
 /// Blocks a top-k block-row with `len` valid blocks keeps: `ceil(keep * len)`, at least one.
-pub(crate) fn topk_count(keep: f64, len: usize) -> usize {
+pub fn topk_count(keep: f64, len: usize) -> usize {
     ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len)
 }
 

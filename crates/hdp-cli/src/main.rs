@@ -7,6 +7,7 @@ mod attention;
 mod bench;
 mod embed;
 mod eval;
+mod hw;
 mod io;
 mod sim;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Choose per-layer thresholds that keep a target embedding fidelity at the highest
     /// sparsity found, on calibration texts; writes a file for --calibration.
     Calibrate(eval::CalibrateArgs),
+    /// The HDPA core in hardware terms: RTL test vectors and generated tables.
+    #[command(subcommand)]
+    Hw(hw::HwCommand),
 }
 
 fn main() {
@@ -62,6 +66,7 @@ fn main() {
         Command::Sim(a) => sim::run(a),
         Command::Sweep(a) => eval::run_sweep(a),
         Command::Calibrate(a) => eval::run_calibrate(a),
+        Command::Hw(c) => hw::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

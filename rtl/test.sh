@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Verifies the HDPA core RTL (rtl/hdpa_core.sv) against the bit-accurate Rust model
+# (crates/hdp-hw): lints every configuration with Verilator -Wall, checks the generated table,
+# then for each configuration writes vectors with `hdp hw vectors` (synthetic and, where
+# given, a real layer's Q/K/V), builds the Verilator testbench with that configuration's
+# parameters and requires every case bit-exact: kept keys, head importance, outputs and the
+# cycle count of every stage. Needs verilator (Debian package `verilator`).
+#   HDP_BIN=path   the hdp binary to use (default: build target/release/hdp)
+#   RTL_BUILD=dir  build directory (default: target/rtl)
+#   RTL_QKV=file   a real layer's Q/K/V (.npy from `hdp eval --dump-qkv`) to add as vectors
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+if [ -z "${HDP_BIN:-}" ]; then
+    cargo build -q --release -p hdp-cli
+    HDP_BIN=$root/target/release/hdp
+fi
+build=${RTL_BUILD:-$root/target/rtl}
+mkdir -p "$build"
+command -v verilator >/dev/null || { echo "verilator not found: apt-get install verilator" >&2; exit 1; }
+
+"$HDP_BIN" hw lut -o "$build/exp2_lut.svh"
+cmp -s "$build/exp2_lut.svh" rtl/exp2_lut.svh || {
+    echo "rtl/exp2_lut.svh differs from the model's table: run 'hdp hw lut -o rtl/exp2_lut.svh'" >&2; exit 1; }
+
+# name | hdp hw vectors flags (the file's params line sets the RTL parameters)
+configs=(
+  "edge-d32|--preset edge --d 32 --n-max 64 --cases 60 --seed 1"
+  "server-d64|--preset server --d 64 --n-max 128 --cases 16 --seed 2"
+  "single-lane|--d 16 --n-max 24 --lanes 1,1,1,1,1 --cases 60 --seed 3"
+  "ragged-lanes-f4|--d 24 --n-max 40 --lanes 3,5,3,7,4 --frac-bits 4 --cases 60 --seed 4"
+)
+if [ -n "${RTL_QKV:-}" ]; then
+    configs+=("real-qkv|--preset edge --qkv $RTL_QKV --n-max 128")
+fi
+status=0
+for c in "${configs[@]}"; do
+    name=${c%%|*}; flags=${c#*|}
+    dir=$build/$name
+    mkdir -p "$dir"
+    # shellcheck disable=SC2086
+    "$HDP_BIN" hw vectors $flags -o "$dir/vectors.txt" 2>"$dir/vectors.log" || { cat "$dir/vectors.log" >&2; exit 1; }
+    read -r _ D NMAX F KI P KF E KS < <(sed -n 2p "$dir/vectors.txt")
+    gflags="-GD=$D -GNMAX=$NMAX -GF=$F -GKI=$KI -GP=$P -GKF=$KF -GE=$E -GKS=$KS"
+    # shellcheck disable=SC2086
+    verilator --lint-only -Wall -Irtl $gflags rtl/hdpa_core.sv
+    # shellcheck disable=SC2086
+    verilator --cc --exe --build -j 2 -O2 --unroll-count 1024 --unroll-stmts 1000000 -Wall -Wno-fatal -I"$root/rtl" $gflags --Mdir "$dir/obj" \
+        -o tb "$root/rtl/hdpa_core.sv" "$root/rtl/tb/tb_hdpa.cpp" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
+    echo "== $name ($gflags): $(cat "$dir/vectors.log")"
+    "$dir/obj/tb" "$dir/vectors.txt" || status=1
+done
+exit $status
