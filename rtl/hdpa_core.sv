@@ -71,8 +71,6 @@ module hdpa_core #(
                          S_EMIT = 4'd4, S_FRAC = 4'd5, S_EXP = 4'd6, S_SVDIV = 4'd7,
                          S_NORM = 4'd8;
 
-`include "exp2_lut.svh"
-
   // ---------------------------------------------------------------- memories (SRAMs)
   logic [D*8-1:0]          qmem [0:NMAX-1];
   logic [D*8-1:0]          kmem [0:NMAX-1];
@@ -109,48 +107,6 @@ module hdpa_core #(
     laddr = {r, t};
   endfunction
 
-  // The integer-score operand: floor(code / 2^F), or centred 2 floor(code / 2^F) + 1.
-  function automatic logic signed [8:0] est(input logic [7:0] c, input logic cen);
-    logic signed [8:0] i;
-    i = 9'($signed(c)) >>> F;
-    return cen ? 9'((i <<< 1) + 9'sd1) : i;
-  endfunction
-
-  function automatic logic signed [SW-1:0] int_dot(input logic [D*8-1:0] qr,
-                                                   input logic [D*8-1:0] kr, input logic cen);
-    logic signed [23:0] s;
-    s = '0;
-    for (int i = 0; i < D; i++) begin
-      s = s + 24'(est(qr[i*8+:8], cen) * est(kr[i*8+:8], cen));
-    end
-    return s[SW-1:0];
-  endfunction
-
-  // 2^-F (Q.K - Q_frac.K_frac) = Q_int.K + Q_frac.K_int (hdp.md step 6).
-  function automatic logic signed [AW-1:0] frac_dot(input logic [D*8-1:0] qr,
-                                                    input logic [D*8-1:0] kr);
-    logic signed [23:0] s;
-    logic signed [8:0] qi, ki;
-    logic signed [8:0] qf;
-    s = '0;
-    for (int i = 0; i < D; i++) begin
-      qi = est(qr[i*8+:8], 1'b0);
-      ki = est(kr[i*8+:8], 1'b0);
-      qf = 9'({1'b0, qr[i*8+:8]} & 9'((1 << F) - 1));
-      s = s + 24'(qi * $signed({kr[i*8+7], kr[i*8+:8]})) + 24'(qf * ki);
-    end
-    return s[AW-1:0];
-  endfunction
-
-  // 2^16 2^-(x C / 2^20): LUT of the fraction, shift by the integer part.
-  function automatic logic [16:0] exp_unit(input logic [AW:0] x, input logic [31:0] c);
-    logic [52:0] y;
-    logic [40:0] t;
-    y = 53'(x) * 53'(c) + 53'(1 << 11);
-    t = 41'(y >> 12);
-    return (t[40:8] >= 33'd17) ? 17'd0 : exp2_lut(t[7:0]) >> t[4+8:8];
-  endfunction
-
   // ---------------------------------------------------------------- row-level combinational
   logic [CW-1:0] nv, kk, kn;
   logic [D*8-1:0] qrow;
@@ -163,8 +119,9 @@ module hdpa_core #(
 
   // Integer-engine lanes.
   logic signed [SW-1:0] s_val [0:KI-1];
-  always_comb begin
-    for (int l = 0; l < KI; l++) s_val[l] = int_dot(qrow, kmem[IW'(pos + CW'(l))], cfg_centred);
+  for (genvar l = 0; l < KI; l++) begin : g_int
+    hdpa_int_lane #(.D(D), .F(F)) lane (
+        .q(qrow), .k(kmem[IW'(pos + CW'(l))]), .cen(cfg_centred), .s(s_val[l]));
   end
 
   // Pruning-unit lanes of the current chunk.
@@ -174,16 +131,23 @@ module hdpa_core #(
   logic [CW-1:0]    n_ge, n_gt, n_eq, n_sel;
   logic signed [63:0] imp_chunk;
   logic [CW-1:0]    sel_before [0:P-1];
+  logic [P-1:0]     cmp_ge, cmp_gt, cmp_eq;
+  always_comb begin
+    for (int l = 0; l < P; l++) lane_u[l] = smem[IW'(pos + CW'(l))] ^ OFF;
+  end
+  for (genvar l = 0; l < P; l++) begin : g_prune
+    hdpa_prune_lane lane (
+        .u(lane_u[l]), .cand(cand), .thr(thr), .ge(cmp_ge[l]), .gt(cmp_gt[l]), .eq(cmp_eq[l]));
+  end
   always_comb begin
     cand = thr | (SW'(1) << bitpos);
     n_ge = '0; n_gt = '0; n_eq = '0; n_sel = '0;
     imp_chunk = '0;
     for (int l = 0; l < P; l++) begin
       lane_ok[l] = (pos + CW'(l)) < nv;
-      lane_u[l] = smem[IW'(pos + CW'(l))] ^ OFF;
-      lane_ge[l] = lane_ok[l] && lane_u[l] >= cand;
-      lane_gt[l] = lane_ok[l] && lane_u[l] > thr;
-      lane_eq[l] = lane_ok[l] && lane_u[l] == thr;
+      lane_ge[l] = lane_ok[l] && cmp_ge[l];
+      lane_gt[l] = lane_ok[l] && cmp_gt[l];
+      lane_eq[l] = lane_ok[l] && cmp_eq[l];
       // Ties at the threshold go to the lowest columns: this lane's tie is kept if fewer
       // than k - gt ties came before it (earlier chunks and lanes).
       lane_sel[l] = lane_gt[l] || (lane_eq[l] && (eqseen + n_eq) < (kk - gt));
@@ -202,10 +166,13 @@ module hdpa_core #(
   // Fraction-engine lanes.
   logic signed [AW-1:0] f_val [0:KF-1];
   logic signed [AW-1:0] f_max;
+  for (genvar l = 0; l < KF; l++) begin : g_frac
+    hdpa_frac_lane #(.D(D), .F(F)) lane (
+        .q(qrow), .k(kmem[klist[laddr(row[IW-1:0], IW'(pos + CW'(l)))]]), .a(f_val[l]));
+  end
   always_comb begin
     f_max = {1'b1, {(AW-1){1'b0}}};
     for (int l = 0; l < KF; l++) begin
-      f_val[l] = frac_dot(qrow, kmem[klist[laddr(row[IW-1:0], IW'(pos + CW'(l)))]]);
       if ((pos + CW'(l)) < kn && f_val[l] > f_max) f_max = f_val[l];
     end
   end
@@ -213,36 +180,45 @@ module hdpa_core #(
   // Softmax lanes.
   logic [16:0]   e_val [0:E-1];
   logic [ZW-1:0] e_sum;
+  for (genvar l = 0; l < E; l++) begin : g_exp
+    hdpa_exp_unit unit (
+        .x((AW+1)'(amax) - (AW+1)'(amem[IW'(pos + CW'(l))])), .c(cfg_c), .e(e_val[l]));
+  end
   always_comb begin
     e_sum = '0;
     for (int l = 0; l < E; l++) begin
-      e_val[l] = exp_unit((AW+1)'(amax) - (AW+1)'(amem[IW'(pos + CW'(l))]), cfg_c);
       if ((pos + CW'(l)) < kn) e_sum = e_sum + ZW'(e_val[l]);
     end
   end
 
   // S.V lanes: acc_d + sum over this cycle's kept keys of e_j v_jd.
   logic signed [ACCW-1:0] acc_next [0:D-1];
+  logic [D*26-1:0] sv_prod [0:KS-1];
+  for (genvar l = 0; l < KS; l++) begin : g_sv
+    hdpa_sv_lane #(.D(D)) lane (
+        .e(emem[IW'(pos + CW'(l))]), .v(vmem[klist[laddr(row[IW-1:0], IW'(pos + CW'(l)))]]),
+        .p(sv_prod[l]));
+  end
   always_comb begin
     for (int i = 0; i < D; i++) begin
       acc_next[i] = acc[i];
       for (int l = 0; l < KS; l++) begin
-        if ((pos + CW'(l)) < kn) begin
-          acc_next[i] = acc_next[i]
-              + ACCW'($signed({1'b0, emem[IW'(pos + CW'(l))]})
-                      * $signed(vmem[klist[laddr(row[IW-1:0], IW'(pos + CW'(l)))]][i*8+:8]));
-        end
+        if ((pos + CW'(l)) < kn) acc_next[i] = acc_next[i] + ACCW'($signed(sv_prod[l][i*26+:26]));
       end
     end
   end
 
-  // Divider step: restoring division of 2^40 by zsum.
-  logic [ZW:0] div_next;
-  logic        div_take;
-  always_comb begin
-    div_next = {div_rem, div_i == 6'd40};
-    div_take = div_next >= {1'b0, zsum};
+  // Normalization lanes.
+  logic [D*16-1:0] norm_out;
+  for (genvar i = 0; i < D; i++) begin : g_norm
+    hdpa_norm_lane lane (.acc(acc[i]), .r(div_q), .out(norm_out[i*16+:16]));
   end
+
+  // Divider step: restoring division of 2^40 by zsum.
+  logic [ZW-1:0] div_rem_next;
+  logic          div_take;
+  hdpa_div_step #(.ZW(ZW)) div_step (
+      .rem(div_rem), .bit_in(div_i == 6'd40), .z(zsum), .rem_next(div_rem_next), .take(div_take));
 
   // ---------------------------------------------------------------- sequential
   logic last_int, last_pr, last_frac, last_exp, last_sv;
@@ -292,10 +268,7 @@ module hdpa_core #(
       end
     end
     if (state == S_NORM) begin
-      for (int i = 0; i < D; i++) begin
-        omem[row[IW-1:0]][i*16+:16] <= 16'((64'(acc[i]) * $signed({39'd0, div_q})
-                                             + 64'sd2147483648) >>> 32);
-      end
+      omem[row[IW-1:0]] <= norm_out;
     end
   end
 
@@ -413,7 +386,7 @@ module hdpa_core #(
             if (last_sv) sv_done <= 1'b1;
           end
           if (!div_done) begin
-            div_rem <= ZW'(div_take ? div_next - {1'b0, zsum} : div_next);
+            div_rem <= div_rem_next;
             div_q <= {div_q[QW-2:0], div_take};
             div_i <= div_i - 6'd1;
             if (div_i == 6'd0) div_done <= 1'b1;

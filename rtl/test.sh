@@ -43,11 +43,20 @@ for c in "${configs[@]}"; do
     read -r _ D NMAX F KI P KF E KS < <(sed -n 2p "$dir/vectors.txt")
     gflags="-GD=$D -GNMAX=$NMAX -GF=$F -GKI=$KI -GP=$P -GKF=$KF -GE=$E -GKS=$KS"
     # shellcheck disable=SC2086
-    verilator --lint-only -Wall -Irtl $gflags rtl/hdpa_core.sv
+    verilator --lint-only -Wall --top-module hdpa_core -Irtl $gflags rtl/hdpa_core.sv rtl/hdpa_units.sv
     # shellcheck disable=SC2086
-    verilator --cc --exe --build -j 2 -O2 --unroll-count 1024 --unroll-stmts 1000000 -Wall -Wno-fatal -I"$root/rtl" $gflags --Mdir "$dir/obj" \
-        -o tb "$root/rtl/hdpa_core.sv" "$root/rtl/tb/tb_hdpa.cpp" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
+    verilator --cc --exe --build -j 2 -O2 --unroll-count 1024 --unroll-stmts 1000000 -Wall -Wno-fatal --top-module hdpa_core -I"$root/rtl" $gflags --Mdir "$dir/obj" \
+        -o tb "$root/rtl/hdpa_core.sv" "$root/rtl/hdpa_units.sv" "$root/rtl/tb/tb_hdpa.cpp" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
     echo "== $name ($gflags): $(cat "$dir/vectors.log")"
     "$dir/obj/tb" "$dir/vectors.txt" || status=1
+    if [ "$name" = "${configs[0]%%|*}" ]; then
+        # The testbench must be able to fail: one expected output code off by one.
+        awk '!done && /^out / { $2 = $2 + 1; done = 1 } { print }' "$dir/vectors.txt" >"$dir/mutated.txt"
+        if "$dir/obj/tb" "$dir/mutated.txt" >/dev/null 2>&1; then
+            echo "the testbench accepted a corrupted expected output" >&2; status=1
+        else
+            echo "   (a corrupted expected output is rejected, as it must be)"
+        fi
+    fi
 done
 exit $status

@@ -107,6 +107,25 @@ impl CoreParams {
                 self.frac_bits
             ));
         }
+        // The integer score (centred operands are the widest) must fit SCORE_BITS - 1 magnitude
+        // bits, the approximated score the RTL's 20-bit register.
+        let f = self.frac_bits;
+        let est_max = (1u64 << (8 - f)) - 1;
+        if self.d as u64 * est_max * est_max >= 1 << (SCORE_BITS - 1) {
+            return bad(format!(
+                "d = {} with {f} fraction bits overflows the {SCORE_BITS}-bit integer scores \
+                 (d (2^(8-f) - 1)^2 must stay below 2^{})",
+                self.d,
+                SCORE_BITS - 1
+            ));
+        }
+        let a_max = (1u64 << (7 - f)) * 128 + ((1u64 << f) - 1) * (1u64 << (7 - f));
+        if self.d as u64 * a_max >= 1 << 19 {
+            return bad(format!(
+                "d = {} with {f} fraction bits overflows the 20-bit approximated scores",
+                self.d
+            ));
+        }
         for (name, v) in [
             ("int_keys", self.int_keys),
             ("prune_lanes", self.prune_lanes),

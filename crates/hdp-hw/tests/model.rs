@@ -1,0 +1,268 @@
+//! The bit-accurate core model against the reference implementation (same decisions, outputs
+//! within the fixed-point datapath's tolerance), against exact arithmetic (exponential,
+//! reciprocal) and against the simulator's per-stage cycle model; and the generated RTL table.
+
+use hdp_attention::config::{
+    Compensation, HdpConfig, HeadImportance, HeadPruning, RowThreshold, ScoreMode,
+};
+use hdp_attention::synthetic::{generate, SyntheticSpec};
+use hdp_hw::core::{exp_lut, exp_unit, reciprocal, run_head, CoreParams, HeadJob, C_FRAC};
+use hdp_hw::driver::attention_layer;
+use hdp_hw::vectors::{lut_svh, synthetic_cases};
+
+fn params(d: usize, n_max: usize) -> CoreParams {
+    CoreParams {
+        d,
+        n_max,
+        frac_bits: 3,
+        int_keys: 8,
+        prune_lanes: 16,
+        frac_keys: 2,
+        exps: 8,
+        sv_keys: 2,
+    }
+}
+
+fn config(keep: f64, centred: bool, head_pruning: HeadPruning, imp: HeadImportance) -> HdpConfig {
+    HdpConfig {
+        q_format: hdp_core::QFormat::new(8, 3).unwrap(),
+        block_size: 1,
+        threshold: RowThreshold::TopK { keep },
+        score_mode: ScoreMode::Approx,
+        compensate: Compensation::Off,
+        centred,
+        head_pruning,
+        head_importance: imp,
+        ..HdpConfig::default()
+    }
+}
+
+/// Worst-case tolerance of the core's outputs against the reference's float softmax over the
+/// same kept keys: V's 8-bit codes (half a step of the head's largest |V| / 127), the
+/// exponential table (0.14% per weight) and the 8 output fraction bits; measured worst 0.006.
+const OUT_TOL_OF_VMAX: f64 = 0.01;
+
+#[test]
+fn decisions_and_outputs_match_the_reference() {
+    let (mut checked, mut pruned, mut worst) = (0, 0, 0f64);
+    for (seed, (batch, valid_len, causal, keep, centred, pruning, imp)) in [
+        (
+            1,
+            None,
+            false,
+            0.3,
+            false,
+            HeadPruning::Off,
+            HeadImportance::KeptSum,
+        ),
+        (
+            2,
+            Some(37),
+            false,
+            0.1,
+            true,
+            HeadPruning::Tau { tau: 0.5 },
+            HeadImportance::KeptSum,
+        ),
+        (
+            3,
+            None,
+            true,
+            0.5,
+            false,
+            HeadPruning::TopK { heads: 2 },
+            HeadImportance::KeptPosSum,
+        ),
+        (
+            4,
+            Some(20),
+            true,
+            0.3,
+            true,
+            HeadPruning::Tau { tau: 0.8 },
+            HeadImportance::KeptPosSum,
+        ),
+        (
+            5,
+            None,
+            false,
+            1.0,
+            false,
+            HeadPruning::Off,
+            HeadImportance::KeptPosSum,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (a, b, c, d, e, f, g))| (i as u64 + 7, ((a % 2) + 1, b, c, d, e, f, g)))
+    {
+        let prob = generate(&SyntheticSpec {
+            batch,
+            heads: 4,
+            seq_len: 48,
+            head_dim: 32,
+            valid_len,
+            causal,
+            seed,
+        })
+        .unwrap();
+        let cfg = config(keep, centred, pruning, imp);
+        let reference =
+            hdp_attention::hdp::attention(&prob, &cfg.clone().validated().unwrap(), 0).unwrap();
+        let hw = attention_layer(&params(32, 64), &prob, &cfg).unwrap();
+        for h in &hw.heads {
+            let seq = &reference.trace.sequences[h.batch];
+            assert_eq!(
+                hw.prescales[h.batch],
+                (seq.q_prescale_exp, seq.k_prescale_exp)
+            );
+            let rt = &seq.heads[h.head];
+            assert_eq!(h.pruned, rt.pruned, "seed {seed}: head {} decision", h.head);
+            assert_eq!(
+                h.run.importance as f64, rt.importance,
+                "seed {seed}: importance"
+            );
+            for (r, kept) in h.run.kept.iter().enumerate() {
+                let i = h.tokens[r];
+                let want: Vec<usize> = (0..rt.kept.cols()).filter(|&c| rt.kept.get(i, c)).collect();
+                let got: Vec<usize> = kept.iter().map(|&j| h.tokens[j as usize]).collect();
+                assert_eq!(got, want, "seed {seed}: head {} row {i}", h.head);
+            }
+            // Outputs against the reference's (float softmax over the same kept keys).
+            let d = 32;
+            let vmax = h.tokens.iter().flat_map(|&i| {
+                prob.v().data()[prob.row_offset(h.batch, h.head, i)..][..d]
+                    .iter()
+                    .map(|x| x.abs())
+            });
+            let vmax = vmax.fold(0f32, f32::max) as f64;
+            for &i in &h.tokens {
+                let o = prob.row_offset(h.batch, h.head, i);
+                for k in 0..d {
+                    let (a, b) = (
+                        hw.output.data()[o + k] as f64,
+                        reference.output.data()[o + k] as f64,
+                    );
+                    if !h.pruned {
+                        worst = worst.max((a - b).abs() / vmax);
+                    }
+                    assert!(
+                        (a - b).abs() <= OUT_TOL_OF_VMAX * vmax,
+                        "seed {seed}: head {} row {i} dim {k}: core {a} vs reference {b} (|V| max {vmax})",
+                        h.head
+                    );
+                }
+            }
+            checked += 1;
+            pruned += h.pruned as usize;
+        }
+    }
+    println!("{checked} heads, {pruned} pruned; worst |core - reference| = {worst:.4} of max |V|");
+    assert!(checked >= 20 && pruned > 0 && pruned < checked);
+}
+
+#[test]
+fn exponential_and_reciprocal_are_what_they_claim() {
+    let lut = exp_lut();
+    assert_eq!(lut[0], 65536);
+    for c in [1u32, 300, 5_000, 90_000, 3_000_000] {
+        for x in (0u64..200_000).step_by(97) {
+            let exact = 65536.0 * (-(x as f64) * c as f64 / (C_FRAC as f64).exp2()).exp2();
+            let got = exp_unit(&lut, x, c) as f64;
+            // Table step (2^(1/512) - 1 = 0.14%) plus the table's and the shift's truncation.
+            assert!(
+                (got - exact).abs() <= 0.0014 * exact + 1.0,
+                "x {x} c {c}: {got} vs {exact}"
+            );
+        }
+    }
+    for z in (65536u64..(1 << 27))
+        .step_by(1_000_003)
+        .chain([65536, 65537, (1 << 27) - 1])
+    {
+        assert_eq!(reciprocal(z), (1u64 << 40) / z);
+    }
+}
+
+#[test]
+fn the_rtl_table_is_the_generated_one() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rtl/exp2_lut.svh");
+    let file = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        file,
+        lut_svh(),
+        "regenerate with `hdp hw lut -o rtl/exp2_lut.svh`"
+    );
+}
+
+#[test]
+fn stage_cycles_agree_with_the_simulator_where_the_models_coincide() {
+    // The simulator charges ceil(work / rate) per block-row; the core's integer engine, fraction
+    // engine, exponentials and S.V take exactly that when the multipliers divide into whole
+    // keys. The pruning unit (bit-serial search) and the divider are where they differ.
+    let (hw, _) = hdp_sim::load_preset("edge").unwrap();
+    let p = CoreParams::from_preset(&hw, 32, 64, 3);
+    let case = &synthetic_cases(&p, 1, 11)[0];
+    let run = run_head(&p, &case.job, false).unwrap();
+    let (mut int, mut frac, mut exp, mut sv) = (0u64, 0u64, 0u64, 0u64);
+    for (i, kept) in run.kept.iter().enumerate() {
+        let (nv, k) = (case.job.valid_keys(i) as f64, kept.len() as f64);
+        int += (nv * 32.0 / hw.int_engine.multipliers as f64).ceil() as u64;
+        frac += (k * 64.0 / hw.frac_engine.multipliers as f64).ceil() as u64;
+        exp += (k / hw.softmax_unit.exps_per_cycle as f64).ceil() as u64;
+        sv += (k * 32.0 / hw.sv_engine.multipliers as f64).ceil() as u64;
+    }
+    assert_eq!(run.cycles.int, int);
+    assert_eq!(run.cycles.frac, frac);
+    assert_eq!(run.cycles.exp, exp);
+    assert!(run.cycles.sv_div >= sv);
+}
+
+#[test]
+fn bad_jobs_and_parameters_are_clear_errors() {
+    let p = params(32, 16);
+    let job = HeadJob {
+        n: 17,
+        causal: false,
+        centred: false,
+        importance_pos: false,
+        c_exp: 1,
+        q: vec![0; 17 * 32],
+        k: vec![0; 17 * 32],
+        v: vec![0; 17 * 32],
+        kcount: vec![1; 17],
+    };
+    let e = run_head(&p, &job, false).unwrap_err().to_string();
+    assert!(e.contains("n = 17 outside 1..=16"), "{e}");
+    let mut j2 = job.clone();
+    j2.n = 4;
+    j2.q.truncate(4 * 32);
+    j2.k.truncate(4 * 32);
+    j2.v.truncate(4 * 32);
+    j2.kcount = vec![1, 0, 1, 1];
+    let e = run_head(&p, &j2, false).unwrap_err().to_string();
+    assert!(e.contains("row 1 keeps 0 of 4"), "{e}");
+    let wide = CoreParams { frac_bits: 1, ..p };
+    let e = run_head(&wide, &j2, false).unwrap_err().to_string();
+    assert!(e.contains("overflows"), "{e}");
+    let e = attention_layer(
+        &params(32, 64),
+        &generate(&SyntheticSpec {
+            batch: 1,
+            heads: 1,
+            seq_len: 8,
+            head_dim: 32,
+            valid_len: None,
+            causal: false,
+            seed: 1,
+        })
+        .unwrap(),
+        &HdpConfig {
+            block_size: 8,
+            ..config(0.3, false, HeadPruning::Off, HeadImportance::KeptSum)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("block sizes above 1"), "{e}");
+}
