@@ -107,8 +107,7 @@ fn decisions_and_outputs_match_the_reference() {
         })
         .unwrap();
         let cfg = config(keep, centred, pruning, imp);
-        let reference =
-            hdp_attention::hdp::attention(&prob, &cfg.clone().validated().unwrap(), 0).unwrap();
+        let reference = hdp_attention::hdp::attention(&prob, &cfg.validated().unwrap(), 0).unwrap();
         let hw = attention_layer(&params(32, 64), &prob, &cfg).unwrap();
         for h in &hw.heads {
             let seq = &reference.trace.sequences[h.batch];

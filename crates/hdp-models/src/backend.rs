@@ -85,6 +85,10 @@ pub enum HdpKernel {
     Reference,
     /// The fast f32 SIMD kernels with this instruction set.
     Fast(hdp_attention::fast::Isa),
+    /// The HDPA core's bit-accurate datapath (`hdp_hw`, what the RTL computes): its outputs;
+    /// the decisions and the trace come from the fast kernels with this instruction set and
+    /// are checked equal to the core's on every head.
+    Hardware(hdp_attention::fast::Isa),
 }
 
 /// HDP attention with sparsity bookkeeping.
@@ -210,7 +214,7 @@ impl HdpBackend {
         if let Some(trace) = &mut self.trace {
             trace.producer = match self.kernel {
                 HdpKernel::Reference => hdp_attention::REFERENCE_PRODUCER,
-                HdpKernel::Fast(_) => hdp_attention::FAST_PRODUCER,
+                HdpKernel::Fast(_) | HdpKernel::Hardware(_) => hdp_attention::FAST_PRODUCER,
             }
             .into();
             lt.sequences.retain(|s| s.sequence < self.trace_limit);
@@ -238,11 +242,16 @@ impl AttentionBackend for HdpBackend {
         let results = x
             .problems
             .par_iter()
-            .map(|p| match kernel {
-                HdpKernel::Reference => hdp_attention::hdp::attention(p, &cfg, x.layer),
-                HdpKernel::Fast(isa) => hdp_attention::fast::hdp_attention(p, &cfg, x.layer, isa),
+            .map(|p| -> Result<_> {
+                Ok(match kernel {
+                    HdpKernel::Reference => hdp_attention::hdp::attention(p, &cfg, x.layer)?,
+                    HdpKernel::Fast(isa) => {
+                        hdp_attention::fast::hdp_attention(p, &cfg, x.layer, isa)?
+                    }
+                    HdpKernel::Hardware(isa) => hardware_attention(p, &cfg, x.layer, isa)?,
+                })
             })
-            .collect::<hdp_core::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let mut outs = Vec::with_capacity(results.len());
         // One record per sequence: sequences differ in length (no padding).
         for (r, &id) in results.into_iter().zip(x.sequence_ids) {
@@ -255,6 +264,47 @@ impl AttentionBackend for HdpBackend {
         }
         Ok(outs)
     }
+}
+
+/// One layer on the HDPA core's datapath: the core's outputs, the fast kernel's trace, and an
+/// error if their decisions (kept keys, pruned heads) ever differ.
+fn hardware_attention(
+    p: &AttentionProblem,
+    cfg: &ValidConfig,
+    layer: usize,
+    isa: Isa,
+) -> Result<hdp_attention::HdpOutput> {
+    let mut r = hdp_attention::fast::hdp_attention(p, cfg, layer, isa)?;
+    let dims = p.dims();
+    let params = hdp_hw::CoreParams {
+        d: dims.head_dim,
+        n_max: dims.seq_len,
+        frac_bits: cfg.q_format.frac_bits,
+        int_keys: 1,
+        prune_lanes: 1,
+        frac_keys: 1,
+        exps: 1,
+        sv_keys: 1,
+    };
+    let hw = hdp_hw::attention_layer(&params, p, cfg)
+        .map_err(|e| crate::Error::InvalidInput(format!("--datapath hw: {e}")))?;
+    for h in &hw.heads {
+        let t = &r.trace.sequences[h.batch].heads[h.head];
+        let same_kept = h.run.kept.iter().enumerate().all(|(row, kept)| {
+            let i = h.tokens[row];
+            kept.len() == t.kept.count_row(i)
+                && kept.iter().all(|&j| t.kept.get(i, h.tokens[j as usize]))
+        });
+        if h.pruned != t.pruned || !same_kept {
+            return Err(crate::Error::InvalidInput(format!(
+                "layer {layer} head {}: the HDPA core's decisions differ from the kernel's \
+                 (a bug: please report it with this input)",
+                h.head
+            )));
+        }
+    }
+    r.output = hw.output;
+    Ok(r)
 }
 
 /// Wraps a backend and keeps a copy of one layer's Q, K, V (`[1, heads, N, d]`) of the first
