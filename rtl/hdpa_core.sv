@@ -1,5 +1,6 @@
 // HDPA attention core: one head of Hybrid Dynamic Pruning attention (shared/design/hdp.md),
-// block size 1, top-k row thresholds, approximated scores, fixed-point softmax and S.V.
+// block size 1, top-k row thresholds (a digit-serial search, R bits per pass), approximated
+// scores, fixed-point softmax and S.V.
 //
 // The bit-accurate model of this module is crates/hdp-hw/src/core.rs; every width, rounding and
 // cycle here is defined there (module docs), and rtl/test.sh checks the two bit for bit on
@@ -14,7 +15,8 @@ module hdpa_core #(
     parameter int NMAX = 64,  // largest sequence
     parameter int F    = 3,   // fraction bits of the 8-bit Q/K codes
     parameter int KI   = 8,   // integer engine: keys per cycle (D multipliers each)
-    parameter int P    = 16,  // pruning unit: comparator lanes
+    parameter int P    = 16,  // pruning unit: lanes (scores per cycle)
+    parameter int R    = 3,   // pruning unit: threshold bits per search pass (1, 2, 3 or 6)
     parameter int KF   = 2,   // fraction engine: kept keys per cycle (2 D multipliers each)
     parameter int E    = 8,   // softmax unit: exponentials per cycle
     parameter int KS   = 2,   // S.V engine: kept keys per cycle (D multipliers each)
@@ -66,8 +68,9 @@ module hdpa_core #(
   localparam int QW = 25;        // quotient bits of floor(2^40 / Z) (Z >= 2^16)
   localparam int CW = IW + 1;    // counts up to NMAX
   localparam logic [SW-1:0] OFF = {1'b1, {(SW-1){1'b0}}};
+  localparam int NC = (1 << R) - 1;  // search candidates per pass (digits 1 .. 2^R - 1)
 
-  localparam logic [3:0] S_IDLE = 4'd0, S_INT = 4'd1, S_SEARCH = 4'd2, S_GT = 4'd3,
+  localparam logic [3:0] S_IDLE = 4'd0, S_INT = 4'd1, S_SEARCH = 4'd2,
                          S_EMIT = 4'd4, S_FRAC = 4'd5, S_EXP = 4'd6, S_SVDIV = 4'd7,
                          S_NORM = 4'd8;
 
@@ -89,7 +92,8 @@ module hdpa_core #(
   logic [CW-1:0]           pos;         // position within the current pass
   logic [4:0]              bitpos;
   logic [SW-1:0]           thr;
-  logic [CW-1:0]           cnt;
+  logic [CW-1:0]           cnt [0:NC-1];  // scores reaching each candidate, this pass so far
+  logic [CW-1:0]           above;         // scores reaching the lowest candidate that failed
   logic [CW-1:0]           gt;
   logic [CW-1:0]           eqseen;
   logic [CW-1:0]           kept_n;
@@ -125,41 +129,64 @@ module hdpa_core #(
   end
 
   // Pruning-unit lanes of the current chunk.
-  logic [P-1:0]     lane_ok, lane_ge, lane_gt, lane_eq, lane_sel;
+  logic [P-1:0]     lane_ok, lane_gt, lane_eq, lane_sel;
   logic [SW-1:0]    lane_u [0:P-1];
-  logic [SW-1:0]    cand;
-  logic [CW-1:0]    n_ge, n_gt, n_eq, n_sel;
+  logic [NC*SW-1:0] cands;
+  logic [CW-1:0]    n_ge [0:NC-1];
+  logic [CW-1:0]    n_eq, n_sel;
   logic signed [63:0] imp_chunk;
   logic [CW-1:0]    sel_before [0:P-1];
-  logic [P-1:0]     cmp_ge, cmp_gt, cmp_eq;
+  logic [NC-1:0]    cmp_ge [0:P-1];
+  logic [P-1:0]     cmp_gt, cmp_eq;
   always_comb begin
     for (int l = 0; l < P; l++) lane_u[l] = smem[IW'(pos + CW'(l))] ^ OFF;
   end
   for (genvar l = 0; l < P; l++) begin : g_prune
-    hdpa_prune_lane lane (
-        .u(lane_u[l]), .cand(cand), .thr(thr), .ge(cmp_ge[l]), .gt(cmp_gt[l]), .eq(cmp_eq[l]));
+    hdpa_prune_lane #(.R(R)) lane (
+        .u(lane_u[l]), .cands(cands), .thr(thr), .ge(cmp_ge[l]), .gt(cmp_gt[l]),
+        .eq(cmp_eq[l]));
+  end
+  // The pass's candidates extend the threshold by one digit at bits bitpos +: R.
+  always_comb begin
+    for (int m = 0; m < NC; m++) cands[m*SW+:SW] = thr | (SW'(m + 1) << bitpos);
   end
   always_comb begin
-    cand = thr | (SW'(1) << bitpos);
-    n_ge = '0; n_gt = '0; n_eq = '0; n_sel = '0;
+    n_eq = '0; n_sel = '0;
+    for (int m = 0; m < NC; m++) n_ge[m] = '0;
     imp_chunk = '0;
     for (int l = 0; l < P; l++) begin
       lane_ok[l] = (pos + CW'(l)) < nv;
-      lane_ge[l] = lane_ok[l] && cmp_ge[l];
       lane_gt[l] = lane_ok[l] && cmp_gt[l];
       lane_eq[l] = lane_ok[l] && cmp_eq[l];
       // Ties at the threshold go to the lowest columns: this lane's tie is kept if fewer
       // than k - gt ties came before it (earlier chunks and lanes).
       lane_sel[l] = lane_gt[l] || (lane_eq[l] && (eqseen + n_eq) < (kk - gt));
       sel_before[l] = n_sel;
-      n_ge = n_ge + CW'(lane_ge[l]);
-      n_gt = n_gt + CW'(lane_gt[l]);
+      for (int m = 0; m < NC; m++) n_ge[m] = n_ge[m] + CW'(lane_ok[l] && cmp_ge[l][m]);
       n_eq = n_eq + CW'(lane_eq[l]);
       n_sel = n_sel + CW'(lane_sel[l]);
       if (lane_sel[l]) begin
         imp_chunk = imp_chunk + ((cfg_imp_pos && smem[IW'(pos + CW'(l))] < 0) ? 64'sd0
                                  : 64'(smem[IW'(pos + CW'(l))]));
       end
+    end
+  end
+
+  // End of a search pass: the digit is the largest whose candidate at least k scores reach
+  // (counts fall with the digit); `above` keeps the count of the candidate just above it,
+  // which after the last digit is the count above the threshold.
+  logic [CW-1:0] tot [0:NC-1];
+  logic [R-1:0]  digit;
+  logic [CW-1:0] above_next;
+  always_comb begin
+    digit = '0;
+    for (int m = 0; m < NC; m++) begin
+      tot[m] = cnt[m] + n_ge[m];
+      if (tot[m] >= kk) digit = R'(m + 1);
+    end
+    above_next = above;
+    for (int m = 0; m < NC; m++) begin
+      if (R'(m) == digit) above_next = tot[m];
     end
   end
 
@@ -278,7 +305,8 @@ module hdpa_core #(
       done <= 1'b0;
       head_pruned <= 1'b0;
       importance <= '0;
-      row <= '0; pos <= '0; bitpos <= '0; thr <= '0; cnt <= '0; gt <= '0;
+      row <= '0; pos <= '0; bitpos <= '0; thr <= '0; above <= '0; gt <= '0;
+      for (int m = 0; m < NC; m++) cnt[m] <= '0;
       eqseen <= '0; kept_n <= '0; amax <= '0; zsum <= '0;
       div_rem <= '0; div_q <= '0; div_i <= '0; sv_done <= 1'b0; div_done <= 1'b0;
       for (int i = 0; i < D; i++) acc[i] <= '0;
@@ -287,13 +315,13 @@ module hdpa_core #(
     end else begin
       done <= 1'b0;
       case (state)
-        S_INT, S_SEARCH, S_GT, S_EMIT: cyc_a <= cyc_a + 1;
+        S_INT, S_SEARCH, S_EMIT: cyc_a <= cyc_a + 1;
         S_FRAC, S_EXP, S_SVDIV, S_NORM: cyc_b <= cyc_b + 1;
         default: ;
       endcase
       case (state)
         S_INT: cyc_int <= cyc_int + 1;
-        S_SEARCH, S_GT, S_EMIT: cyc_prune <= cyc_prune + 1;
+        S_SEARCH, S_EMIT: cyc_prune <= cyc_prune + 1;
         S_FRAC: cyc_frac <= cyc_frac + 1;
         S_EXP: cyc_exp <= cyc_exp + 1;
         S_SVDIV: cyc_svdiv <= cyc_svdiv + 1;
@@ -319,31 +347,26 @@ module hdpa_core #(
         end
         S_INT: begin
           if (last_int) begin
-            pos <= '0; cnt <= '0; thr <= '0; gt <= '0; eqseen <= '0; kept_n <= '0;
-            bitpos <= 5'(SW - 1);
+            pos <= '0; thr <= '0; above <= '0; gt <= '0; eqseen <= '0; kept_n <= '0;
+            for (int m = 0; m < NC; m++) cnt[m] <= '0;
+            bitpos <= 5'(SW - R);
             // A row that keeps every key only emits (threshold 0 is below every score).
             state <= (kk >= nv) ? S_EMIT : S_SEARCH;
           end else pos <= pos + CW'(KI);
         end
         S_SEARCH: begin
           if (last_pr) begin
-            pos <= '0; cnt <= '0;
-            if (cnt + n_ge >= kk) thr <= cand;
-            if (bitpos == 5'd0) state <= S_GT;
-            else bitpos <= bitpos - 5'd1;
-          end else begin
-            pos <= pos + CW'(P);
-            cnt <= cnt + n_ge;
-          end
-        end
-        S_GT: begin
-          if (last_pr) begin
             pos <= '0;
-            gt <= cnt + n_gt;
-            state <= S_EMIT;
+            for (int m = 0; m < NC; m++) cnt[m] <= '0;
+            thr <= thr | (SW'(digit) << bitpos);
+            above <= above_next;
+            if (bitpos == 5'd0) begin
+              gt <= above_next;
+              state <= S_EMIT;
+            end else bitpos <= bitpos - 5'(R);
           end else begin
             pos <= pos + CW'(P);
-            cnt <= cnt + n_gt;
+            for (int m = 0; m < NC; m++) cnt[m] <= tot[m];
           end
         end
         S_EMIT: begin

@@ -34,16 +34,21 @@ module hdpa_int_lane #(
   end
 endmodule
 
-// Pruning unit lane: one offset-binary score against the search candidate and the threshold.
-module hdpa_prune_lane (
-    input  logic [17:0] u,
-    input  logic [17:0] cand,
-    input  logic [17:0] thr,
-    output logic        ge,
-    output logic        gt,
-    output logic        eq
+// Pruning unit lane: one offset-binary score against the 2^R - 1 candidates of a search pass
+// (candidate m in bits m*18 +: 18, m = 0 for digit 1) and against the final threshold.
+module hdpa_prune_lane #(
+    parameter int R = 3
+) (
+    input  logic [17:0]                  u,
+    input  logic [((1<<R)-1)*18-1:0]     cands,
+    input  logic [17:0]                  thr,
+    output logic [(1<<R)-2:0]            ge,
+    output logic                         gt,
+    output logic                         eq
 );
-  assign ge = u >= cand;
+  for (genvar m = 0; m < (1 << R) - 1; m++) begin : g_cmp
+    assign ge[m] = u >= cands[m*18+:18];
+  end
   assign gt = u > thr;
   assign eq = u == thr;
 endmodule

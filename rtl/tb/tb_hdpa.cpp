@@ -70,11 +70,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   r.expect("hdpa-vectors");
-  if (r.num() != 1) {
+  if (r.num() != 2) {
     std::fprintf(stderr, "unsupported vector format version\n");
     return 2;
   }
-  auto prm = r.nums("params", 8);
+  auto prm = r.nums("params", 9);
   const int D = prm[0];
   const long long cases = r.nums("cases", 1)[0];
   uint64_t cycles = 0;

@@ -8,7 +8,7 @@ use hdp_attention::{RowThreshold, ValidConfig};
 use hdp_core::{QFormat, ScoreMode};
 use hdp_eval::sweep::SweepGrid;
 use hdp_eval::tasks::{EvalOptions, Evaluation, HdpResult, Task};
-use hdp_models::{assets_dir, default_model_dir, HdpBackend, SentenceEmbedder};
+use hdp_models::{assets_dir, default_model_dir, HdpBackend, HdpKernel, SentenceEmbedder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::time::Instant;
 /// Flags shared by `eval` and `sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct TaskArgs {
-    /// Task: rt-sentiment, lee-similarity or fidelity.
+    /// Task: rt-sentiment, lee-similarity, fidelity, brown-genre or brown-retrieval.
     #[arg(long, default_value = "rt-sentiment")]
     pub task: Task,
     /// Your own data instead: CSV/TSV of `label,text` or `text_a,text_b,score` rows.
@@ -69,6 +69,20 @@ pub struct EvalArgs {
     /// Per-layer thresholds from `hdp calibrate` in place of the threshold options.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Arithmetic of the kept attention: `float` (the fast CPU kernels) or `hw` (the HDPA
+    /// core's bit-accurate fixed-point datapath, what `rtl/` computes: 8-bit Q/K/V codes, LUT
+    /// exponential, integer divider; needs -b 1 and top-k; compensation defaults off).
+    #[arg(long, value_enum, default_value_t = Datapath::Float)]
+    pub datapath: Datapath,
+}
+
+/// `hdp eval --datapath`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datapath {
+    /// The fast CPU kernels (f32 / int8 SIMD).
+    Float,
+    /// The HDPA core's bit-accurate datapath (crate `hdp-hw`).
+    Hw,
 }
 
 /// Reads a calibration file for `model`: the layer counts must agree; thresholds given on the
@@ -151,6 +165,7 @@ fn run_one(
     ev: &Evaluation,
     cfg: &ValidConfig,
     thresholds: Option<&[RowThreshold]>,
+    kernel: Option<HdpKernel>,
     batch: usize,
     trace_texts: usize,
 ) -> Result<(HdpResult, HdpBackend, f64)> {
@@ -160,6 +175,7 @@ fn run_one(
         model,
         cfg,
         thresholds,
+        kernel,
         batch,
         trace_texts,
         &mut progress_fn(&pb),
@@ -170,7 +186,20 @@ fn run_one(
 
 /// Runs `hdp eval`.
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
-    let cfg = a.hdp.config()?;
+    let cfg = match a.datapath {
+        Datapath::Float => a.hdp.config()?,
+        Datapath::Hw => {
+            let mut opts = a.hdp.clone();
+            if opts.compensate.is_none() {
+                opts.compensate = Some(hdp_core::Compensation::Off);
+            }
+            let cfg = opts.config()?;
+            hdp_hw::check_config(cfg.get()).context("--datapath hw")?;
+            cfg
+        }
+    };
+    let kernel = (a.datapath == Datapath::Hw)
+        .then(|| HdpKernel::Hardware(hdp_attention::fast::Isa::detect()));
     let (model, ev, prep_s) = prepare(&a.task)?;
     if let Some(path) = &a.dump_qkv {
         let (shape, data) = ev.capture_qkv(&model, ev.longest_text(), a.dump_layer)?;
@@ -197,6 +226,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         &ev,
         &cfg,
         thresholds,
+        kernel,
         a.task.batch_size,
         trace_texts,
     )?;
@@ -223,6 +253,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
             "task": ev.task, "metric_name": ev.metric_name, "model": model.dir.display().to_string(),
             "max_length": ev.max_length, "hdp_texts": ev.texts(), "config": cfg,
             "calibration": a.calibration.as_ref().map(|p| json!({"file": p.display().to_string(), "thresholds": thresholds, "fitted_on": cal.as_ref().map(|c| c.fitted_on.clone())})),
+            "datapath": match a.datapath { Datapath::Float => "float", Datapath::Hw => "hw" },
             "dense": ev.dense_metrics, "hdp": r.metrics, "delta": hdp_metric - dense_metric,
             "block_sparsity": r.block_sparsity, "effective_block_sparsity": r.effective_block_sparsity,
             "head_sparsity": r.head_sparsity, "macs": r.macs, "per_layer": per_layer,
@@ -278,7 +309,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         m.hdp_int_macs as f64,
         m.hdp_frac_macs as f64
     );
-    outln!("  time: dense side {prep_s:.1} s (cached after the first run), hdp side {hdp_s:.1} s (fast kernels)");
+    let how = match a.datapath {
+        Datapath::Float => "fast kernels",
+        Datapath::Hw => "HDPA core's bit-accurate datapath",
+    };
+    outln!("  time: dense side {prep_s:.1} s (cached after the first run), hdp side {hdp_s:.1} s ({how})");
     Ok(())
 }
 
@@ -515,7 +550,7 @@ pub fn run_sweep(a: &SweepArgs) -> Result<()> {
     let overall = ProgressBar::new(configs.len() as u64);
     for (i, cfg) in configs.iter().enumerate() {
         overall.set_position(i as u64);
-        let (r, _, secs) = run_one(&model, &ev, cfg, None, a.task.batch_size, 0)?;
+        let (r, _, secs) = run_one(&model, &ev, cfg, None, None, a.task.batch_size, 0)?;
         if !a.json {
             outln!(
                 "{:>3}/{} {:<42} sparsity {:>5.1}% heads {:>4.1}%  {} {:.4} (delta {:+.4})  {secs:.0} s",

@@ -42,6 +42,9 @@ pub struct VectorsArgs {
     /// fraction keys, exponentials, S.V keys per cycle).
     #[arg(long)]
     pub lanes: Option<String>,
+    /// Override the preset's top-k search: threshold bits decided per pass (1, 2, 3 or 6).
+    #[arg(long)]
+    pub search_bits: Option<u32>,
     /// Synthetic cases (without --qkv).
     #[arg(long, default_value_t = 40)]
     pub cases: usize,
@@ -105,6 +108,9 @@ fn vectors(a: &VectorsArgs) -> Result<()> {
             if let Some(s) = &a.lanes {
                 parse_lanes(s, &mut p)?;
             }
+            if let Some(r) = a.search_bits {
+                p.search_bits = r;
+            }
             p.validate()?;
             (synthetic_cases(&p, a.cases, a.seed), p)
         }
@@ -114,6 +120,9 @@ fn vectors(a: &VectorsArgs) -> Result<()> {
             let mut p = CoreParams::from_preset(&hw, dims.head_dim, a.n_max.max(dims.seq_len), f);
             if let Some(s) = &a.lanes {
                 parse_lanes(s, &mut p)?;
+            }
+            if let Some(r) = a.search_bits {
+                p.search_bits = r;
             }
             p.validate()?;
             let run = attention_layer(&p, &prob, &cfg)?;

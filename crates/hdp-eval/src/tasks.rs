@@ -8,7 +8,7 @@ use crate::logreg::LogReg;
 use crate::metrics::{accuracy, cosine, pearson, spearman};
 use crate::{Error, Result};
 use hdp_attention::ValidConfig;
-use hdp_models::{AttentionBackend, DenseFast, Encoded, HdpBackend, SentenceEmbedder};
+use hdp_models::{AttentionBackend, DenseFast, Encoded, HdpBackend, HdpKernel, SentenceEmbedder};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -609,20 +609,27 @@ impl Evaluation {
         trace_limit: usize,
         progress: Progress,
     ) -> Result<(HdpResult, HdpBackend)> {
-        self.run_hdp_layers(model, cfg, None, batch_size, trace_limit, progress)
+        self.run_hdp_layers(model, cfg, None, None, batch_size, trace_limit, progress)
     }
 
-    /// [`Evaluation::run_hdp`] with per-layer thresholds (a calibration) in place of `cfg`'s.
+    /// [`Evaluation::run_hdp`] with per-layer thresholds (a calibration) in place of `cfg`'s,
+    /// and a choice of kernel (`None`: the fast kernels on this CPU's best instruction set;
+    /// [`HdpKernel::Hardware`]: the HDPA core's bit-accurate datapath).
+    #[allow(clippy::too_many_arguments)]
     pub fn run_hdp_layers(
         &self,
         model: &SentenceEmbedder,
         cfg: &ValidConfig,
         thresholds: Option<&[hdp_core::RowThreshold]>,
+        kernel: Option<HdpKernel>,
         batch_size: usize,
         trace_limit: usize,
         progress: Progress,
     ) -> Result<(HdpResult, HdpBackend)> {
         let mut backend = HdpBackend::new(*cfg, trace_limit)?;
+        if let Some(k) = kernel {
+            backend.kernel = k;
+        }
         if let Some(t) = thresholds {
             backend = backend.with_layer_thresholds(t.to_vec())?;
         }

@@ -10,11 +10,15 @@
 //!   - integer engine: `S_j = sum_d est(q_id) est(k_jd)` for `j < nv`, `int_keys` keys per
 //!     cycle (`est` = the code's integer part `code >> f`, or centred `2 (code >> f) + 1`);
 //!   - pruning unit: keep the `k_i` largest `S_j`, ties to the lower `j` (the reference's total
-//!     order), by a bit-serial threshold search over the offset-binary scores: one pass of
-//!     `ceil(nv / prune_lanes)` cycles per score bit ([`SCORE_BITS`] of them), one pass counting
-//!     the scores above the threshold, one pass emitting the kept indices in column order; a row
-//!     that keeps every key takes the emitting pass only. The head importance accumulates the
-//!     kept `S_j` (hdp.md step 5, `kept-sum`), or their positive parts (`kept-pos-sum`).
+//!     order), by a digit-serial threshold search over the offset-binary scores, `search_bits`
+//!     (`R`) bits per pass: each pass of `ceil(nv / prune_lanes)` cycles compares every score
+//!     with the `2^R - 1` candidates that extend the threshold by one digit and counts them, and
+//!     the threshold takes the largest candidate that at least `k_i` scores reach
+//!     ([`SCORE_BITS`]` / R` passes); the count of scores above the final threshold (which the
+//!     tie rule needs) falls out of the same counts; one more pass emits the kept indices in
+//!     column order. A row that keeps every key takes the emitting pass only. The head
+//!     importance accumulates the kept `S_j` (hdp.md step 5, `kept-sum`), or their positive
+//!     parts (`kept-pos-sum`).
 //! * **Phase B** (only if the head survives; the host decides from the importances of every
 //!   head of the layer):
 //!   - fraction engine: `A_j = sum_d q_int k_code + q_frac k_int` for the kept `j`
@@ -32,6 +36,8 @@ use serde::Serialize;
 /// Width of the offset-binary scores the pruning unit searches (holds `|S| <= d 31^2` for
 /// `d <= 128`, the centred estimate's range at 8 bits with `f >= 3`).
 pub const SCORE_BITS: u32 = 18;
+/// The pruning unit's digit widths: the divisors of [`SCORE_BITS`] up to 6.
+pub const SEARCH_BITS: [u32; 4] = [1, 2, 3, 6];
 /// Index bits of the exponential's lookup table (256 entries of `2^16 2^(-t/256)`).
 pub const LUT_BITS: u32 = 8;
 /// Fractional bits of the exponent scale `C`.
@@ -66,6 +72,9 @@ pub struct CoreParams {
     pub int_keys: usize,
     /// Scores per cycle of the pruning unit's comparators.
     pub prune_lanes: usize,
+    /// Bits of the top-k threshold the pruning unit decides per pass (`R`, a divisor of
+    /// [`SCORE_BITS`]: 1, 2, 3 or 6); each lane has `2^R - 1` comparators.
+    pub search_bits: u32,
     /// Kept keys per cycle of the fraction engine (`2 d` multipliers each).
     pub frac_keys: usize,
     /// Exponentials per cycle.
@@ -126,9 +135,20 @@ impl CoreParams {
                 self.d
             ));
         }
+        if !SEARCH_BITS.contains(&self.search_bits) {
+            return bad(format!(
+                "search_bits {} is not one of {SEARCH_BITS:?} (divisors of the {SCORE_BITS}-bit score)",
+                self.search_bits
+            ));
+        }
+        if !(1..=256).contains(&self.prune_lanes) {
+            return bad(format!(
+                "prune_lanes = {} outside 1..=256",
+                self.prune_lanes
+            ));
+        }
         for (name, v) in [
             ("int_keys", self.int_keys),
-            ("prune_lanes", self.prune_lanes),
             ("frac_keys", self.frac_keys),
             ("exps", self.exps),
             ("sv_keys", self.sv_keys),
@@ -150,7 +170,8 @@ impl CoreParams {
             n_max,
             frac_bits,
             int_keys: per(hw.int_engine.multipliers, d),
-            prune_lanes: (hw.pruning_unit.blocks_per_cycle as usize).clamp(1, 64),
+            prune_lanes: (hw.pruning_unit.blocks_per_cycle as usize).clamp(1, 256),
+            search_bits: hw.pruning_unit.search_bits_per_pass as u32,
             frac_keys: per(hw.frac_engine.multipliers, 2 * d),
             exps: (hw.softmax_unit.exps_per_cycle as usize).clamp(1, 64),
             sv_keys: per(hw.sv_engine.multipliers, d),
@@ -165,6 +186,7 @@ impl CoreParams {
             ("F", self.frac_bits as usize),
             ("KI", self.int_keys),
             ("P", self.prune_lanes),
+            ("R", self.search_bits as usize),
             ("KF", self.frac_keys),
             ("E", self.exps),
             ("KS", self.sv_keys),
@@ -314,18 +336,31 @@ pub fn phase_a(p: &CoreParams, job: &HeadJob) -> (Vec<Vec<u16>>, i64, Cycles) {
             cyc.prune += pass;
             (0..nv as u16).collect()
         } else {
-            // Bit-serial search for the k-th largest offset-binary score.
+            // Digit-serial search for the k-th largest offset-binary score, R bits per pass;
+            // `above` counts the scores at or above the smallest candidate that failed so
+            // far, which ends as the count above the threshold.
             let u: Vec<i64> = s.iter().map(|&x| x + off).collect();
-            let mut t = 0i64;
-            for b in (0..SCORE_BITS).rev() {
-                let cand = t | (1 << b);
-                if u.iter().filter(|&&x| x >= cand).count() >= k {
-                    t = cand;
+            let r = p.search_bits;
+            let digits = 1i64 << r;
+            let (mut t, mut above) = (0i64, 0usize);
+            for pass in (0..SCORE_BITS / r).rev() {
+                let b = pass * r;
+                let counts: Vec<usize> = (1..digits)
+                    .map(|m| u.iter().filter(|&&x| x >= t | (m << b)).count())
+                    .collect();
+                let m = (1..digits)
+                    .rev()
+                    .find(|&m| counts[m as usize - 1] >= k)
+                    .unwrap_or(0);
+                if m + 1 < digits {
+                    above = counts[m as usize];
                 }
+                t |= m << b;
             }
-            let gt = u.iter().filter(|&&x| x > t).count();
+            let gt = above;
+            debug_assert_eq!(gt, u.iter().filter(|&&x| x > t).count());
             let mut eq_left = k - gt;
-            cyc.prune += (SCORE_BITS as u64 + 2) * pass;
+            cyc.prune += (SCORE_BITS / r + 1) as u64 * pass;
             (0..nv)
                 .filter(|&j| {
                     if u[j] > t {

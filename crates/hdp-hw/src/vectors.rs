@@ -4,8 +4,8 @@
 //! The vector file is plain text, whitespace-separated, one keyword per record:
 //!
 //! ```text
-//! hdpa-vectors 1
-//! params D NMAX F KI P KF E KS
+//! hdpa-vectors 2
+//! params D NMAX F KI P R KF E KS
 //! cases COUNT
 //! case ID n causal centred importance_pos c_exp pruned     (then, for that case)
 //! q   n*d codes            k   n*d codes            v   n*d codes
@@ -40,7 +40,7 @@ fn list<T: std::fmt::Display>(out: &mut String, key: &str, xs: impl IntoIterator
 
 /// Writes the vector file of `cases` for the core `p`, with the model's expected results.
 pub fn write_vectors(p: &CoreParams, cases: &[Case]) -> Result<String> {
-    let mut s = String::from("hdpa-vectors 1\n");
+    let mut s = String::from("hdpa-vectors 2\n");
     list(
         &mut s,
         "params",

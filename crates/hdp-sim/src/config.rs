@@ -32,6 +32,19 @@ pub struct Array {
 pub struct PruningUnit {
     /// Block importances accumulated and compared per cycle.
     pub blocks_per_cycle: u64,
+    /// Bits of a top-k threshold decided per pass over a block-row (`R`: each lane compares
+    /// with `2^R - 1` candidates at once), as the RTL's digit-serial search does; a top-k row
+    /// that prunes costs `ceil(score bits / R) + 1` passes (see [`crate::sim`]).
+    #[serde(default = "default_search_bits")]
+    pub search_bits_per_pass: u64,
+}
+
+fn default_search_bits() -> u64 {
+    3
+}
+
+fn default_divider_cycles() -> u64 {
+    41
 }
 
 /// The softmax unit.
@@ -40,6 +53,11 @@ pub struct PruningUnit {
 pub struct SoftmaxUnit {
     /// Exponentials (with their share of the divide) per cycle.
     pub exps_per_cycle: u64,
+    /// Cycles of the one reciprocal `1 / Z` each query row needs, which the S.V engine's
+    /// normalization waits for: the RTL's restoring divider takes 41 (one quotient bit per
+    /// cycle), so a row occupies S.V for at least that long.
+    #[serde(default = "default_divider_cycles")]
+    pub divider_cycles: u64,
 }
 
 /// On-chip buffers.
@@ -231,6 +249,13 @@ impl HwConfig {
             if v > MAX_UNIT_COUNT {
                 return Err(format!("{name} = {v} exceeds {MAX_UNIT_COUNT:e}"));
             }
+        }
+        if ![1, 2, 3, 6].contains(&self.pruning_unit.search_bits_per_pass) {
+            return Err(format!(
+                "pruning_unit.search_bits_per_pass must be 1, 2, 3 or 6 (a divisor of the 18-bit \
+                 score), got {}",
+                self.pruning_unit.search_bits_per_pass
+            ));
         }
         if !(self.dram.latency_ns.is_finite()
             && self.static_mw.is_finite()

@@ -10,8 +10,8 @@ pub mod sim;
 pub mod workload;
 
 pub use config::{load_peers, load_preset, normalized_gops_128, EnergyTable, HwConfig, Peer};
-pub use sim::{simulate, Report, CENTRED_INT_MAC_COST};
-pub use workload::{ModelShape, Workload};
+pub use sim::{prune_passes, simulate, stage_cycles, Report, CENTRED_INT_MAC_COST};
+pub use workload::{HeadWork, LayerWork, ModelShape, RowWork, Selection, Workload};
 
 use std::path::PathBuf;
 

@@ -9,7 +9,7 @@
 //! slowest stage, those cycles count as memory-bound.
 
 use crate::config::{EnergyTable, HwConfig};
-use crate::workload::{LayerWork, Workload};
+use crate::workload::{LayerWork, Selection, Workload};
 use serde::Serialize;
 
 /// Work of one item, in operations and bytes.
@@ -17,14 +17,18 @@ use serde::Serialize;
 pub struct Item {
     /// Integer-part MACs.
     pub int_macs: f64,
-    /// Pruning-unit block operations.
+    /// Pruning-unit block operations (comparisons, over every pass).
     pub prune_ops: f64,
+    /// Pruning-unit cycles: passes x `ceil(blocks / lanes)`.
+    pub prune_cycles: f64,
     /// Score MACs: fraction MACs (HDPA) or full-precision MACs (dense).
     pub score_macs: f64,
     /// Exponentials.
     pub exps: f64,
     /// P.V MACs.
     pub sv_macs: f64,
+    /// Reciprocals `1 / Z` (one per query row of a surviving head).
+    pub recips: f64,
     /// On-chip buffer traffic.
     pub sram_bytes: f64,
     /// Off-chip traffic.
@@ -74,6 +78,43 @@ impl Unit for RateUnit {
         self.multipliers
     }
 }
+
+/// The pruning unit: its cycles come from passes over each block-row (computed with the item),
+/// its energy from the comparisons.
+struct PruneUnit {
+    pj: f64,
+}
+
+impl Unit for PruneUnit {
+    fn name(&self) -> &'static str {
+        "pruning_unit"
+    }
+    fn cycles(&self, item: &Item) -> f64 {
+        item.prune_cycles
+    }
+    fn energy_pj(&self, item: &Item) -> f64 {
+        item.prune_ops * self.pj
+    }
+}
+
+/// Passes the pruning unit makes over a block-row of `valid` blocks of which it keeps `kept`:
+/// one to compare and emit, plus for top-k (when it prunes) the digit-serial search over the
+/// importances' bits (18 for b = 1, the RTL's score width, two more per doubling of b for the
+/// sums of b x b scores), and for top-p one more pass summing the estimated probabilities.
+pub fn prune_passes(hw: &HwConfig, sel: Selection, block_size: u64, valid: u64, kept: u64) -> u64 {
+    if kept >= valid || sel == Selection::Threshold {
+        return 1;
+    }
+    let bits = SCORE_BITS + 2 * block_size.max(1).next_power_of_two().trailing_zeros() as u64;
+    let search = bits.div_ceil(hw.pruning_unit.search_bits_per_pass.max(1)) + 1;
+    match sel {
+        Selection::TopP => search + 1,
+        _ => search,
+    }
+}
+
+/// Width of the integer scores the pruning unit searches at b = 1 (`hdp_hw::SCORE_BITS`).
+pub const SCORE_BITS: u64 = 18;
 
 /// Per-unit results.
 #[derive(Clone, Debug, Serialize)]
@@ -152,14 +193,7 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool, centred: bool) -> Vec<B
             whole_cycles: true,
             work: |i| i.int_macs,
         }),
-        Box::new(RateUnit {
-            name: "pruning_unit",
-            rate: hw.pruning_unit.blocks_per_cycle as f64,
-            pj: e.prune_op_pj,
-            multipliers: 0.0,
-            whole_cycles: true,
-            work: |i| i.prune_ops,
-        }),
+        Box::new(PruneUnit { pj: e.prune_op_pj }),
         Box::new(RateUnit {
             name: if int_pass {
                 "frac_engine"
@@ -179,6 +213,15 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool, centred: bool) -> Vec<B
             multipliers: 0.0,
             whole_cycles: true,
             work: |i| i.exps,
+        }),
+        Box::new(RateUnit {
+            // One reciprocal per row at a time; its energy is in the softmax's per-exp figure.
+            name: "divider",
+            rate: 1.0 / hw.softmax_unit.divider_cycles.max(1) as f64,
+            pj: 0.0,
+            multipliers: 0.0,
+            whole_cycles: true,
+            work: |i| i.recips,
         }),
         Box::new(RateUnit {
             name: "sv_engine",
@@ -257,7 +300,11 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
             let mut ib = Item::default();
             if int_pass {
                 ia.int_macs = r.valid_entries as f64 * d;
-                ia.prune_ops = r.valid_blocks as f64;
+                let passes =
+                    prune_passes(hw, l.selection, l.block_size, r.valid_blocks, r.kept_blocks);
+                let lanes = hw.pruning_unit.blocks_per_cycle.max(1);
+                ia.prune_ops = (passes * r.valid_blocks) as f64;
+                ia.prune_cycles = (passes * r.valid_blocks.div_ceil(lanes)) as f64;
                 // K integer parts of the row's valid columns, shared by a tile of query rows, plus
                 // the row's own Q integer parts (integer halves of the codes).
                 ia.sram_bytes = (r.valid_entries as f64 / tile + rows) * d * code / 2.0;
@@ -267,6 +314,7 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                 ib.score_macs = kept * per_entry;
                 ib.exps = kept;
                 ib.sv_macs = kept * d;
+                ib.recips = rows;
                 if f.block_pruning && l.compensate {
                     // The V sum over valid keys and `c . sum` per query row.
                     ib.sv_macs += 2.0 * rows * d;
@@ -283,9 +331,11 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                 a.push(Item {
                     int_macs: ia.int_macs,
                     prune_ops: ia.prune_ops,
+                    prune_cycles: ia.prune_cycles,
                     score_macs: ib.score_macs,
                     exps: ib.exps,
                     sv_macs: ib.sv_macs,
+                    recips: ib.recips,
                     sram_bytes: ia.sram_bytes + ib.sram_bytes,
                     dram_bytes: ia.dram_bytes + ib.dram_bytes,
                 });
@@ -293,6 +343,26 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
         }
     }
     (a, b)
+}
+
+/// The cycles each unit spends on each item of one layer-sequence, phase A's items then phase
+/// B's (one item per block-row of each head, in head order), with the unit names: what the
+/// pipeline of [`simulate`] overlaps, per stage, for comparison with a core that runs its
+/// stages one after another (the RTL's per-stage counters, `crates/hdp-hw`).
+pub fn stage_cycles(
+    hw: &HwConfig,
+    e: &EnergyTable,
+    l: &LayerWork,
+) -> (Vec<&'static str>, Vec<Vec<f64>>) {
+    let int_pass = hw.features.block_pruning || hw.features.head_pruning;
+    let units = units(hw, e, int_pass, int_pass && l.centred);
+    let (a, b) = items(hw, l);
+    let cycles = a
+        .iter()
+        .chain(&b)
+        .map(|i| units.iter().map(|u| u.cycles(i)).collect())
+        .collect();
+    (units.iter().map(|u| u.name()).collect(), cycles)
 }
 
 /// Simulates `w` on `hw`; the clock converts cycles to time here, not in the units.

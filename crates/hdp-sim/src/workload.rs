@@ -15,6 +15,35 @@ pub struct RowWork {
     pub valid_blocks: u64,
     /// Entries of the kept blocks (what the fraction engine, softmax and S.V compute).
     pub kept_entries: u64,
+    /// Kept blocks (a top-k row that keeps every valid block needs no search).
+    pub kept_blocks: u64,
+}
+
+/// How a layer's block-rows were selected, which decides the pruning unit's passes over a
+/// block-row's importances (see [`crate::sim`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Selection {
+    /// A threshold from the row's max and mean (mean-max) or none (keep-all): the max and sum
+    /// accumulate while the integer scores stream in; one pass compares and emits.
+    #[default]
+    Threshold,
+    /// Top-k: a digit-serial search for the k-th largest importance, then the emitting pass;
+    /// what the RTL implements.
+    TopK,
+    /// Top-p: top-k's search with probability-weighted counts, after one pass that sums the
+    /// row's estimated probabilities (modelled; not in the RTL).
+    TopP,
+}
+
+impl Selection {
+    /// The selection a row threshold implies.
+    pub fn of(t: &hdp_core::RowThreshold) -> Selection {
+        match t {
+            hdp_core::RowThreshold::TopK { .. } => Selection::TopK,
+            hdp_core::RowThreshold::TopP { .. } => Selection::TopP,
+            _ => Selection::Threshold,
+        }
+    }
 }
 
 /// One head of one sequence of one layer.
@@ -47,6 +76,10 @@ pub struct LayerWork {
     /// Whether early head pruning was in use (its decision is a barrier between the integer
     /// pass of all heads and any fractional work; without it the two stream together).
     pub head_pruning: bool,
+    /// How block-rows were selected.
+    pub selection: Selection,
+    /// Block size b (the importances the pruning unit searches sum b x b integer scores).
+    pub block_size: u64,
     /// Heads.
     pub heads: Vec<HeadWork>,
 }
@@ -70,6 +103,7 @@ fn row_work(valid: &BlockMask, kept: &BlockMask, r: usize, n: usize, bs: usize) 
             w.valid_blocks += 1;
             if kept.get(r, c) {
                 w.kept_entries += ext(r) * ext(c);
+                w.kept_blocks += 1;
             }
         }
     }
@@ -110,6 +144,8 @@ impl Workload {
                     .collect();
                 layers.push(LayerWork {
                     head_pruning: policy_on || s.heads.iter().any(|h| h.pruned),
+                    selection: Selection::of(l.threshold.as_ref().unwrap_or(&t.config.threshold)),
+                    block_size: bs as u64,
                     valid_tokens: s.valid_tokens as u64,
                     head_dim: l.head_dim as u64,
                     qk_bits: l.q_format.bits as u64,
@@ -123,8 +159,9 @@ impl Workload {
     }
 
     /// A model shape with uniform sparsity: every block-row keeps `round((1 - block_sparsity)
-    /// * blocks)` blocks (at least one, the diagonal first, then its neighbours), and the first
-    /// `round(head_sparsity * heads)` heads of each layer are pruned. No padding, no causal mask.
+    /// * blocks)` blocks (at least one, the diagonal first, then its neighbours), chosen by
+    /// top-k (the default policy), and the first `round(head_sparsity * heads)` heads of each
+    /// layer are pruned. No padding, no causal mask.
     pub fn synthetic(
         shape: &ModelShape,
         seq_len: usize,
@@ -169,6 +206,8 @@ impl Workload {
             .collect();
         let layer = LayerWork {
             head_pruning: head_sparsity > 0.0,
+            selection: Selection::TopK,
+            block_size: block_size as u64,
             valid_tokens: seq_len as u64,
             head_dim: shape.head_dim as u64,
             qk_bits: 8,
