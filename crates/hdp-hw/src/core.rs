@@ -141,11 +141,24 @@ impl CoreParams {
                 self.search_bits
             ));
         }
-        if !(1..=256).contains(&self.prune_lanes) {
+        if !(1..=1024).contains(&self.prune_lanes) {
             return bad(format!(
-                "prune_lanes = {} outside 1..=256",
+                "prune_lanes = {} outside 1..=1024",
                 self.prune_lanes
             ));
+        }
+        // A lane past the longest row would never work (and the RTL's lane offsets are
+        // index-wide).
+        for (name, v) in [
+            ("int_keys", self.int_keys),
+            ("prune_lanes", self.prune_lanes),
+            ("frac_keys", self.frac_keys),
+            ("exps", self.exps),
+            ("sv_keys", self.sv_keys),
+        ] {
+            if v > self.n_max {
+                return bad(format!("{name} = {v} exceeds n_max = {}", self.n_max));
+            }
         }
         for (name, v) in [
             ("int_keys", self.int_keys),
@@ -162,18 +175,23 @@ impl CoreParams {
 
     /// The core an HDPA preset describes for head dimension `d`: each engine's multipliers
     /// divided by the multipliers one key needs (`d` for the integer and S.V engines, `2 d` for
-    /// the fraction engine's two products), at least one key per cycle.
+    /// the fraction engine's two products), at least one key per cycle and at most `n_max`.
     pub fn from_preset(hw: &hdp_sim::HwConfig, d: usize, n_max: usize, frac_bits: u32) -> Self {
-        let per = |m: u64, per_key: usize| (m as usize / per_key.max(1)).clamp(1, 64);
+        let per =
+            |m: u64, per_key: usize| (m as usize / per_key.max(1)).clamp(1, 64).min(n_max.max(1));
         CoreParams {
             d,
             n_max,
             frac_bits,
             int_keys: per(hw.int_engine.multipliers, d),
-            prune_lanes: (hw.pruning_unit.blocks_per_cycle as usize).clamp(1, 256),
+            prune_lanes: (hw.pruning_unit.blocks_per_cycle as usize)
+                .clamp(1, 1024)
+                .min(n_max.max(1)),
             search_bits: hw.pruning_unit.search_bits_per_pass as u32,
             frac_keys: per(hw.frac_engine.multipliers, 2 * d),
-            exps: (hw.softmax_unit.exps_per_cycle as usize).clamp(1, 64),
+            exps: (hw.softmax_unit.exps_per_cycle as usize)
+                .clamp(1, 64)
+                .min(n_max.max(1)),
             sv_keys: per(hw.sv_engine.multipliers, d),
         }
     }
@@ -307,6 +325,32 @@ impl HeadJob {
     }
 }
 
+/// The pruning unit's search, as the RTL runs it: over offset-binary scores `u` (below
+/// `2^SCORE_BITS`), `R` bits per pass, the largest threshold `t` that at least `k` scores reach
+/// (the k-th largest score) and the number of scores above it. Each pass counts the scores at
+/// or above the `2^R - 1` candidates that extend `t` by one digit and takes the largest digit
+/// whose count reaches `k`; `above` keeps the count at the smallest candidate that failed so
+/// far, which after the last digit is the count at `t + 1`.
+pub fn digit_search(u: &[i64], k: usize, r: u32) -> (i64, usize) {
+    let digits = 1i64 << r;
+    let (mut t, mut above) = (0i64, 0usize);
+    for pass in (0..SCORE_BITS / r).rev() {
+        let b = pass * r;
+        let counts: Vec<usize> = (1..digits)
+            .map(|m| u.iter().filter(|&&x| x >= t | (m << b)).count())
+            .collect();
+        let m = (1..digits)
+            .rev()
+            .find(|&m| counts[m as usize - 1] >= k)
+            .unwrap_or(0);
+        if m + 1 < digits {
+            above = counts[m as usize];
+        }
+        t |= m << b;
+    }
+    (t, above)
+}
+
 /// Phase A: integer scores, top-k selection, head importance.
 pub fn phase_a(p: &CoreParams, job: &HeadJob) -> (Vec<Vec<u16>>, i64, Cycles) {
     let (d, f) = (p.d, p.frac_bits);
@@ -336,31 +380,15 @@ pub fn phase_a(p: &CoreParams, job: &HeadJob) -> (Vec<Vec<u16>>, i64, Cycles) {
             cyc.prune += pass;
             (0..nv as u16).collect()
         } else {
-            // Digit-serial search for the k-th largest offset-binary score, R bits per pass;
-            // `above` counts the scores at or above the smallest candidate that failed so
-            // far, which ends as the count above the threshold.
             let u: Vec<i64> = s.iter().map(|&x| x + off).collect();
-            let r = p.search_bits;
-            let digits = 1i64 << r;
-            let (mut t, mut above) = (0i64, 0usize);
-            for pass in (0..SCORE_BITS / r).rev() {
-                let b = pass * r;
-                let counts: Vec<usize> = (1..digits)
-                    .map(|m| u.iter().filter(|&&x| x >= t | (m << b)).count())
-                    .collect();
-                let m = (1..digits)
-                    .rev()
-                    .find(|&m| counts[m as usize - 1] >= k)
-                    .unwrap_or(0);
-                if m + 1 < digits {
-                    above = counts[m as usize];
-                }
-                t |= m << b;
-            }
-            let gt = above;
-            debug_assert_eq!(gt, u.iter().filter(|&&x| x > t).count());
+            // The threshold and the count above it, as the digit-serial search finds them
+            // (`digit_search`, tested equal); selection is faster to model.
+            let mut sorted = u.clone();
+            let (_, &mut t, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+            let gt = u.iter().filter(|&&x| x > t).count();
+            debug_assert_eq!((t, gt), digit_search(&u, k, p.search_bits));
+            cyc.prune += (SCORE_BITS / p.search_bits + 1) as u64 * pass;
             let mut eq_left = k - gt;
-            cyc.prune += (SCORE_BITS / r + 1) as u64 * pass;
             (0..nv)
                 .filter(|&j| {
                     if u[j] > t {

@@ -46,7 +46,7 @@ pub fn check_config(cfg: &HdpConfig) -> Result<f64> {
         Err(HwError::Invalid(format!(
             "the HDPA core does not implement {what}; it runs block size 1, top-k, \
              8-bit codes, no sink/local band, no compensation, head pruning by tau or top-k \
-             over kept (positive) sums with zero output (e.g. `-b 1 --top-k 0.3 --compensate off`)"
+             over kept (positive) sums with zero output (e.g. `-b 1 --keep 0.3 --compensate off`)"
         )))
     };
     if cfg.block_size != 1 {

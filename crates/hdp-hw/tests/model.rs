@@ -256,7 +256,10 @@ fn stage_cycles_equal_the_simulators() {
         ("edge", 64, 96, 12),
         ("server", 64, 128, 13),
     ] {
-        let (hw, _) = hdp_sim::load_preset(preset).unwrap();
+        let (mut hw, _) = hdp_sim::load_preset(preset).unwrap();
+        // The server preset overlaps eight rows' reciprocals in its pipeline; the core runs one
+        // row at a time with one divider.
+        hw.softmax_unit.dividers = 1;
         let p = CoreParams::from_preset(&hw, d, n_max, 3);
         for case in synthetic_cases(&p, 12, seed) {
             let run = run_head(&p, &case.job, false).unwrap();
@@ -278,6 +281,33 @@ fn stage_cycles_equal_the_simulators() {
         100.0 * worst
     );
     assert!(worst < 0.05);
+}
+
+#[test]
+fn the_digit_search_finds_the_kth_largest_and_the_count_above() {
+    // Random offset-binary scores, with many ties (narrow ranges) and the full 18-bit range.
+    let mut rng = hdp_hw::vectors::Rng::new(5);
+    for trial in 0..400 {
+        let n = 1 + (rng.next_u64() % 70) as usize;
+        let span = [4u64, 40, 4000, 1 << 18][trial % 4];
+        let base = (rng.next_u64() % ((1 << 18) - span + 1)) as i64;
+        let u: Vec<i64> = (0..n)
+            .map(|_| base + (rng.next_u64() % span) as i64)
+            .collect();
+        let mut sorted = u.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        for k in 1..=n {
+            let t = sorted[k - 1];
+            let gt = u.iter().filter(|&&x| x > t).count();
+            for r in hdp_hw::core::SEARCH_BITS {
+                assert_eq!(
+                    hdp_hw::core::digit_search(&u, k, r),
+                    (t, gt),
+                    "n {n} k {k} R {r} scores {u:?}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

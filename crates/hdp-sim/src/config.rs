@@ -47,6 +47,10 @@ fn default_divider_cycles() -> u64 {
     41
 }
 
+fn default_dividers() -> u64 {
+    1
+}
+
 /// The softmax unit.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,10 @@ pub struct SoftmaxUnit {
     /// cycle), so a row occupies S.V for at least that long.
     #[serde(default = "default_divider_cycles")]
     pub divider_cycles: u64,
+    /// Dividers working on different rows at once (rows overlap in the pipeline; the RTL core,
+    /// which runs one row at a time, has one).
+    #[serde(default = "default_dividers")]
+    pub dividers: u64,
 }
 
 /// On-chip buffers.
@@ -232,6 +240,11 @@ impl HwConfig {
                 "softmax_unit.exps_per_cycle",
                 self.softmax_unit.exps_per_cycle as f64,
             ),
+            (
+                "softmax_unit.divider_cycles",
+                self.softmax_unit.divider_cycles as f64,
+            ),
+            ("softmax_unit.dividers", self.softmax_unit.dividers as f64),
             ("sv_engine.multipliers", self.sv_engine.multipliers as f64),
             ("sram.q_kib", self.sram.q_kib),
             ("sram.k_kib", self.sram.k_kib),

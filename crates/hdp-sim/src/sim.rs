@@ -217,7 +217,8 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool, centred: bool) -> Vec<B
         Box::new(RateUnit {
             // One reciprocal per row at a time; its energy is in the softmax's per-exp figure.
             name: "divider",
-            rate: 1.0 / hw.softmax_unit.divider_cycles.max(1) as f64,
+            rate: hw.softmax_unit.dividers.max(1) as f64
+                / hw.softmax_unit.divider_cycles.max(1) as f64,
             pj: 0.0,
             multipliers: 0.0,
             whole_cycles: true,
