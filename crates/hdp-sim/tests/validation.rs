@@ -257,3 +257,35 @@ fn the_centred_estimate_costs_integer_engine_energy_and_area_not_cycles() {
         simulate(&dh, &de, &centred).energy_uj
     );
 }
+
+/// The pruning unit's passes follow the selection policy as the RTL runs it (top-k: a search
+/// of 18 / R digits then the emitting pass), rows that keep everything cost one pass, and a
+/// search width that does not divide the score is refused.
+#[test]
+fn pruning_passes_follow_the_policy() {
+    use hdp_sim::{prune_passes, Selection};
+    let (mut hw, _) = load_preset("edge").unwrap();
+    assert_eq!(hw.pruning_unit.search_bits_per_pass, 3);
+    assert_eq!(prune_passes(&hw, Selection::TopK, 1, 100, 30), 7);
+    assert_eq!(prune_passes(&hw, Selection::TopK, 1, 100, 100), 1);
+    assert_eq!(prune_passes(&hw, Selection::TopP, 1, 100, 30), 8);
+    assert_eq!(prune_passes(&hw, Selection::Threshold, 1, 100, 30), 1);
+    // b = 16: block sums of 256 scores need 8 more bits: ceil(26 / 3) + 1.
+    assert_eq!(prune_passes(&hw, Selection::TopK, 16, 100, 30), 10);
+    hw.pruning_unit.search_bits_per_pass = 1;
+    assert_eq!(prune_passes(&hw, Selection::TopK, 1, 100, 30), 19);
+    hw.pruning_unit.search_bits_per_pass = 4;
+    let e = hw.validate().unwrap_err();
+    assert!(e.contains("search_bits_per_pass"), "{e}");
+    // More lanes never cost cycles; a policy with more passes never saves any.
+    let w = Workload::synthetic(&BERT, 256, 1, 0.7, 0.0).unwrap();
+    let (hw, e) = load_preset("edge").unwrap();
+    let mut narrow = hw.clone();
+    narrow.pruning_unit.blocks_per_cycle = 16;
+    assert!(simulate(&narrow, &e, &w).cycles >= simulate(&hw, &e, &w).cycles);
+    let mut mean_max = w.clone();
+    for l in &mut mean_max.layers {
+        l.selection = Selection::Threshold;
+    }
+    assert!(simulate(&hw, &e, &mean_max).cycles <= simulate(&hw, &e, &w).cycles);
+}
