@@ -20,6 +20,7 @@ module hdpa_core #(
     parameter int KF   = 2,   // fraction engine: kept keys per cycle (2 D multipliers each)
     parameter int E    = 8,   // softmax unit: exponentials per cycle
     parameter int KS   = 2,   // S.V engine: kept keys per cycle (D multipliers each)
+    parameter int NL   = 4,   // normalization: output dimensions per cycle
     parameter int IW   = $clog2(NMAX)  // index width (derived)
 ) (
     input  logic                clk,
@@ -235,10 +236,30 @@ module hdpa_core #(
     end
   end
 
-  // Normalization lanes.
-  logic [D*16-1:0] norm_out;
-  for (genvar i = 0; i < D; i++) begin : g_norm
-    hdpa_norm_lane lane (.acc(acc[i]), .r(div_q), .out(norm_out[i*16+:16]));
+  // Normalization lanes: dimensions npos + l of the row, NL per cycle, gathered in obuf.
+  localparam int DW = $clog2(D) + 1;
+  logic [DW-1:0]      npos;
+  logic signed [ACCW-1:0] nacc [0:NL-1];
+  logic [15:0]        nval [0:NL-1];
+  logic [D*16-1:0]    obuf, obuf_next;
+  for (genvar l = 0; l < NL; l++) begin : g_norm
+    hdpa_norm_lane lane (.acc(nacc[l]), .r(div_q), .out(nval[l]));
+  end
+  always_comb begin
+    for (int l = 0; l < NL; l++) begin
+      nacc[l] = '0;
+      for (int i = 0; i < D; i++) begin
+        if (DW'(i) == npos + DW'(l)) nacc[l] = acc[i];
+      end
+    end
+  end
+  always_comb begin
+    obuf_next = obuf;
+    for (int l = 0; l < NL; l++) begin
+      for (int i = 0; i < D; i++) begin
+        if (DW'(i) == npos + DW'(l)) obuf_next[i*16+:16] = nval[l];
+      end
+    end
   end
 
   // Divider step: restoring division of 2^40 by zsum.
@@ -248,13 +269,14 @@ module hdpa_core #(
       .rem(div_rem), .bit_in(div_i == 6'd40), .z(zsum), .rem_next(div_rem_next), .take(div_take));
 
   // ---------------------------------------------------------------- sequential
-  logic last_int, last_pr, last_frac, last_exp, last_sv;
+  logic last_int, last_pr, last_frac, last_exp, last_sv, last_norm;
   always_comb begin
     last_int = pos + CW'(KI) >= nv;
     last_pr = pos + CW'(P) >= nv;
     last_frac = pos + CW'(KF) >= kn;
     last_exp = pos + CW'(E) >= kn;
     last_sv = pos + CW'(KS) >= kn;
+    last_norm = npos + DW'(NL) >= DW'(D);
   end
 
   assign busy = state != S_IDLE;
@@ -295,7 +317,8 @@ module hdpa_core #(
       end
     end
     if (state == S_NORM) begin
-      omem[row[IW-1:0]] <= norm_out;
+      obuf <= obuf_next;
+      if (last_norm) omem[row[IW-1:0]] <= obuf_next;
     end
   end
 
@@ -305,7 +328,7 @@ module hdpa_core #(
       done <= 1'b0;
       head_pruned <= 1'b0;
       importance <= '0;
-      row <= '0; pos <= '0; bitpos <= '0; thr <= '0; above <= '0; gt <= '0;
+      row <= '0; pos <= '0; npos <= '0; bitpos <= '0; thr <= '0; above <= '0; gt <= '0;
       for (int m = 0; m < NC; m++) cnt[m] <= '0;
       eqseen <= '0; kept_n <= '0; amax <= '0; zsum <= '0;
       div_rem <= '0; div_q <= '0; div_i <= '0; sv_done <= 1'b0; div_done <= 1'b0;
@@ -414,18 +437,23 @@ module hdpa_core #(
             div_i <= div_i - 6'd1;
             if (div_i == 6'd0) div_done <= 1'b1;
           end
-          if ((sv_done || last_sv) && (div_done || div_i == 6'd0)) state <= S_NORM;
+          if ((sv_done || last_sv) && (div_done || div_i == 6'd0)) begin
+            npos <= '0;
+            state <= S_NORM;
+          end
         end
         S_NORM: begin
-          for (int i = 0; i < D; i++) acc[i] <= '0;
-          pos <= '0;
-          if (row + 1'b1 < cfg_n) begin
-            row <= row + 1'b1;
-            state <= S_FRAC;
-          end else begin
-            state <= S_IDLE;
-            done <= 1'b1;
-          end
+          if (last_norm) begin
+            for (int i = 0; i < D; i++) acc[i] <= '0;
+            pos <= '0;
+            if (row + 1'b1 < cfg_n) begin
+              row <= row + 1'b1;
+              state <= S_FRAC;
+            end else begin
+              state <= S_IDLE;
+              done <= 1'b1;
+            end
+          end else npos <= npos + DW'(NL);
         end
         default: state <= S_IDLE;
       endcase

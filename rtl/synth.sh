@@ -18,11 +18,11 @@ mkdir -p "$out"
 flags=("$@")
 [ ${#flags[@]} -gt 0 ] || flags=(--preset edge --d 32 --n-max 64)
 "$HDP_BIN" hw vectors "${flags[@]}" --cases 0 -o "$out/params.txt" 2>/dev/null
-read -r _ D NMAX F KI P R KF E KS < <(sed -n 2p "$out/params.txt")
-echo "== HDPA core D=$D NMAX=$NMAX F=$F KI=$KI P=$P R=$R KF=$KF E=$E KS=$KS"
+read -r _ D NMAX F KI P R KF E KS NL < <(sed -n 2p "$out/params.txt")
+echo "== HDPA core D=$D NMAX=$NMAX F=$F KI=$KI P=$P R=$R KF=$KF E=$E KS=$KS NL=$NL"
 yosys -q -l "$out/yosys.log" -p "
 read_verilog -sv -I rtl rtl/hdpa_core.sv rtl/hdpa_units.sv
-chparam -set D $D -set NMAX $NMAX -set F $F -set KI $KI -set P $P -set R $R -set KF $KF -set E $E -set KS $KS hdpa_core
+chparam -set D $D -set NMAX $NMAX -set F $F -set KI $KI -set P $P -set R $R -set KF $KF -set E $E -set KS $KS -set NL $NL hdpa_core
 synth -top hdpa_core -run begin:fine
 opt -fast -full
 opt -full

@@ -29,8 +29,8 @@ cmp -s "$build/exp2_lut.svh" rtl/exp2_lut.svh || {
 configs=(
   "edge-d32|--preset edge --d 32 --n-max 64 --cases 60 --seed 1"
   "server-d64|--preset server --d 64 --n-max 128 --cases 16 --seed 2"
-  "single-lane|--d 16 --n-max 24 --lanes 1,1,1,1,1 --search-bits 1 --cases 60 --seed 3"
-  "ragged-lanes-f4|--d 24 --n-max 40 --lanes 3,5,3,7,4 --search-bits 6 --frac-bits 4 --cases 60 --seed 4"
+  "single-lane|--d 16 --n-max 24 --lanes 1,1,1,1,1,1 --search-bits 1 --cases 60 --seed 3"
+  "ragged-lanes-f4|--d 24 --n-max 40 --lanes 3,5,3,7,4,5 --search-bits 6 --frac-bits 4 --cases 60 --seed 4"
 )
 qkv=${RTL_QKV:-}
 if [ -z "$qkv" ] && [ -d assets/all-MiniLM-L6-v2 ]; then
@@ -54,8 +54,8 @@ for c in "${configs[@]}"; do
     mkdir -p "$dir"
     # shellcheck disable=SC2086
     "$HDP_BIN" hw vectors $flags -o "$dir/vectors.txt" 2>"$dir/vectors.log" || { cat "$dir/vectors.log" >&2; exit 1; }
-    read -r _ D NMAX F KI P R KF E KS < <(sed -n 2p "$dir/vectors.txt")
-    gflags="-GD=$D -GNMAX=$NMAX -GF=$F -GKI=$KI -GP=$P -GR=$R -GKF=$KF -GE=$E -GKS=$KS"
+    read -r _ D NMAX F KI P R KF E KS NL < <(sed -n 2p "$dir/vectors.txt")
+    gflags="-GD=$D -GNMAX=$NMAX -GF=$F -GKI=$KI -GP=$P -GR=$R -GKF=$KF -GE=$E -GKS=$KS -GNL=$NL"
     obj=${built[$gflags]:-}
     if [ -z "$obj" ]; then
         obj=$dir/obj

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "unsupported vector format version\n");
     return 2;
   }
-  auto prm = r.nums("params", 9);
+  auto prm = r.nums("params", 10);
   const int D = prm[0];
   const long long cases = r.nums("cases", 1)[0];
   uint64_t cycles = 0;

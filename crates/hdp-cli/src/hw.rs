@@ -38,8 +38,8 @@ pub struct VectorsArgs {
     /// Largest sequence the core's buffers hold (with --qkv: at least the file's N).
     #[arg(long, default_value_t = 64)]
     pub n_max: usize,
-    /// Override the preset's parallelism: KI,P,KF,E,KS (integer keys, pruning lanes,
-    /// fraction keys, exponentials, S.V keys per cycle).
+    /// Override the preset's parallelism: KI,P,KF,E,KS[,NL] (integer keys, pruning lanes,
+    /// fraction keys, exponentials, S.V keys, normalized dimensions per cycle).
     #[arg(long)]
     pub lanes: Option<String>,
     /// Override the preset's top-k search: threshold bits decided per pass (1, 2, 3 or 6).
@@ -86,11 +86,17 @@ fn parse_lanes(s: &str, p: &mut CoreParams) -> Result<()> {
         .split(',')
         .map(|x| x.trim().parse::<usize>())
         .collect::<std::result::Result<_, _>>()
-        .with_context(|| format!("--lanes {s:?}: expected five integers KI,P,KF,E,KS"))?;
-    let [ki, pl, kf, e, ks] = v[..] else {
-        bail!("--lanes {s:?}: expected five integers KI,P,KF,E,KS");
+        .with_context(|| format!("--lanes {s:?}: expected integers KI,P,KF,E,KS[,NL]"))?;
+    let (&[ki, pl, kf, e, ks], nl) = (&v[..v.len().min(5)], v.get(5)) else {
+        bail!("--lanes {s:?}: expected five or six integers KI,P,KF,E,KS[,NL]");
     };
+    if v.len() > 6 {
+        bail!("--lanes {s:?}: expected five or six integers KI,P,KF,E,KS[,NL]");
+    }
     (p.int_keys, p.prune_lanes, p.frac_keys, p.exps, p.sv_keys) = (ki, pl, kf, e, ks);
+    if let Some(&nl) = nl {
+        p.norm_lanes = nl;
+    }
     Ok(())
 }
 

@@ -28,7 +28,8 @@
 //!     in 12.20 fixed point; `exps` per cycle; `Z = sum e_j`;
 //!   - S.V engine and divider together: `acc_d = sum e_j v_jd` (`sv_keys` keys per cycle) while
 //!     a restoring divider computes `R = floor(2^40 / Z)` in [`DIV_CYCLES`] cycles;
-//!   - normalization, one cycle: `out_d = (acc_d R + 2^31) >> 32`, V's code with
+//!   - normalization, `norm_lanes` dimensions per cycle: `out_d = (acc_d R + 2^31) >> 32`,
+//!     V's code with
 //!     [`OUT_FRAC`] more fractional bits.
 
 use serde::Serialize;
@@ -81,6 +82,8 @@ pub struct CoreParams {
     pub exps: usize,
     /// Kept keys per cycle of the S.V engine (`d` multipliers each).
     pub sv_keys: usize,
+    /// Output dimensions normalized per cycle (one 40 x 25-bit multiplier each).
+    pub norm_lanes: usize,
 }
 
 /// Errors of the hardware model and its driver.
@@ -133,6 +136,12 @@ impl CoreParams {
             return bad(format!(
                 "d = {} with {f} fraction bits overflows the 20-bit approximated scores",
                 self.d
+            ));
+        }
+        if !(1..=self.d).contains(&self.norm_lanes) {
+            return bad(format!(
+                "norm_lanes = {} outside 1..=d ({})",
+                self.norm_lanes, self.d
             ));
         }
         if !SEARCH_BITS.contains(&self.search_bits) {
@@ -193,6 +202,7 @@ impl CoreParams {
                 .clamp(1, 64)
                 .min(n_max.max(1)),
             sv_keys: per(hw.sv_engine.multipliers, d),
+            norm_lanes: (hw.softmax_unit.norm_lanes as usize).clamp(1, d.max(1)),
         }
     }
 
@@ -208,6 +218,7 @@ impl CoreParams {
             ("KF", self.frac_keys),
             ("E", self.exps),
             ("KS", self.sv_keys),
+            ("NL", self.norm_lanes),
         ]
     }
 }
@@ -489,7 +500,7 @@ pub fn phase_b(p: &CoreParams, job: &HeadJob, kept: &[Vec<u16>]) -> (Vec<i16>, C
         cyc.frac += kn.div_ceil(p.frac_keys) as u64;
         cyc.exp += kn.div_ceil(p.exps) as u64;
         cyc.sv_div += (kn.div_ceil(p.sv_keys) as u64).max(DIV_CYCLES);
-        cyc.norm += 1;
+        cyc.norm += d.div_ceil(p.norm_lanes) as u64;
     }
     cyc.phase_b = cyc.frac + cyc.exp + cyc.sv_div + cyc.norm;
     (out, cyc)

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! hdpa-vectors 2
-//! params D NMAX F KI P R KF E KS
+//! params D NMAX F KI P R KF E KS NL
 //! cases COUNT
 //! case ID n causal centred importance_pos c_exp pruned     (then, for that case)
 //! q   n*d codes            k   n*d codes            v   n*d codes

@@ -288,6 +288,7 @@ fn hardware_attention(
         frac_keys: 1,
         exps: 1,
         sv_keys: 1,
+        norm_lanes: 1,
     };
     let hw = hdp_hw::attention_layer(&params, p, cfg)
         .map_err(|e| crate::Error::InvalidInput(format!("--datapath hw: {e}")))?;

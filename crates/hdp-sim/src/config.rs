@@ -51,6 +51,10 @@ fn default_dividers() -> u64 {
     1
 }
 
+fn default_norm_lanes() -> u64 {
+    4
+}
+
 /// The softmax unit.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +70,9 @@ pub struct SoftmaxUnit {
     /// which runs one row at a time, has one).
     #[serde(default = "default_dividers")]
     pub dividers: u64,
+    /// Output elements normalized (`acc x 1/Z`, one wide multiplier each) per cycle.
+    #[serde(default = "default_norm_lanes")]
+    pub norm_lanes: u64,
 }
 
 /// On-chip buffers.
@@ -245,6 +252,10 @@ impl HwConfig {
                 self.softmax_unit.divider_cycles as f64,
             ),
             ("softmax_unit.dividers", self.softmax_unit.dividers as f64),
+            (
+                "softmax_unit.norm_lanes",
+                self.softmax_unit.norm_lanes as f64,
+            ),
             ("sv_engine.multipliers", self.sv_engine.multipliers as f64),
             ("sram.q_kib", self.sram.q_kib),
             ("sram.k_kib", self.sram.k_kib),

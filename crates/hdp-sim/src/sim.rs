@@ -29,6 +29,8 @@ pub struct Item {
     pub sv_macs: f64,
     /// Reciprocals `1 / Z` (one per query row of a surviving head).
     pub recips: f64,
+    /// Output elements normalized (`d` per query row of a surviving head).
+    pub norms: f64,
     /// On-chip buffer traffic.
     pub sram_bytes: f64,
     /// Off-chip traffic.
@@ -225,6 +227,15 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool, centred: bool) -> Vec<B
             work: |i| i.recips,
         }),
         Box::new(RateUnit {
+            // One wide multiply per output element.
+            name: "normalizer",
+            rate: hw.softmax_unit.norm_lanes.max(1) as f64,
+            pj: e.sv_mac_pj,
+            multipliers: 0.0,
+            whole_cycles: true,
+            work: |i| i.norms,
+        }),
+        Box::new(RateUnit {
             name: "sv_engine",
             rate: hw.sv_engine.multipliers as f64,
             pj: e.sv_mac_pj,
@@ -316,6 +327,7 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                 ib.exps = kept;
                 ib.sv_macs = kept * d;
                 ib.recips = rows;
+                ib.norms = rows * d;
                 if f.block_pruning && l.compensate {
                     // The V sum over valid keys and `c . sum` per query row.
                     ib.sv_macs += 2.0 * rows * d;
@@ -337,6 +349,7 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                     exps: ib.exps,
                     sv_macs: ib.sv_macs,
                     recips: ib.recips,
+                    norms: ib.norms,
                     sram_bytes: ia.sram_bytes + ib.sram_bytes,
                     dram_bytes: ia.dram_bytes + ib.dram_bytes,
                 });
