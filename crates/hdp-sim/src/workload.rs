@@ -158,10 +158,11 @@ impl Workload {
         Workload { layers }
     }
 
-    /// A model shape with uniform sparsity: every block-row keeps `round((1 - block_sparsity)
-    /// * blocks)` blocks (at least one, the diagonal first, then its neighbours), chosen by
-    /// top-k (the default policy), and the first `round(head_sparsity * heads)` heads of each
-    /// layer are pruned. No padding, no causal mask.
+    /// A model shape with uniform sparsity: every block-row keeps
+    /// `round((1 - block_sparsity) * blocks)` blocks (at least one, the diagonal first, then its
+    /// neighbours), chosen by top-k (the default policy), and the first
+    /// `round(head_sparsity * heads)` heads of each layer are pruned. No padding, no causal
+    /// mask.
     pub fn synthetic(
         shape: &ModelShape,
         seq_len: usize,
