@@ -20,16 +20,19 @@ flags=("$@")
 "$HDP_BIN" hw vectors "${flags[@]}" --cases 0 -o "$out/params.txt" 2>/dev/null
 read -r _ D NMAX F KI P R KF E KS NL < <(sed -n 2p "$out/params.txt")
 echo "== HDPA core D=$D NMAX=$NMAX F=$F KI=$KI P=$P R=$R KF=$KF E=$E KS=$KS NL=$NL"
-yosys -q -l "$out/yosys.log" -p "
-read_verilog -sv -I rtl rtl/hdpa_core.sv rtl/hdpa_units.sv
-chparam -set D $D -set NMAX $NMAX -set F $F -set KI $KI -set P $P -set R $R -set KF $KF -set E $E -set KS $KS -set NL $NL hdpa_core
-synth -top hdpa_core -run begin:fine
-opt -fast -full
+# Yosys' synth to generic cells, without memory_map (after the coarse steps of `synth`).
+flow="opt -fast -full
 opt -full
 techmap
 opt -fast
 abc -fast
 opt -fast
+"
+yosys -q -l "$out/yosys.log" -p "
+read_verilog -sv -I rtl rtl/hdpa_core.sv rtl/hdpa_units.sv
+chparam -set D $D -set NMAX $NMAX -set F $F -set KI $KI -set P $P -set R $R -set KF $KF -set E $E -set KS $KS -set NL $NL hdpa_core
+synth -top hdpa_core -run begin:fine
+$flow
 tee -o $out/stat.txt stat
 tee -o $out/stat.json stat -json
 "
@@ -38,12 +41,7 @@ for ref in ref_mul8 ref_add32; do
     yosys -q -p "
 read_verilog -sv rtl/ref_cells.sv
 synth -top $ref -run begin:fine
-opt -fast -full
-opt -full
-techmap
-opt -fast
-abc -fast
-opt -fast
+$flow
 tee -q -o $out/$ref.json stat -json
 "
 done
