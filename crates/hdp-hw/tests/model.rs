@@ -277,6 +277,11 @@ fn stage_cycles_equal_the_simulators() {
 }
 
 #[test]
+fn the_simulator_searches_the_cores_score_width() {
+    assert_eq!(hdp_sim::sim::SCORE_BITS, hdp_hw::core::SCORE_BITS as u64);
+}
+
+#[test]
 fn the_digit_search_finds_the_kth_largest_and_the_count_above() {
     // Random offset-binary scores, with many ties (narrow ranges) and the full 18-bit range.
     let mut rng = hdp_hw::vectors::Rng::new(5);
