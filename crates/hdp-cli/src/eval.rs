@@ -188,15 +188,7 @@ fn run_one(
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let cfg = match a.datapath {
         Datapath::Float => a.hdp.config()?,
-        Datapath::Hw => {
-            let mut opts = a.hdp.clone();
-            if opts.compensate.is_none() {
-                opts.compensate = Some(hdp_core::Compensation::Off);
-            }
-            let cfg = opts.config()?;
-            hdp_hw::check_config(cfg.get()).context("--datapath hw")?;
-            cfg
-        }
+        Datapath::Hw => hdp_hw::driver::hw_config(&a.hdp).context("--datapath hw")?,
     };
     let kernel = (a.datapath == Datapath::Hw)
         .then(|| HdpKernel::Hardware(hdp_attention::fast::Isa::detect()));

@@ -6,7 +6,6 @@ use crate::args::HdpArgs;
 use crate::io::load_problem;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hdp_core::Compensation;
 use hdp_hw::core::CoreParams;
 use hdp_hw::driver::attention_layer;
 use hdp_hw::vectors::{lut_svh, synthetic_cases, write_vectors, Case};
@@ -102,11 +101,7 @@ fn parse_lanes(s: &str, p: &mut CoreParams) -> Result<()> {
 
 fn vectors(a: &VectorsArgs) -> Result<()> {
     let (hw, _) = hdp_sim::load_preset(&a.preset)?;
-    let mut opts = a.hdp.clone();
-    if opts.compensate.is_none() {
-        opts.compensate = Some(Compensation::Off);
-    }
-    let cfg = opts.config()?;
+    let cfg = hdp_hw::driver::hw_config(&a.hdp)?;
     let f = cfg.q_format.frac_bits;
     let (cases, params) = match &a.qkv {
         None => {

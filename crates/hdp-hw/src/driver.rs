@@ -40,6 +40,18 @@ pub struct LayerRun {
     pub prescales: Vec<(i32, i32)>,
 }
 
+/// The configuration the user's options describe on the core: as [`hdp_core::HdpOptions::config`],
+/// except that compensation, which the core lacks, defaults to off; checked by [`check_config`].
+pub fn hw_config(opts: &hdp_core::HdpOptions) -> Result<hdp_core::ValidConfig> {
+    let mut opts = opts.clone();
+    if opts.compensate.is_none() {
+        opts.compensate = Some(hdp_attention::config::Compensation::Off);
+    }
+    let cfg = opts.config()?;
+    check_config(cfg.get())?;
+    Ok(cfg)
+}
+
 /// What the core supports of an [`HdpConfig`]; anything else is a clear error.
 pub fn check_config(cfg: &HdpConfig) -> Result<f64> {
     let bad = |what: &str| {
