@@ -258,9 +258,10 @@ fn stage_cycles_equal_the_simulators() {
         ("server", 64, 128, 13),
     ] {
         let (mut hw, _) = hdp_sim::load_preset(preset).unwrap();
-        // The server preset overlaps eight rows' reciprocals in its pipeline; the core runs one
-        // row at a time with one divider.
+        // The presets overlap rows' reciprocals in pipelined dividers; the core runs one row at
+        // a time with one iterative divider.
         hw.softmax_unit.dividers = 1;
+        hw.softmax_unit.divider_cycles = hdp_hw::core::DIV_CYCLES;
         let p = CoreParams::from_preset(&hw, d, n_max, 3);
         for case in synthetic_cases(&p, 12, seed) {
             let run = run_head(&p, &case.job, false).unwrap();

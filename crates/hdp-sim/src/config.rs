@@ -44,7 +44,7 @@ fn default_search_bits() -> u64 {
 }
 
 fn default_divider_cycles() -> u64 {
-    41
+    1
 }
 
 fn default_dividers() -> u64 {
@@ -61,9 +61,9 @@ fn default_norm_lanes() -> u64 {
 pub struct SoftmaxUnit {
     /// Exponentials (with their share of the divide) per cycle.
     pub exps_per_cycle: u64,
-    /// Cycles of the one reciprocal `1 / Z` each query row needs, which the S.V engine's
-    /// normalization waits for: the RTL's restoring divider takes 41 (one quotient bit per
-    /// cycle), so a row occupies S.V for at least that long.
+    /// Cycles between the reciprocals `1 / Z` (one per query row, which normalization waits
+    /// for) that one divider can start: 41 for the RTL's iterative restoring divider (one
+    /// quotient bit per cycle), 1 for the same 41 steps pipelined (41 times the steps' area).
     #[serde(default = "default_divider_cycles")]
     pub divider_cycles: u64,
     /// Dividers working on different rows at once (rows overlap in the pipeline; the RTL core,
