@@ -262,6 +262,8 @@ fn stage_cycles_equal_the_simulators() {
         // a time with one iterative divider.
         hw.softmax_unit.dividers = 1;
         hw.softmax_unit.divider_cycles = hdp_hw::core::DIV_CYCLES;
+        // The core searches one row at a time.
+        hw.pruning_unit.max_row_groups = 1;
         let p = CoreParams::from_preset(&hw, d, n_max, 3);
         for case in synthetic_cases(&p, 12, seed) {
             let run = run_head(&p, &case.job, false).unwrap();

@@ -37,6 +37,16 @@ pub struct PruningUnit {
     /// that prunes costs `ceil(score bits / R) + 1` passes (see [`crate::sim`]).
     #[serde(default = "default_search_bits")]
     pub search_bits_per_pass: u64,
+    /// Block-rows searched at once when they are short: the lanes split into up to this many
+    /// groups of at least a row each (own counters and threshold), so a pass over a row
+    /// shorter than half the lanes costs a fraction of a cycle. 1 = one row at a time, as the
+    /// RTL core (modelled; not in the RTL).
+    #[serde(default = "default_row_groups")]
+    pub max_row_groups: u64,
+}
+
+fn default_row_groups() -> u64 {
+    1
 }
 
 fn default_search_bits() -> u64 {
@@ -252,6 +262,10 @@ impl HwConfig {
                 self.softmax_unit.divider_cycles as f64,
             ),
             ("softmax_unit.dividers", self.softmax_unit.dividers as f64),
+            (
+                "pruning_unit.max_row_groups",
+                self.pruning_unit.max_row_groups as f64,
+            ),
             (
                 "softmax_unit.norm_lanes",
                 self.softmax_unit.norm_lanes as f64,

@@ -316,7 +316,10 @@ fn items(hw: &HwConfig, l: &LayerWork) -> (Vec<Item>, Vec<Item>) {
                     prune_passes(hw, l.selection, l.block_size, r.valid_blocks, r.kept_blocks);
                 let lanes = hw.pruning_unit.blocks_per_cycle.max(1);
                 ia.prune_ops = (passes * r.valid_blocks) as f64;
-                ia.prune_cycles = (passes * r.valid_blocks.div_ceil(lanes)) as f64;
+                // Rows shorter than the lanes share them, up to max_row_groups at once.
+                let groups =
+                    (lanes / r.valid_blocks.max(1)).clamp(1, hw.pruning_unit.max_row_groups.max(1));
+                ia.prune_cycles = (passes * r.valid_blocks.div_ceil(lanes)) as f64 / groups as f64;
                 // K integer parts of the row's valid columns, shared by a tile of query rows, plus
                 // the row's own Q integer parts (integer halves of the codes).
                 ia.sram_bytes = (r.valid_entries as f64 / tile + rows) * d * code / 2.0;

@@ -288,4 +288,13 @@ fn pruning_passes_follow_the_policy() {
         l.selection = Selection::Threshold;
     }
     assert!(simulate(&hw, &e, &mean_max).cycles <= simulate(&hw, &e, &w).cycles);
+    // Short rows share the lanes: 32-token rows on 64 lanes search two at a time.
+    let short = Workload::synthetic(&BERT, 32, 1, 0.7, 0.0).unwrap();
+    let mut one_row = hw.clone();
+    one_row.pruning_unit.max_row_groups = 1;
+    let busy = |hw: &HwConfig| {
+        let r = simulate(hw, &e, &short);
+        r.units.iter().find(|u| u.name == "pruning_unit").unwrap().busy_cycles
+    };
+    assert_eq!(busy(&one_row), 2.0 * busy(&hw));
 }
