@@ -294,7 +294,11 @@ fn pruning_passes_follow_the_policy() {
     one_row.pruning_unit.max_row_groups = 1;
     let busy = |hw: &HwConfig| {
         let r = simulate(hw, &e, &short);
-        r.units.iter().find(|u| u.name == "pruning_unit").unwrap().busy_cycles
+        r.units
+            .iter()
+            .find(|u| u.name == "pruning_unit")
+            .unwrap()
+            .busy_cycles
     };
     assert_eq!(busy(&one_row), 2.0 * busy(&hw));
 }
