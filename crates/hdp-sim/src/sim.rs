@@ -19,7 +19,8 @@ pub struct Item {
     pub int_macs: f64,
     /// Pruning-unit block operations (comparisons, over every pass).
     pub prune_ops: f64,
-    /// Pruning-unit cycles: passes x `ceil(blocks / lanes)`.
+    /// Pruning-unit cycles: passes x `ceil(blocks / lanes)`, shared by the rows searched at
+    /// once.
     pub prune_cycles: f64,
     /// Score MACs: fraction MACs (HDPA) or full-precision MACs (dense).
     pub score_macs: f64,
@@ -217,7 +218,7 @@ fn units(hw: &HwConfig, e: &EnergyTable, int_pass: bool, centred: bool) -> Vec<B
             work: |i| i.exps,
         }),
         Box::new(RateUnit {
-            // One reciprocal per row at a time; its energy is in the softmax's per-exp figure.
+            // `dividers` reciprocals every `divider_cycles`; the energy is in the per-exp figure.
             name: "divider",
             rate: hw.softmax_unit.dividers.max(1) as f64
                 / hw.softmax_unit.divider_cycles.max(1) as f64,
