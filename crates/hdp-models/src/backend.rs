@@ -282,8 +282,8 @@ fn hardware_attention(
         frac_bits: cfg.q_format.frac_bits,
         int_keys: 1,
         prune_lanes: 1,
-        // The outputs do not depend on the core's parallelism; one bit per pass is the
-        // model's cheapest search.
+        // The outputs do not depend on the core's parallelism; the model selects directly
+        // and, in debug builds, checks against the digit search, cheapest at one bit a pass.
         search_bits: 1,
         frac_keys: 1,
         exps: 1,
