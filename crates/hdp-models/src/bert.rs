@@ -388,7 +388,7 @@ impl BertModel {
     /// The encoder layers over `x` (`rows x hidden`, sequences at `offsets`), in place.
     fn layers_forward(
         &self,
-        x: &mut Vec<f32>,
+        x: &mut [f32],
         offsets: &[usize],
         sequence_ids: &[usize],
         attn: &mut dyn AttentionBackend,
