@@ -30,9 +30,12 @@ pub struct HdpOutput {
 /// binary floating point) keeps 3 blocks, not 4.
 const TOPK_EPS: f64 = 1e-9;
 
-/// Blocks a top-k block-row with `len` valid blocks keeps: `ceil(keep * len)`, at least one.
-pub fn topk_count(keep: f64, len: usize) -> usize {
-    ((keep * len as f64 - TOPK_EPS).ceil() as usize).clamp(1, len)
+/// Blocks a top-k block-row with `len` valid blocks keeps: `ceil(keep * len)`, at least `min`
+/// (and one), at most `len`.
+pub fn topk_count(keep: f64, min: usize, len: usize) -> usize {
+    ((keep * len as f64 - TOPK_EPS).ceil() as usize)
+        .max(min)
+        .clamp(1, len)
 }
 
 /// The scale from integer block importances to estimated logits that top-p uses:
@@ -46,7 +49,9 @@ pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> Log
         BlockImportance::Max => base,
         _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
     };
-    let table = matches!(cfg.threshold, RowThreshold::TopP { .. }) || cfg.compensates();
+    let table = matches!(cfg.threshold, RowThreshold::TopP { .. })
+        || cfg.compensates()
+        || cfg.head_importance == HeadImportance::KeptMass;
     LogitScale::new(scale, table)
 }
 
@@ -218,8 +223,8 @@ fn select_blocks_owned(
                 .map(|&(c, _)| c)
                 .collect()
         }
-        RowThreshold::TopK { keep } => {
-            let k = topk_count(keep, row.len());
+        RowThreshold::TopK { keep, min: floor } => {
+            let k = topk_count(keep, floor, row.len());
             top_blocks(row, k)
         }
         RowThreshold::TopP { mass } => {
@@ -374,9 +379,11 @@ pub(crate) struct HeadDecider {
     all_sum: f64,
     peak: f64,
     rows_with_blocks: usize,
-    /// Per block-row, the estimated softmax mass of its pruned blocks (compensation only;
-    /// empty otherwise).
+    /// Per block-row, the estimated softmax mass of its pruned blocks (compensation or the
+    /// kept-mass head importance; empty otherwise).
     mass: Vec<f64>,
+    /// Whether the output compensates (else `finish` drops the masses).
+    compensates: bool,
 }
 
 /// What one head's decision pass produces: the kept blocks, the head's importance, and per
@@ -502,15 +509,17 @@ impl HeadDecider {
             all_sum: 0.0,
             peak: 0.0,
             rows_with_blocks: 0,
-            mass: if !cfg.compensates() {
-                Vec::new()
-            } else {
+            mass: if cfg.compensates() || cfg.head_importance == HeadImportance::KeptMass {
                 vec![0.0; nb]
+            } else {
+                Vec::new()
             },
+            compensates: cfg.compensates(),
         }
     }
 
-    /// Whether the decision estimates pruned masses (compensation on).
+    /// Whether the decision estimates pruned masses (compensation, or the kept-mass head
+    /// importance).
     pub(crate) fn wants_mass(&self) -> bool {
         !self.mass.is_empty()
     }
@@ -617,7 +626,7 @@ impl HeadDecider {
                         let desc = value_counts_in(valid, len, min, max, &mut scratch.counts);
                         topp_count(&desc, &self.logit_scale, mass)
                     }
-                    RowThreshold::TopK { keep } => topk_count(keep, len),
+                    RowThreshold::TopK { keep, min: floor } => topk_count(keep, floor, len),
                     _ => unreachable!("matched above"),
                 };
                 let t = kth_largest(imp, ok, k, min, max, len, scratch);
@@ -690,15 +699,28 @@ impl HeadDecider {
         self.kept_pos += stats.kept_pos as f64;
     }
 
-    /// The kept blocks, the head's importance and the pruned masses.
+    /// The kept blocks, the head's importance and the pruned masses (empty unless the output
+    /// compensates).
     pub(crate) fn finish(self) -> Decided {
         let importance = match self.head_importance {
             HeadImportance::KeptSum => self.kept_sum,
             HeadImportance::KeptPosSum => self.kept_pos,
             HeadImportance::AllSum => self.all_sum,
             HeadImportance::Peakedness => self.peak / self.rows_with_blocks.max(1) as f64,
+            HeadImportance::KeptMass => {
+                // Rows without valid blocks have mass 0; they do not count. Summed in row
+                // order from the same masses in every implementation.
+                let blank = (self.mass.len() - self.rows_with_blocks) as f64;
+                let kept: f64 = self.mass.iter().map(|m| 1.0 - m).sum::<f64>() - blank;
+                kept / self.rows_with_blocks.max(1) as f64
+            }
         };
-        (self.kept, importance, self.mass)
+        let mass = if self.compensates {
+            self.mass
+        } else {
+            Vec::new()
+        };
+        (self.kept, importance, mass)
     }
 }
 
@@ -1274,7 +1296,7 @@ mod tests {
                 let cfg = |compensate| {
                     HdpConfig {
                         block_size: bs,
-                        threshold: RowThreshold::TopK { keep: 0.3 },
+                        threshold: RowThreshold::TopK { keep: 0.3, min: 1 },
                         pv: PvPrecision::F32,
                         compensate,
                         ..HdpConfig::default()
@@ -1428,7 +1450,7 @@ mod tests {
         })
         .unwrap();
         let base = HdpConfig {
-            threshold: RowThreshold::TopK { keep: 0.01 },
+            threshold: RowThreshold::TopK { keep: 0.01, min: 1 },
             ..HdpConfig::default()
         };
         let plain = attention(&p, &base.validated().unwrap(), 0).unwrap();
@@ -1521,17 +1543,25 @@ mod tests {
     fn top_k_rounds_up_and_breaks_ties_by_column() {
         let row: Vec<(usize, i64)> = (0..10).map(|c| (c, 7)).collect();
         assert_eq!(
-            select_blocks(&row, RowThreshold::TopK { keep: 0.3 }),
+            select_blocks(&row, RowThreshold::TopK { keep: 0.3, min: 1 }),
             vec![0, 1, 2]
         );
         assert_eq!(
-            select_blocks(&row, RowThreshold::TopK { keep: 0.31 }).len(),
+            select_blocks(&row, RowThreshold::TopK { keep: 0.31, min: 1 }).len(),
             4
         );
         assert_eq!(
-            select_blocks(&row, RowThreshold::TopK { keep: 1e-6 }).len(),
+            select_blocks(&row, RowThreshold::TopK { keep: 1e-6, min: 1 }).len(),
             1
         );
+        // The floor: at least `min`, never more than the row.
+        assert_eq!(
+            select_blocks(&row, RowThreshold::TopK { keep: 0.3, min: 5 }),
+            vec![0, 1, 2, 3, 4]
+        );
+        assert_eq!(topk_count(0.3, 4, 3), 3);
+        assert_eq!(topk_count(0.3, 4, 100), 30);
+        assert_eq!(topk_count(0.3, 0, 2), 1);
     }
 
     #[test]

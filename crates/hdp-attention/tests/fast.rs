@@ -69,7 +69,7 @@ proptest! {
         (batch, heads, n, d) in (1usize..=2, 1usize..=4, 1usize..=40, prop_oneof![Just(1usize), Just(7), Just(8), Just(16), Just(32)]),
         pad in 0usize..4, causal in any::<bool>(), seed in any::<u64>(),
         bs in 1usize..=9,
-        threshold in prop_oneof![Just(RowThreshold::KeepAll), (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }), (0.05f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }), (0.05f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass })],
+        threshold in prop_oneof![Just(RowThreshold::KeepAll), (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }), (0.05f64..=1.0, 1usize..=6).prop_map(|(keep, min)| RowThreshold::TopK { keep, min }), (0.05f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass })],
         importance in prop_oneof![Just(BlockImportance::Sum), Just(BlockImportance::Max), Just(BlockImportance::AbsSum)],
         head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
         score_mode in prop_oneof![Just(ScoreMode::Approx), Just(ScoreMode::Exact), Just(ScoreMode::Float)],
@@ -135,7 +135,7 @@ proptest! {
         (heads, n, d) in (1usize..=3, 1usize..=150, prop_oneof![Just(4usize), Just(12), Just(32), Just(48), Just(64)]),
         pad in 0usize..20, causal in any::<bool>(), seed in any::<u64>(),
         bs in prop_oneof![Just(1usize), Just(2), Just(5), Just(8), Just(16), Just(24), Just(32)],
-        threshold in prop_oneof![Just(RowThreshold::KeepAll), (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }), (0.05f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }), (0.05f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass })],
+        threshold in prop_oneof![Just(RowThreshold::KeepAll), (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }), (0.05f64..=1.0, 1usize..=6).prop_map(|(keep, min)| RowThreshold::TopK { keep, min }), (0.05f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass })],
         importance in prop_oneof![Just(BlockImportance::Sum), Just(BlockImportance::Max), Just(BlockImportance::AbsSum)],
         head_pruning in prop_oneof![Just(HeadPruning::Off), (0.0f64..=1.0).prop_map(|tau| HeadPruning::Tau { tau })],
         (bits, f) in (4u32..=8).prop_flat_map(|bits| (Just(bits), (bits.saturating_sub(7)).max(1)..bits)),
@@ -191,7 +191,7 @@ fn sparse_kept_path_matches_the_reference_on_every_tier() {
         })
         .unwrap();
         let cfg = HdpConfig {
-            threshold: RowThreshold::TopK { keep: 0.1 },
+            threshold: RowThreshold::TopK { keep: 0.1, min: 1 },
             score_mode,
             pv,
             ..HdpConfig::default()

@@ -46,7 +46,7 @@ fn threshold_strategy() -> impl Strategy<Value = RowThreshold> {
     prop_oneof![
         Just(RowThreshold::KeepAll),
         (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }),
-        (0.01f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }),
+        (0.01f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep, min: 1 }),
         (0.01f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass }),
     ]
 }
@@ -64,7 +64,8 @@ fn head_importance_strategy() -> impl Strategy<Value = HeadImportance> {
         Just(HeadImportance::KeptSum),
         Just(HeadImportance::KeptPosSum),
         Just(HeadImportance::AllSum),
-        Just(HeadImportance::Peakedness)
+        Just(HeadImportance::Peakedness),
+        Just(HeadImportance::KeptMass)
     ]
 }
 
@@ -276,7 +277,7 @@ proptest! {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let run = |threshold| hdp::attention(&p, &(HdpConfig { block_size: bs, threshold, ..HdpConfig::default() }).validated().unwrap(), 0).unwrap().trace;
         let (t_lo, t_hi) = (run(RowThreshold::MeanMax { rho: lo }), run(RowThreshold::MeanMax { rho: hi }));
-        let (k_lo, k_hi) = (run(RowThreshold::TopK { keep: lo.max(0.01) }), run(RowThreshold::TopK { keep: hi.max(0.01) }));
+        let (k_lo, k_hi) = (run(RowThreshold::TopK { keep: lo.max(0.01), min: 1 }), run(RowThreshold::TopK { keep: hi.max(0.01), min: 1 }));
         for (s_lo, s_hi) in t_lo.sequences.iter().zip(&t_hi.sequences) {
             for (h_lo, h_hi) in s_lo.heads.iter().zip(&s_hi.heads) {
                 prop_assert!(h_hi.kept.is_subset_of(&h_lo.kept));

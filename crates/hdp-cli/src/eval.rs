@@ -617,7 +617,8 @@ fn describe(c: &ValidConfig) -> String {
     let t = match c.threshold {
         RowThreshold::KeepAll => "keep-all".to_string(),
         RowThreshold::MeanMax { rho } => format!("rho={rho}"),
-        RowThreshold::TopK { keep } => format!("keep={keep}"),
+        RowThreshold::TopK { keep, min: 1 } => format!("keep={keep}"),
+        RowThreshold::TopK { keep, min } => format!("keep={keep} min={min}"),
         RowThreshold::TopP { mass } => format!("top-p={mass}"),
     };
     let h = match c.head_pruning {

@@ -125,10 +125,12 @@ fn identical_with_one_and_two_threads_dense_and_hdp() {
         "embed",
         "--attention",
         "hdp",
-        "one text",
+        "one text, long enough for top-k to prune beyond its floor of 4 keys",
         "two texts here",
     ]));
     assert!(r[0]["block_sparsity"].as_f64().unwrap() > 0.0);
+    // Five tokens ([CLS] two texts here [SEP]): the floor keeps 4 keys of each row.
+    assert!(r[1]["block_sparsity"].as_f64().unwrap() < r[0]["block_sparsity"].as_f64().unwrap());
     assert_eq!(r[1]["head_sparsity"].as_f64().unwrap(), 0.0);
 }
 

@@ -193,7 +193,7 @@ mod tests {
         let c = sample();
         let run = HdpConfig {
             centred: true,
-            threshold: RowThreshold::TopK { keep: 0.5 },
+            threshold: RowThreshold::TopK { keep: 0.5, min: 1 },
             ..HdpConfig::default()
         };
         assert_eq!(c.check_options(&run), Ok(()));

@@ -38,15 +38,22 @@ pub struct HdpOptions {
     #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub importance: Option<BlockImportance>,
     /// Mean-max threshold: keep blocks >= mean + rho (max - mean) per block-row, rho in [0, 1]
-    /// (default policy: top-k with --keep 0.3).
+    /// (default policy: top-k with --keep 0.25 --min-keep 4).
     #[cfg_attr(feature = "clap", arg(long, conflicts_with_all = ["keep", "no_block_pruning"], allow_hyphen_values = true))]
     pub rho: Option<f64>,
-    /// Top-k threshold: keep ceil(keep x blocks) per block-row, keep in (0, 1] [0.3].
+    /// Top-k threshold: keep ceil(keep x blocks) per block-row, keep in (0, 1] [0.25].
     #[cfg_attr(
         feature = "clap",
         arg(long, conflicts_with = "no_block_pruning", allow_hyphen_values = true)
     )]
     pub keep: Option<f64>,
+    /// Top-k's floor: every block-row keeps at least this many blocks (all when fewer are
+    /// valid) [4].
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "K", conflicts_with_all = ["rho", "top_p", "no_block_pruning"])
+    )]
+    pub min_keep: Option<usize>,
     /// Top-p threshold: keep the fewest blocks per block-row whose softmax mass, estimated
     /// from the integer scores, reaches this fraction, in (0, 1] (row-adaptive top-k).
     #[cfg_attr(feature = "clap", arg(long, conflicts_with_all = ["keep", "rho", "no_block_pruning"], allow_hyphen_values = true))]
@@ -118,6 +125,7 @@ impl HdpOptions {
         "importance",
         "rho",
         "keep",
+        "min_keep",
         "top_p",
         "no_block_pruning",
         "tau",
@@ -137,7 +145,7 @@ impl HdpOptions {
         use GivenValue::{Bool, Float, Int, Text};
         let int = |v: Option<usize>| v.map(|x| Int(x as i64));
         let text = |v: Option<String>| v.map(Text);
-        let all: [(&'static str, Option<GivenValue>); 21] = [
+        let all: [(&'static str, Option<GivenValue>); 22] = [
             ("bits", self.bits.map(|x| Int(x as i64))),
             ("frac_bits", self.frac_bits.map(|x| Int(x as i64))),
             ("prescale", text(self.prescale.map(|x| x.to_string()))),
@@ -147,6 +155,7 @@ impl HdpOptions {
             ("importance", text(self.importance.map(|x| x.to_string()))),
             ("rho", self.rho.map(Float)),
             ("keep", self.keep.map(Float)),
+            ("min_keep", int(self.min_keep)),
             ("top_p", self.top_p.map(Float)),
             (
                 "no_block_pruning",
@@ -177,9 +186,14 @@ impl HdpOptions {
         *self != HdpOptions::default()
     }
 
-    /// Whether a block-row threshold option (rho, keep, top_p, no_block_pruning) was given.
+    /// Whether a block-row threshold option (rho, keep, min_keep, top_p, no_block_pruning) was
+    /// given.
     pub fn threshold_given(&self) -> bool {
-        self.rho.is_some() || self.keep.is_some() || self.top_p.is_some() || self.no_block_pruning
+        self.rho.is_some()
+            || self.keep.is_some()
+            || self.min_keep.is_some()
+            || self.top_p.is_some()
+            || self.no_block_pruning
     }
 
     /// The validated configuration these options describe: defaults for what is not given,
@@ -206,6 +220,21 @@ impl HdpOptions {
             ("keep", self.keep.is_some()),
             ("top_p", self.top_p.is_some()),
         ])?;
+        if self.min_keep.is_some() {
+            conflict(&[
+                ("min_keep", true),
+                ("no_block_pruning", self.no_block_pruning),
+                ("rho", self.rho.is_some()),
+                ("top_p", self.top_p.is_some()),
+            ])
+            .map_err(|_| Error::InvalidOption {
+                name: "min_keep",
+                value: self.min_keep.unwrap_or(0).to_string(),
+                expected: "min_keep only with top-k (keep, or the default policy), not with \
+                           rho, top_p or no_block_pruning"
+                    .into(),
+            })?;
+        }
         conflict(&[
             ("tau", self.tau.is_some()),
             ("head_top_k", self.head_top_k.is_some()),
@@ -236,9 +265,18 @@ impl HdpOptions {
             threshold: match (self.no_block_pruning, self.rho, self.keep, self.top_p) {
                 (true, ..) => RowThreshold::KeepAll,
                 (_, Some(rho), ..) => RowThreshold::MeanMax { rho },
-                (_, _, Some(keep), _) => RowThreshold::TopK { keep },
+                (_, _, Some(keep), _) => RowThreshold::TopK {
+                    keep,
+                    min: self.min_keep.unwrap_or(d.threshold.top_k_min()),
+                },
                 (.., Some(mass)) => RowThreshold::TopP { mass },
-                _ => d.threshold,
+                _ => match d.threshold {
+                    RowThreshold::TopK { keep, min } => RowThreshold::TopK {
+                        keep,
+                        min: self.min_keep.unwrap_or(min),
+                    },
+                    other => other,
+                },
             },
             head_importance: self.head_importance.unwrap_or(d.head_importance),
             head_pruning: match (self.tau, self.head_top_k) {
@@ -284,6 +322,32 @@ mod tests {
             ..Default::default()
         };
         assert!(o.config().unwrap_err().to_string().contains("head_top_k"));
+        let o = HdpOptions {
+            min_keep: Some(4),
+            top_p: Some(0.9),
+            ..Default::default()
+        };
+        let e = o.config().unwrap_err().to_string();
+        assert!(e.contains("min_keep") && e.contains("top-k"), "{e}");
+    }
+
+    #[test]
+    fn min_keep_applies_to_the_given_or_the_default_keep() {
+        let floor = |o: HdpOptions| match o.config().unwrap().get().threshold {
+            RowThreshold::TopK { keep, min } => (keep, min),
+            other => panic!("{other}"),
+        };
+        let d = crate::config::DEFAULT_KEEP;
+        let with = |keep, min_keep| HdpOptions {
+            keep,
+            min_keep,
+            ..Default::default()
+        };
+        assert_eq!(floor(with(None, Some(6))), (d, 6));
+        assert_eq!(floor(with(Some(0.2), Some(6))), (0.2, 6));
+        let dm = crate::config::DEFAULT_MIN_KEEP;
+        assert_eq!(floor(with(Some(0.2), None)), (0.2, dm));
+        assert!(with(None, Some(6)).threshold_given());
     }
 
     #[test]
@@ -316,6 +380,7 @@ mod tests {
             importance: Some(BlockImportance::Sum),
             rho: Some(0.1),
             keep: Some(0.1),
+            min_keep: Some(2),
             top_p: Some(0.1),
             no_block_pruning: true,
             tau: Some(0.1),

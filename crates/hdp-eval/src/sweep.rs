@@ -43,12 +43,10 @@ impl SweepGrid {
                 .flatten()
                 .map(|&rho| RowThreshold::MeanMax { rho }),
         );
-        thresholds.extend(
-            self.keeps
-                .iter()
-                .flatten()
-                .map(|&keep| RowThreshold::TopK { keep }),
-        );
+        thresholds.extend(self.keeps.iter().flatten().map(|&keep| RowThreshold::TopK {
+            keep,
+            min: base.threshold.top_k_min(),
+        }));
         thresholds.extend(
             self.top_ps
                 .iter()

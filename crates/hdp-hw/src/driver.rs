@@ -53,7 +53,7 @@ pub fn hw_config(opts: &hdp_core::HdpOptions) -> Result<hdp_core::ValidConfig> {
 }
 
 /// What the core supports of an [`HdpConfig`]; anything else is a clear error.
-pub fn check_config(cfg: &HdpConfig) -> Result<f64> {
+pub fn check_config(cfg: &HdpConfig) -> Result<(f64, usize)> {
     let bad = |what: &str| {
         Err(HwError::Invalid(format!(
             "the HDPA core does not implement {what}; it runs block size 1, top-k, \
@@ -87,7 +87,7 @@ pub fn check_config(cfg: &HdpConfig) -> Result<f64> {
         );
     }
     match cfg.threshold {
-        RowThreshold::TopK { keep } => Ok(keep),
+        RowThreshold::TopK { keep, min } => Ok((keep, min)),
         _ => bad("row thresholds other than top-k"),
     }
 }
@@ -190,7 +190,7 @@ pub fn attention_layer(
                 kcount: (0..nn)
                     .map(|i| {
                         let nv = if prob.causal() { i + 1 } else { nn };
-                        topk_count(keep, nv) as u16
+                        topk_count(keep.0, keep.1, nv) as u16
                     })
                     .collect(),
             };

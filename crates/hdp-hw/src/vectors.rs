@@ -141,10 +141,11 @@ pub fn synthetic_cases(p: &CoreParams, count: usize, seed: u64) -> Vec<Case> {
             };
             let (q, k, v) = (codes(n * p.d), codes(n * p.d), codes(n * p.d));
             let keep = [0.0, 0.1, 0.3, 0.5, 1.0][rng.range(0, 4) as usize];
+            let min = [1, 1, 4, 9][rng.range(0, 3) as usize];
             let kcount = (0..n)
                 .map(|i| {
                     let nv = if causal { i + 1 } else { n };
-                    hdp_attention::hdp::topk_count(keep, nv) as u16
+                    hdp_attention::hdp::topk_count(keep, min, nv) as u16
                 })
                 .collect();
             let job = HeadJob {

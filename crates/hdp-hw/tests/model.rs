@@ -29,7 +29,7 @@ fn config(keep: f64, centred: bool, head_pruning: HeadPruning, imp: HeadImportan
     HdpConfig {
         q_format: hdp_core::QFormat::new(8, 3).unwrap(),
         block_size: 1,
-        threshold: RowThreshold::TopK { keep },
+        threshold: RowThreshold::TopK { keep, min: 1 },
         score_mode: ScoreMode::Approx,
         compensate: Compensation::Off,
         centred,

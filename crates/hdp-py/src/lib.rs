@@ -113,6 +113,7 @@ impl Config {
                 "importance" => o.importance = Some(opt_parse(n, &v)?),
                 "rho" => o.rho = Some(opt_f64(n, &v)?),
                 "keep" => o.keep = Some(opt_f64(n, &v)?),
+                "min_keep" => o.min_keep = Some(opt_int(n, &v)?),
                 "top_p" => o.top_p = Some(opt_f64(n, &v)?),
                 "no_block_pruning" => {
                     o.no_block_pruning = v.extract().map_err(|_| {

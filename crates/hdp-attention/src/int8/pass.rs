@@ -336,8 +336,8 @@ pub(super) fn decide_b1_body(
             }
             (e, k - above)
         }
-        RowThreshold::TopK { keep } => {
-            let k = hdp::topk_count(keep, len);
+        RowThreshold::TopK { keep, min: floor } => {
+            let k = hdp::topk_count(keep, floor, len);
             // Invariant: count(v >= lo) >= k > count(v >= hi) = above; the answer
             // is the largest t with count(v >= t) >= k. Each step is one counting pass at a
             // guess g giving count(v >= g) and count(v >= g + 1) together: first the row's

@@ -12,7 +12,7 @@ fn threshold() -> impl Strategy<Value = RowThreshold> {
     prop_oneof![
         Just(RowThreshold::KeepAll),
         (0.0f64..=1.0).prop_map(|rho| RowThreshold::MeanMax { rho }),
-        (0.01f64..=1.0).prop_map(|keep| RowThreshold::TopK { keep }),
+        (0.01f64..=1.0, 1usize..=6).prop_map(|(keep, min)| RowThreshold::TopK { keep, min }),
         (0.01f64..=1.0).prop_map(|mass| RowThreshold::TopP { mass }),
     ]
 }
@@ -23,6 +23,7 @@ fn head_importance() -> impl Strategy<Value = HeadImportance> {
         Just(HeadImportance::KeptPosSum),
         Just(HeadImportance::AllSum),
         Just(HeadImportance::Peakedness),
+        Just(HeadImportance::KeptMass),
     ]
 }
 
@@ -105,8 +106,24 @@ proptest! {
                     .collect();
                 reference.row(r, &imp);
                 let mut words = vec![0u64; vals.len().div_ceil(64)];
-                let stats = decide_b1(isa, isa, &vals, threshold, &LogitScale::new(scale, true), None, &mut words, &mut cache);
+                // As the integer pass: the masses (compensation, the kept-mass importance) from
+                // the decision's own weight sums where tabulated, else the reference's sums.
+                let tabulated = LogitScale::new(scale, true);
+                let table = if fast.wants_mass() { tabulated.complete_table() } else { None };
+                let stats = decide_b1(isa, isa, &vals, threshold, &tabulated, table, &mut words, &mut cache);
                 fast.row_decided(r, &stats, &words);
+                if fast.wants_mass() {
+                    let m = match table {
+                        Some(_) if stats.w_total == 0 => 0.0,
+                        Some(_) => (stats.w_total - stats.w_kept) as f64 / stats.w_total as f64,
+                        None => hdp::pruned_mass(
+                            vals.iter().enumerate().filter(|x| *x.1 != MASKED)
+                                .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1)),
+                            &tabulated,
+                        ),
+                    };
+                    fast.set_mass(r, m);
+                }
             }
             let (fk, fi, _) = fast.finish();
             let (rk, ri, _) = reference.finish();
