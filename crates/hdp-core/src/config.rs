@@ -220,6 +220,15 @@ impl RowThreshold {
     }
 }
 
+/// Serde default of top-k's floor: files written before it existed keep one block at least.
+fn one() -> usize {
+    1
+}
+
+fn is_one(x: &usize) -> bool {
+    *x == 1
+}
+
 /// Top-k's default fraction of each block-row: measured with compensation (the default) on
 /// every task (`hdp eval --task T --keep K --min-keep 4`, README "Default operating point"):
 /// 0.25 prunes 73.7-75.0% of blocks at mean embedding cosine >= 0.991 to dense, within the
@@ -705,12 +714,4 @@ mod tests {
             x *= 3.1;
         }
     }
-}
-
-fn one() -> usize {
-    1
-}
-
-fn is_one(x: &usize) -> bool {
-    *x == 1
 }
