@@ -388,7 +388,7 @@ def test_rayon_num_threads_is_honoured(threads):
     assert r.returncode == 0, r.stderr
     n, kept = r.stdout.split()
     assert n == threads
-    assert int(kept) == 8 * 3  # ceil(0.3 * 8) = 3 keys per row
+    assert int(kept) == 8 * 4  # ceil(0.25 * 8) = 2, raised to the floor of 4 keys per row
 
 
 # --- the CLI on the same inputs ----------------------------------------------------------
