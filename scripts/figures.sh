@@ -18,7 +18,11 @@ Zen 4, torch 2.15; 30 Brown passages (512 tok) and 200 RT snippets (256 tok); me
 # One sentence through the packaged model: deterministic (needs the fetched assets).
 "$hdp" embed --attention hdp --rho 0.1 --heatmap "$r/kept-blocks-minilm-one-sentence.svg" \
     "The film is a charming, often affecting journey, but one that is too long by half." > /dev/null
+# The default is marked where a sweep holds it: the Rotten Tomatoes sweep predates the
+# current default (top-k 0.25, floor 4), so its redraw marks none (the committed one marks
+# top-k 0.3, the default it chose).
 "$hdp" sweep --from "$r/sweep-rt-sentiment.json" --plot "$r/sweep-rt-sentiment.svg"
+"$hdp" sweep --from "$r/sweep-fidelity-floor4.json" --plot "$r/sweep-fidelity-floor4.svg"
 # The simulator is deterministic: its figures come from the presets and a synthetic workload.
 for preset in edge server; do
     "$hdp" sim --preset $preset --model-shape bert-base --seq-len 512 --block-sparsity 0.7 \

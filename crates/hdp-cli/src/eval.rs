@@ -510,6 +510,10 @@ fn replot_sweep(from: &Path, plot: Option<&Path>) -> Result<()> {
             from.display()
         );
     };
+    // The same words as a fresh sweep's plot (the file holds the metric's JSON name).
+    let metric = serde_json::from_value::<hdp_eval::tasks::Metric>(v["metric_name"].clone())
+        .map(|m| m.name())
+        .unwrap_or(metric);
     let title = format!(
         "{}: {metric} vs sparsity ({} texts)",
         v["task"].as_str().unwrap_or("sweep"),

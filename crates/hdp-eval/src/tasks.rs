@@ -77,7 +77,7 @@ impl std::str::FromStr for Task {
 }
 
 /// The headline metric of an evaluation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
     /// Share of test items classified correctly.
