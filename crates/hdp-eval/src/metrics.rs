@@ -68,9 +68,51 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// Relative L1 distance of `a` to the reference `b`: `sum |a - b| / sum |b|` (0 when `b` is
+/// all zero and `a` equals it, infinite when only `b` is).
+pub fn relative_l1(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).abs();
+        den += (y as f64).abs();
+    }
+    if num == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// Root mean square of `a - b` (0 for empty vectors).
+pub fn rmse(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let s: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    (s / n as f64).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_l1_and_rmse_by_hand() {
+        let (a, b) = ([1.0f32, -2.0, 3.0], [1.0f32, -1.0, 1.0]);
+        // |0| + |-1| + |2| = 3 over 1 + 1 + 1 = 3.
+        assert!((relative_l1(&a, &b) - 1.0).abs() < 1e-12);
+        // sqrt((0 + 1 + 4) / 3).
+        assert!((rmse(&a, &b) - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(relative_l1(&b, &b), 0.0);
+        assert_eq!(rmse(&b, &b), 0.0);
+        assert_eq!(relative_l1(&[1.0], &[0.0]), f64::INFINITY);
+        assert_eq!(rmse(&[], &[]), 0.0);
+    }
 
     #[test]
     fn known_values() {

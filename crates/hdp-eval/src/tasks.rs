@@ -5,7 +5,7 @@
 
 use crate::data::{self, Labeled, UserData};
 use crate::logreg::LogReg;
-use crate::metrics::{accuracy, cosine, pearson, spearman};
+use crate::metrics::{accuracy, cosine, pearson, relative_l1, rmse, spearman};
 use crate::{Error, Result};
 use hdp_attention::ValidConfig;
 use hdp_models::{AttentionBackend, DenseFast, Encoded, HdpBackend, HdpKernel, SentenceEmbedder};
@@ -686,6 +686,16 @@ impl Evaluation {
             "embedding_cosine_min".into(),
             cos.iter().copied().fold(f64::INFINITY, f64::min),
         );
+        // The other fidelity figures sparse-attention papers report against dense, per text
+        // then averaged: relative L1 `|e - d|_1 / |d|_1` and RMSE `sqrt(mean((e - d)^2))` of
+        // the embedding (normalized when the model normalizes, as here).
+        let (l1, rmse) = emb.iter().zip(&self.dense).fold((0.0, 0.0), |(l1, r), (e, d)| {
+            let (l1, r) = (l1 + relative_l1(e, d), r + rmse(e, d));
+            (l1, r)
+        });
+        let n = emb.len().max(1) as f64;
+        metrics.insert("embedding_rel_l1_mean".into(), l1 / n);
+        metrics.insert("embedding_rmse_mean".into(), rmse / n);
         let s = backend.summary();
         let ratio = |a: u64, b: u64| {
             if b == 0 {
