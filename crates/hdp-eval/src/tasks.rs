@@ -689,13 +689,12 @@ impl Evaluation {
         // The other fidelity figures sparse-attention papers report against dense, per text
         // then averaged: relative L1 `|e - d|_1 / |d|_1` and RMSE `sqrt(mean((e - d)^2))` of
         // the embedding (normalized when the model normalizes, as here).
-        let (l1, rmse) = emb.iter().zip(&self.dense).fold((0.0, 0.0), |(l1, r), (e, d)| {
-            let (l1, r) = (l1 + relative_l1(e, d), r + rmse(e, d));
-            (l1, r)
-        });
         let n = emb.len().max(1) as f64;
-        metrics.insert("embedding_rel_l1_mean".into(), l1 / n);
-        metrics.insert("embedding_rmse_mean".into(), rmse / n);
+        let pairs = || emb.iter().zip(&self.dense);
+        let l1_sum: f64 = pairs().map(|(e, d)| relative_l1(e, d)).sum();
+        let rmse_sum: f64 = pairs().map(|(e, d)| rmse(e, d)).sum();
+        metrics.insert("embedding_rel_l1_mean".into(), l1_sum / n);
+        metrics.insert("embedding_rmse_mean".into(), rmse_sum / n);
         let s = backend.summary();
         let ratio = |a: u64, b: u64| {
             if b == 0 {
