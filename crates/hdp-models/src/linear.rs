@@ -186,9 +186,66 @@ impl Linear {
         }
     }
 
-    /// Rows `row0..row0 + rows` of the output (in `out`, `rows x n`), panels `ps`.
+    /// Rows `row0..row0 + rows` of the output (in `out`, `rows x n`), panels `ps`: the body
+    /// compiled for the tier, so that the epilogues (bias, GELU's polynomial, residual) run on
+    /// the tier's vectors too (compiled for the baseline they ran 4 lanes wide, 7% of an
+    /// embedding run). Rust never fuses a multiply and an add on its own, so every tier's
+    /// epilogue gives the same bits (tested by `every_tier_is_bit_identical_to_the_definition`).
     #[allow(clippy::too_many_arguments)]
     fn block(
+        &self,
+        x: &[f32],
+        row0: usize,
+        rows: usize,
+        ps: std::ops::Range<usize>,
+        out: &mut [f32],
+        epi: Epilogue,
+        tier: Tier,
+    ) {
+        match tier {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `forward` checked that the CPU has the tier.
+            Tier::Avx512 => unsafe { self.block_avx512(x, row0, rows, ps, out, epi) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Tier::Avx2 => unsafe { self.block_avx2(x, row0, rows, ps, out, epi) },
+            _ => self.block_body(x, row0, rows, ps, out, epi, tier),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_avx512(
+        &self,
+        x: &[f32],
+        row0: usize,
+        rows: usize,
+        ps: std::ops::Range<usize>,
+        out: &mut [f32],
+        epi: Epilogue,
+    ) {
+        self.block_body(x, row0, rows, ps, out, epi, Tier::Avx512)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_avx2(
+        &self,
+        x: &[f32],
+        row0: usize,
+        rows: usize,
+        ps: std::ops::Range<usize>,
+        out: &mut [f32],
+        epi: Epilogue,
+    ) {
+        self.block_body(x, row0, rows, ps, out, epi, Tier::Avx2)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn block_body(
         &self,
         x: &[f32],
         row0: usize,
