@@ -220,20 +220,16 @@ impl HdpOptions {
             ("keep", self.keep.is_some()),
             ("top_p", self.top_p.is_some()),
         ])?;
-        if self.min_keep.is_some() {
-            conflict(&[
-                ("min_keep", true),
-                ("no_block_pruning", self.no_block_pruning),
-                ("rho", self.rho.is_some()),
-                ("top_p", self.top_p.is_some()),
-            ])
-            .map_err(|_| Error::InvalidOption {
-                name: "min_keep",
-                value: self.min_keep.unwrap_or(0).to_string(),
-                expected: "min_keep only with top-k (keep, or the default policy), not with \
-                           rho, top_p or no_block_pruning"
-                    .into(),
-            })?;
+        if let Some(k) = self.min_keep {
+            if self.no_block_pruning || self.rho.is_some() || self.top_p.is_some() {
+                return Err(Error::InvalidOption {
+                    name: "min_keep",
+                    value: k.to_string(),
+                    expected: "min_keep only with top-k (keep, or the default policy), not with \
+                               rho, top_p or no_block_pruning"
+                        .into(),
+                });
+            }
         }
         conflict(&[
             ("tau", self.tau.is_some()),
