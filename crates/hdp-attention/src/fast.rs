@@ -49,7 +49,10 @@ impl Isa {
     pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            // popcnt comes with every AVX2 CPU; checked so the tiers may use it.
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("popcnt");
             match self {
                 Isa::Portable => true,
                 Isa::Avx2 => avx2,

@@ -49,10 +49,7 @@ pub fn block_logit_scale(cfg: &HdpConfig, (eq, ek): (i32, i32), d: usize) -> Log
         BlockImportance::Max => base,
         _ => base / (cfg.block_size as f64 * cfg.block_size as f64),
     };
-    let table = matches!(cfg.threshold, RowThreshold::TopP { .. })
-        || cfg.compensates()
-        || cfg.head_importance == HeadImportance::KeptMass;
-    LogitScale::new(scale, table)
+    LogitScale::new(scale, matches!(cfg.threshold, RowThreshold::TopP { .. }))
 }
 
 /// Fixed-point unit of top-p's block weights: a block `gap` integer units below its row's
@@ -69,6 +66,63 @@ fn topp_weight(scale: f64, gap: i64) -> u32 {
     (TOPP_ONE * (-scale * gap as f64).exp()).round() as u32
 }
 
+/// `round(2^20 2^(-j/16))`, `j = 0..16`: the mantissas of [`MassWeights`] (computed in f64;
+/// `mass_mantissas_are_the_rounded_powers` recomputes them).
+pub(crate) const MASS_MANTISSAS: [u32; 16] = [
+    1_048_576, 1_004_120, 961_548, 920_782, 881_744, 844_361, 808_563, 774_282, 741_455, 710_020,
+    679_917, 651_091, 623_487, 597_053, 571_740, 547_500,
+];
+
+/// Right shifts at or past which every mantissa is 0 (`MASS_MANTISSAS[0] = 2^20`).
+const MASS_ZERO_SHIFT: u32 = 21;
+
+/// The first `u` (gap in 16ths of an octave) whose weight is 0: `2^20 >> 20 = 1`, every other
+/// mantissa `>> 20` is 0.
+const MASS_ZERO_U: u64 = 16 * 20 + 1;
+
+/// The integer weights of compensation's and the kept-mass head importance's pruned-mass
+/// estimate (our addition to hdp.md step 7): an entry `gap` integer units below its row's
+/// maximum weighs about `2^20 exp(-scale gap)`, computed exactly in 32-bit integers the way a
+/// hardware exponential unit would, by a shift and a 16-entry mantissa table:
+/// `u = (min(gap, G) c + 2^15) >> 16` (the gap in 16ths of an octave, `c = round(scale / ln 2
+/// 2^20)`, at least 1), weight `MASS_MANTISSAS[u % 16] >> (u / 16)` (0 from `u = 16 * 20 + 1` on).
+/// `G`, the first gap with `u >= 16 * 20 + 1`, is the first that weighs 0, so every larger
+/// gap is clamped to it, and `G c + 2^15 < 2^32`. Within 2.5% of the exponential where it is
+/// not 0 (the gap rounds to 1/16 octave). Every implementation (the reference's
+/// [`pruned_mass`], the int8 kernel's vector tiers) computes these same integers: the vector
+/// tiers look the mantissa up by a lane permute instead of a table gather.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MassWeights {
+    /// `c`: `scale / ln 2` in units of `2^-20` octaves per gap.
+    pub(crate) c: u32,
+    /// `G`: the clamp, the first gap that weighs 0.
+    pub(crate) g: u32,
+}
+
+impl MassWeights {
+    /// The weights of logit scale `scale`.
+    pub fn new(scale: f64) -> MassWeights {
+        let c = (scale / std::f64::consts::LN_2 * (1u64 << 20) as f64)
+            .round()
+            .clamp(1.0, (i32::MAX - (1 << 16)) as f64) as u32;
+        // The first gap with g c + 2^15 >= 2^16 MASS_ZERO_U.
+        let g = ((MASS_ZERO_U << 16) - (1 << 15)).div_ceil(c as u64) as u32;
+        MassWeights { c, g }
+    }
+
+    /// The weight of an entry `gap` units below its row's maximum (any gap, clamped to `G`).
+    #[inline(always)]
+    pub fn weight(self, gap: u32) -> u32 {
+        let u = (gap.min(self.g) * self.c + (1 << 15)) >> 16;
+        let shift = u >> 4;
+        if shift >= MASS_ZERO_SHIFT {
+            0
+        } else {
+            MASS_MANTISSAS[(u & 15) as usize] >> shift
+        }
+    }
+}
+
 /// A logit scale (integer importance units to logits) with top-p's weight table: the weights
 /// of gaps `0, 1, 2, ...` up to the first that is 0 (weights never increase with the gap), so
 /// that a table ending in 0 covers every gap.
@@ -77,6 +131,7 @@ pub struct LogitScale {
     scale: f64,
     table: Vec<u32>,
     complete: bool,
+    mass: MassWeights,
 }
 
 impl LogitScale {
@@ -98,7 +153,13 @@ impl LogitScale {
             scale,
             table,
             complete,
+            mass: MassWeights::new(scale),
         }
+    }
+
+    /// The pruned-mass estimate's weights at this scale.
+    pub fn mass_weights(&self) -> MassWeights {
+        self.mass
     }
 
     /// The weight of a block `gap >= 0` units below its row's maximum ([`TOPP_ONE`] units).
@@ -391,9 +452,9 @@ pub(crate) struct HeadDecider {
 pub(crate) type Decided = (BlockMask, f64, Vec<f64>);
 
 /// The estimated softmax mass of a block-row's pruned blocks (compensation, hdp.md step 7):
-/// `W_pruned / W_valid` with each valid block weighing top-p's integer weight
-/// `round(2^20 exp(-scale gap))` below the row's maximum, so every implementation computes
-/// the same ratio of exact integer sums. `blocks` yields `(importance, kept)` per valid block.
+/// `W_pruned / W_valid` with each valid block weighing its [`MassWeights`] weight (about
+/// `2^20 exp(-scale gap)`) below the row's maximum, so every implementation computes the same
+/// ratio of exact integer sums. `blocks` yields `(importance, kept)` per valid block.
 pub(crate) fn pruned_mass(
     blocks: impl Iterator<Item = (i64, bool)> + Clone,
     scale: &LogitScale,
@@ -401,9 +462,10 @@ pub(crate) fn pruned_mass(
     let Some(max) = blocks.clone().map(|b| b.0).max() else {
         return 0.0;
     };
+    let mw = scale.mass_weights();
     let (mut total, mut pruned) = (0u64, 0u64);
     for (v, kept) in blocks {
-        let w = scale.weight(max - v);
+        let w = mw.weight((max - v).min(u32::MAX as i64) as u32) as u64;
         total += w;
         if !kept {
             pruned += w;
@@ -515,6 +577,14 @@ impl HeadDecider {
                 Vec::new()
             },
             compensates: cfg.compensates(),
+        }
+    }
+
+    /// The kept sums [`HeadDecider::row_decided`] reads (the others may be left 0).
+    pub(crate) fn kept_sums(&self) -> KeptSums {
+        KeptSums {
+            sum: self.head_importance == HeadImportance::KeptSum,
+            pos: self.head_importance == HeadImportance::KeptPosSum,
         }
     }
 
@@ -762,6 +832,14 @@ impl Forced {
         };
         (0..self.sink_cols).chain(band)
     }
+}
+
+/// Which kept sums a head's decision needs ([`HeadDecider::kept_sums`]): the kept-sum and the
+/// kept-pos-sum head importances read one each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeptSums {
+    pub(crate) sum: bool,
+    pub(crate) pos: bool,
 }
 
 /// Aggregates of one decided block-row, for [`HeadDecider::row_decided`].
@@ -1347,7 +1425,8 @@ mod tests {
                         assert_eq!(w, w0);
                     } else if bs == 1 {
                         let max = valid.iter().map(|&j| s_int(i, j)).max().unwrap();
-                        let wt = |j: usize| scale.weight(max - s_int(i, j)) as f64;
+                        let mw = scale.mass_weights();
+                        let wt = |j: usize| mw.weight((max - s_int(i, j)) as u32) as f64;
                         let total: f64 = valid.iter().map(|&j| wt(j)).sum();
                         let pruned: f64 = p_set.iter().map(|&j| wt(j)).sum();
                         assert!(
@@ -1476,6 +1555,58 @@ mod tests {
                 .is_subset_of(&h.kept));
         }
         assert!(forced.trace.summary().kept_blocks > plain.trace.summary().kept_blocks);
+    }
+
+    #[test]
+    fn mass_mantissas_are_the_rounded_powers() {
+        for (j, &m) in MASS_MANTISSAS.iter().enumerate() {
+            assert_eq!(m, (TOPP_ONE * (-(j as f64) / 16.0).exp2()).round() as u32);
+        }
+    }
+
+    /// The mass weights: exactly `M[u % 16] >> (u / 16)` by the documented formula (computed
+    /// here in u64), within 2.5% of `2^20 exp(-scale gap)` while above 2^10 (where the shift
+    /// has not yet eaten the mantissa's precision), never increasing with the gap, 0 from `G` on
+    /// and for any larger gap (masked entries), for scales from tiny to huge.
+    #[test]
+    fn mass_weights_follow_the_exponential_by_shift_and_mantissa() {
+        for scale in [1e-9, 1e-4, 0.011, 0.044, 0.177, 0.7, 5.0, 1e3, 1e6] {
+            let mw = MassWeights::new(scale);
+            let c = (scale / std::f64::consts::LN_2 * 1_048_576.0)
+                .round()
+                .clamp(1.0, (i32::MAX - (1 << 16)) as f64) as u64;
+            assert_eq!(mw.c as u64, c);
+            assert!(mw.g as u64 * c + (1 << 15) < 1 << 32, "scale {scale}");
+            assert_eq!(mw.weight(0), 1 << 20);
+            assert_eq!(mw.weight(mw.g), 0, "scale {scale}: G weighs 0");
+            assert!(
+                mw.g == 1 || mw.weight(mw.g - 1) > 0,
+                "scale {scale}: G is the first 0"
+            );
+            let mut last = u32::MAX;
+            let gaps = (0..4000u32).chain([mw.g, mw.g + 1, 1 << 24, u32::MAX - 5, u32::MAX]);
+            for gap in gaps {
+                let w = mw.weight(gap);
+                let u = (gap.min(mw.g) as u64 * c + (1 << 15)) >> 16;
+                let want = if u / 16 >= 21 {
+                    0
+                } else {
+                    MASS_MANTISSAS[(u % 16) as usize] >> (u / 16)
+                };
+                assert_eq!(w, want, "scale {scale} gap {gap}");
+                if gap < 4000 {
+                    assert!(w <= last, "scale {scale} gap {gap}: never increases");
+                    last = w;
+                    let exact = TOPP_ONE * (-scale * gap as f64).exp();
+                    if exact > 1024.0 {
+                        assert!(
+                            (w as f64 / exact - 1.0).abs() < 0.025,
+                            "scale {scale} gap {gap}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Multiversioning: one generic body, compiled for AVX-512 (F/BW/VL), for AVX2+FMA and as
+//! Multiversioning: one generic body, compiled for AVX-512 (F/BW/VL), for AVX2+FMA (with
+//! POPCNT) and as
 //! portable code.
 
 /// Declares `$name(isa, args..)`, which runs `$body(args..)` compiled for AVX-512 F/BW/VL on
@@ -11,13 +12,13 @@ macro_rules! multiversion {
         #[allow(clippy::too_many_arguments)]
         $vis fn $name(isa: Isa, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
+            #[target_feature(enable = "avx2,fma,popcnt")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                 $body($($arg),*)
@@ -28,7 +29,7 @@ macro_rules! multiversion {
                 // (with avx2 and fma).
                 Isa::Avx512Vnni => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
+                // SAFETY: tiers above portable are only produced after detecting avx2, fma and popcnt.
                 Isa::Avx2 | Isa::AvxVnni => unsafe { avx2($($arg),*) },
                 _ => $body($($arg),*),
             }

@@ -43,6 +43,7 @@ pub(crate) use crate::kernels::{TC, TR};
 use kept::*;
 use layout::*;
 use pass::*;
+pub(crate) use pass::{Moments, Tail, MASKED};
 pub use probe::{int8_peak_gmacs, integer_pass_rate, IntegerPassRate};
 
 /// Whether the int8 kernel computes `cfg` at head dimension `d` exactly on tier `isa`: codes

@@ -25,6 +25,8 @@ pub(super) struct RowSearch {
     /// untabulated scales) and the (value, count) list.
     counts: Vec<u32>,
     desc: Vec<(i64, usize)>,
+    /// The row tail's bits of the entries equal to the threshold.
+    eq: Vec<u64>,
     weights: Vec<u32>,
     last_gap: i64,
     key: (usize, usize),
@@ -46,12 +48,74 @@ impl RowSearch {
 }
 
 /// A masked entry of a one-block row (valid integer scores are far inside +-2^24).
-pub(super) const MASKED: i32 = i32::MIN;
+pub(crate) const MASKED: i32 = i32::MIN;
 
-/// Count, maximum, minimum (over unmasked entries), exact sum and sum of squares of a row:
-/// two passes, each with reductions of one lane type so that it vectorizes (a single pass
-/// mixing i64 and f32 lanes measured 1.7x slower). The squares only seed the top-k search, so
-/// f32 lanes are enough.
+/// Count, maximum and minimum (over unmasked entries; [`MASKED`] and `i32::MAX` when there
+/// are none), exact sum and sum of squares of a row. The squares only seed the top-k search
+/// (any rounding of them gives the same decisions), so the tiers sum them in f32 lanes in
+/// their own order.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Moments {
+    pub(crate) len: u32,
+    pub(crate) max: i32,
+    pub(crate) min: i32,
+    pub(crate) sum: i64,
+    pub(crate) sum_sq: f64,
+}
+
+impl Moments {
+    /// The moments of a finished row (the plain definition).
+    pub(crate) fn of(row: &[i32]) -> Moments {
+        let (len, max, min, sum, sum_sq) = row_moments(row);
+        Moments {
+            len,
+            max,
+            min,
+            sum,
+            sum_sq,
+        }
+    }
+}
+
+/// The first pass of a one-entry-block row's decision, its plain definition: the row finished
+/// ([`finish_row_body`]) and its [`Moments`].
+pub(crate) fn finish_moments_portable(
+    row: &mut [i32],
+    bias: &[i32],
+    abs: bool,
+    valid: Option<&[bool]>,
+) -> Moments {
+    finish_row_body(row, bias, abs, valid);
+    Moments::of(row)
+}
+
+/// [`finish_moments_portable`] on the best code for `simd`; `bound` is at least every finished
+/// entry's magnitude (rows past [`crate::simd::FIRST_BOUND`] take the portable code).
+#[inline(always)]
+pub(crate) fn finish_moments(
+    simd: Isa,
+    row: &mut [i32],
+    bias: &[i32],
+    abs: bool,
+    valid: Option<&[bool]>,
+    bound: i64,
+) -> Moments {
+    #[cfg(target_arch = "x86_64")]
+    if bound < crate::simd::FIRST_BOUND {
+        if simd == Isa::Avx512Vnni {
+            // SAFETY: the AVX-512 tier is only produced after detecting avx512f/bw/vl and fma.
+            return unsafe { crate::simd::finish_moments_avx512(row, bias, abs, valid) };
+        }
+        if simd.avx2() {
+            // SAFETY: tiers above portable are only produced after detecting avx2, fma and popcnt.
+            return unsafe { crate::simd::finish_moments_avx2(row, bias, abs, valid) };
+        }
+    }
+    let _ = (simd, bound);
+    finish_moments_portable(row, bias, abs, valid)
+}
+
+/// The plain [`Moments`], by two passes.
 #[inline(always)]
 fn row_moments(row: &[i32]) -> (u32, i32, i32, i64, f64) {
     let (mut len, mut max, mut min) = (0u32, MASKED, i32::MAX);
@@ -273,24 +337,31 @@ fn normal_quantile(p: f64) -> f64 {
 /// that vectorize. Top-k finds its threshold by a safeguarded search of counting passes at
 /// model-guided guesses (below); top-p reads it off the row's value counts, the same list the
 /// reference decides from. Ties go to the lower column. Writes the kept columns to `words`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn decide_b1_body(
     simd: Isa,
     row: &[i32],
     threshold: RowThreshold,
+    moments: Moments,
     logit_scale: &hdp::LogitScale,
-    mass_table: Option<&[u32]>,
+    kept: hdp::KeptSums,
+    mass: Option<hdp::MassWeights>,
     words: &mut [u64],
     search: &mut RowSearch,
 ) -> RowStats {
     words.fill(0);
-    // One pass for the count, extremes, sum and sum of squares.
-    let (len, max, min, sum, sum_sq) = row_moments(row);
+    // The count, extremes, sum and sum of squares, from the row's first pass.
+    let Moments {
+        len,
+        max,
+        min,
+        sum,
+        sum_sq,
+    } = moments;
     if len == 0 {
         return RowStats::default();
     }
-    // Kept sums in i32 lanes (8 or 16 per vector) when no partial sum can overflow, else i64.
-    let narrow = (row.len() as i64) * (max as i64).abs().max((min as i64).abs()) < i32::MAX as i64;
     let len = len as usize;
     // Kept: v > e, plus the first `eq_left` entries with v == e.
     let (e, mut eq_left) = match threshold {
@@ -395,29 +466,19 @@ pub(super) fn decide_b1_body(
             (lo as i32, k - above)
         }
     };
-    // Both kept sums in one pass.
-    let (kept_sum, kept_pos) = if narrow {
-        let (mut a, mut b) = (0i32, 0i32);
-        for &v in row {
-            let k = if v > e { v } else { 0 };
-            a += k;
-            b += k.max(0);
-        }
-        (a as i64, b as i64)
-    } else {
-        let (mut a, mut b) = (0i64, 0i64);
-        for &v in row {
-            let k = if v > e { v as i64 } else { 0 };
-            a += k;
-            b += k.max(0);
-        }
-        (a, b)
-    };
+    // One pass for the kept bits, the kept sums and compensation's weights.
+    search.eq.clear();
+    search.eq.resize(words.len(), 0);
+    let bound = (max as i64).abs().max((min as i64).abs());
+    let tail = row_tail(simd, row, e, max, bound, kept, mass, words, &mut search.eq);
     let mut taken = 0i64;
-    for (w, chunk) in words.iter_mut().zip(row.chunks(64)) {
-        let (gt, mut eq) = compare_word(simd, chunk, e);
+    for (w, &eq) in words.iter_mut().zip(&search.eq) {
+        if eq_left == 0 {
+            break;
+        }
+        let mut eq = eq;
         let mut take = 0u64;
-        if eq_left > 0 && eq != 0 {
+        if eq != 0 {
             if (eq.count_ones() as usize) <= eq_left {
                 take = eq;
             } else {
@@ -430,72 +491,121 @@ pub(super) fn decide_b1_body(
             eq_left -= take.count_ones() as usize;
             taken += take.count_ones() as i64;
         }
-        *w = gt | take;
+        *w |= take;
     }
-    // Compensation: the integer weights of the valid and of the kept entries, in the same
-    // branchless form (a masked entry's gap wraps past the table, whose last weight is 0).
-    let (mut w_total, mut w_kept) = (0u64, 0u64);
-    if let Some(table) = mass_table {
-        let zero = (table.len() - 1) as u32;
-        let weight = |v: i32| {
-            // Through i32 (gap < 2^31): a sign-extended 32-bit index lets the gathers take
-            // 16 dword indices (zero-extended to usize they took 8 qword ones, 2x slower).
-            let gap = (max.wrapping_sub(v) as u32).min(zero) as i32 as usize;
-            // SAFETY: gap <= zero = table.len() - 1.
-            unsafe { *table.get_unchecked(gap) }
-        };
-        // u32 sums over 2048 entries at most (weights <= 2^20), so the gathers vectorize.
-        for chunk in row.chunks(2048) {
-            let (mut t, mut k) = (0u32, 0u32);
-            for &v in chunk {
-                let w = weight(v);
-                t += w;
-                k += if v > e { w } else { 0 };
-            }
-            w_total += t as u64;
-            w_kept += k as u64;
-        }
-        if taken > 0 {
-            w_kept += taken as u64 * weight(e) as u64;
-        }
-    }
+    let w_tie = match mass {
+        Some(mw) if taken > 0 => taken as u64 * mw.weight(max.wrapping_sub(e) as u32) as u64,
+        _ => 0,
+    };
     RowStats {
         len,
         sum,
         max: max as i64,
-        kept_sum: kept_sum + e as i64 * taken,
-        kept_pos: kept_pos + (e.max(0) as i64) * taken,
-        w_total,
-        w_kept,
+        kept_sum: if kept.sum {
+            tail.kept_sum + e as i64 * taken
+        } else {
+            0
+        },
+        kept_pos: if kept.pos {
+            tail.kept_pos + (e.max(0) as i64) * taken
+        } else {
+            0
+        },
+        w_total: tail.w_total,
+        w_kept: tail.w_kept + w_tie,
     }
 }
 
-/// Bits of `v > e` and `v == e` for up to 64 entries.
+/// What one pass over a decided row gathers (`row_tail`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tail {
+    /// Sums of the entries `v > e` and of their positive parts.
+    pub(crate) kept_sum: i64,
+    pub(crate) kept_pos: i64,
+    /// Compensation's weights ([`hdp::MassWeights`]) of every entry (0 at masked ones) and of
+    /// the entries `v > e`; 0 without weights.
+    pub(crate) w_total: u64,
+    pub(crate) w_kept: u64,
+}
+
+/// The last pass over a decided row (threshold `e`; `max`, the maximum of its unmasked
+/// entries, of which there is at least one): bits of `v > e` into
+/// `gt` and of `v == e` into `eq` (both cleared first), the kept sums asked for (0 otherwise), and with `mass` the
+/// weights of compensation's pruned-mass estimate ([`MASKED`] entries weigh 0). The plain definition; the AVX2 and
+/// AVX-512 tiers (`simd::row_tail_avx2`/`_avx512`) compute the same integers.
+pub(crate) fn row_tail_portable(
+    row: &[i32],
+    e: i32,
+    max: i32,
+    kept: hdp::KeptSums,
+    mass: Option<hdp::MassWeights>,
+    gt: &mut [u64],
+    eq: &mut [u64],
+) -> Tail {
+    let mut t = Tail::default();
+    for (j, &v) in row.iter().enumerate() {
+        let bit = 1u64 << (j % 64);
+        if v == e {
+            eq[j / 64] |= bit;
+        }
+        let w = match mass {
+            Some(mw) if v != MASKED => mw.weight(max.wrapping_sub(v) as u32) as u64,
+            _ => 0,
+        };
+        t.w_total += w;
+        if v > e {
+            gt[j / 64] |= bit;
+            if kept.sum {
+                t.kept_sum += v as i64;
+            }
+            if kept.pos {
+                t.kept_pos += (v as i64).max(0);
+            }
+            t.w_kept += w;
+        }
+    }
+    t
+}
+
+/// [`row_tail_portable`] on the best code for `simd`; `bound` is at least every unmasked
+/// entry's magnitude (rows past [`crate::simd::TAIL_BOUND`] take the portable code).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) fn compare_word(simd: Isa, chunk: &[i32], e: i32) -> (u64, u64) {
+pub(crate) fn row_tail(
+    simd: Isa,
+    row: &[i32],
+    e: i32,
+    max: i32,
+    bound: i64,
+    kept: hdp::KeptSums,
+    mass: Option<hdp::MassWeights>,
+    gt: &mut [u64],
+    eq: &mut [u64],
+) -> Tail {
     #[cfg(target_arch = "x86_64")]
-    if chunk.len() == 64 && simd == Isa::Avx512Vnni {
-        // SAFETY: the AVX-512 tier is only produced after detecting avx512f.
-        return unsafe { crate::simd::compare_word64_avx512(chunk, e) };
+    if bound < crate::simd::TAIL_BOUND {
+        if simd == Isa::Avx512Vnni {
+            // SAFETY: the AVX-512 tier is only produced after detecting avx512f.
+            return unsafe { crate::simd::row_tail_avx512(row, e, max, kept, mass, gt, eq) };
+        }
+        if simd.avx2() {
+            // SAFETY: tiers above portable are only produced after detecting avx2, fma and popcnt.
+            return unsafe { crate::simd::row_tail_avx2(row, e, max, kept, mass, gt, eq) };
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if chunk.len() == 64 && simd.avx2() {
-        // SAFETY: tiers above portable are only produced after detecting avx2 and fma.
-        return unsafe { crate::simd::compare_word64(chunk, e) };
-    }
-    let _ = simd;
-    let (mut gt, mut eq) = (0u64, 0u64);
-    for (l, &v) in chunk.iter().enumerate() {
-        gt |= ((v > e) as u64) << l;
-        eq |= ((v == e) as u64) << l;
-    }
-    (gt, eq)
+    let _ = (simd, bound);
+    let words = row.len().div_ceil(64);
+    gt[..words].fill(0);
+    eq[..words].fill(0);
+    row_tail_portable(row, e, max, kept, mass, gt, eq)
 }
 
 multiversion! {
     /// [`decide_b1_body`] for `isa`.
     pub(super) fn decide_b1 => decide_b1_body(simd: Isa, row: &[i32], threshold: RowThreshold,
-        logit_scale: &hdp::LogitScale, mass_table: Option<&[u32]>, words: &mut [u64],
+        moments: Moments, logit_scale: &hdp::LogitScale, kept: hdp::KeptSums,
+        mass: Option<hdp::MassWeights>,
+        words: &mut [u64],
         search: &mut RowSearch) -> RowStats
 }
 
@@ -664,12 +774,11 @@ pub(super) fn integer_pass(
     sc.words.resize(n.div_ceil(64), 0);
     let all_valid = valid_tok.iter().all(|&v| v);
     let forced = hdp::Forced::new(cfg, nb).any();
-    // Compensation's weights come out of the decision's last pass when tabulated.
-    let mass_table = if decider.wants_mass() {
-        hd.logit_scale.complete_table()
-    } else {
-        None
-    };
+    // Compensation's weights come out of the decision's last pass.
+    let mass = decider.wants_mass().then(|| hd.logit_scale.mass_weights());
+    let kept_sums = decider.kept_sums();
+    // Finished entries are `Q_e . K_int`: at most `d 2 A_e 128` in magnitude.
+    let bound = dm.d as i64 * 2 * a as i64 * 128;
     let mut i0 = 0;
     while i0 < n {
         // Keys past the last row of the tile are causally masked for all of its rows.
@@ -695,15 +804,17 @@ pub(super) fn integer_pass(
                 let valid = (!all_valid).then_some(&valid_tok[..end]);
                 // One-entry blocks: sum and max are the entry itself, abs-sum its magnitude.
                 let abs = cfg.importance == BlockImportance::AbsSum;
-                finish_row(isa, row, &sc.bias[..end], abs, valid);
+                let moments = finish_moments(isa, row, &sc.bias[..end], abs, valid, bound);
                 let words = &mut sc.words[..end.div_ceil(64)];
                 let mut stats = decide_b1(
                     isa,
                     isa,
                     row,
                     cfg.threshold,
+                    moments,
                     &hd.logit_scale,
-                    mass_table,
+                    kept_sums,
+                    mass,
                     words,
                     &mut sc.search,
                 );
@@ -715,29 +826,20 @@ pub(super) fn integer_pass(
                             words[c / 64] |= bit;
                             stats.kept_sum += v as i64;
                             stats.kept_pos += (v as i64).max(0);
-                            if mass_table.is_some() {
-                                stats.w_kept += hd.logit_scale.weight(stats.max - v as i64);
+                            if let Some(mw) = mass {
+                                let gap = (stats.max - v as i64) as u32;
+                                stats.w_kept += mw.weight(gap) as u64;
                             }
                         }
                     }
                 }
                 decider.row_decided(i, &stats, words);
                 if decider.wants_mass() {
-                    let m = if mass_table.is_some() {
-                        let (t, k) = (stats.w_total, stats.w_kept);
-                        if t == 0 {
-                            0.0
-                        } else {
-                            (t - k) as f64 / t as f64
-                        }
+                    let (t, k) = (stats.w_total, stats.w_kept);
+                    let m = if t == 0 {
+                        0.0
                     } else {
-                        // Weights not tabulated (tiny scales): the reference's sums.
-                        let entries = row
-                            .iter()
-                            .enumerate()
-                            .filter(|x| *x.1 != MASKED)
-                            .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1));
-                        hdp::pruned_mass(entries, &hd.logit_scale)
+                        (t - k) as f64 / t as f64
                     };
                     decider.set_mass(i, m);
                 }

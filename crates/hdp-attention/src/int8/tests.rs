@@ -107,20 +107,16 @@ proptest! {
                 reference.row(r, &imp);
                 let mut words = vec![0u64; vals.len().div_ceil(64)];
                 // As the integer pass: the masses (compensation, the kept-mass importance) from
-                // the decision's own weight sums where tabulated, else the reference's sums.
+                // the decision's own weight sums.
                 let tabulated = LogitScale::new(scale, true);
-                let table = if fast.wants_mass() { tabulated.complete_table() } else { None };
-                let stats = decide_b1(isa, isa, &vals, threshold, &tabulated, table, &mut words, &mut cache);
+                let mass = fast.wants_mass().then(|| tabulated.mass_weights());
+                let stats = decide_b1(isa, isa, &vals, threshold, Moments::of(&vals), &tabulated, fast.kept_sums(), mass, &mut words, &mut cache);
                 fast.row_decided(r, &stats, &words);
                 if fast.wants_mass() {
-                    let m = match table {
-                        Some(_) if stats.w_total == 0 => 0.0,
-                        Some(_) => (stats.w_total - stats.w_kept) as f64 / stats.w_total as f64,
-                        None => hdp::pruned_mass(
-                            vals.iter().enumerate().filter(|x| *x.1 != MASKED)
-                                .map(|(j, &v)| (v as i64, words[j / 64] >> (j % 64) & 1 == 1)),
-                            &tabulated,
-                        ),
+                    let m = if stats.w_total == 0 {
+                        0.0
+                    } else {
+                        (stats.w_total - stats.w_kept) as f64 / stats.w_total as f64
                     };
                     fast.set_mass(r, m);
                 }
@@ -255,14 +251,16 @@ fn topp_long_rows_and_both_paths_match_the_reference() {
                             isa,
                             &vals,
                             cfg.threshold,
+                            Moments::of(&vals),
                             &tabulated,
-                            tabulated.complete_table(),
+                            fast.kept_sums(),
+                            Some(tabulated.mass_weights()),
                             &mut words,
                             &mut cache,
                         );
                         fast.row_decided(r, &stats, &words);
                         // Compensation's weights from the same pass: the reference's mass.
-                        if tabulated.complete_table().is_some() {
+                        {
                             let entries = vals
                                 .iter()
                                 .enumerate()
@@ -280,4 +278,120 @@ fn topp_long_rows_and_both_paths_match_the_reference() {
             }
         }
     }
+}
+
+/// The row tail of every tier equals its portable definition bit for bit: ragged lengths,
+/// masked entries, ties at the threshold, magnitudes up to the i32 range (the lane sums'
+/// widening), thresholds from the masked sentinel to above the maximum, with and without
+/// mass weights at scales from tiny to huge; prints which tiers ran.
+#[test]
+fn every_tier_computes_the_row_tail_of_its_definition() {
+    use hdp_core::rng::SplitMix64;
+    let mut rng = SplitMix64::new(11);
+    let mut ran = Vec::new();
+    for isa in isas() {
+        for len in [
+            1usize, 7, 8, 15, 16, 17, 63, 64, 65, 255, 256, 257, 512, 1000, 4099,
+        ] {
+            for magnitude in [3i64, 300, 1 << 20, (1 << 24) - 1, 1 << 24, i32::MAX as i64] {
+                let vals: Vec<i32> = (0..len)
+                    .map(|_| {
+                        let x = rng.next_u64();
+                        if x.is_multiple_of(13) {
+                            MASKED
+                        } else {
+                            ((x >> 8) % (2 * magnitude as u64 + 1)) as i64 as i32 - magnitude as i32
+                        }
+                    })
+                    .collect();
+                let valid = vals.iter().filter(|&&v| v != MASKED);
+                let max = valid.clone().copied().max().unwrap_or(MASKED);
+                let min = valid.copied().min().unwrap_or(MASKED);
+                if max == MASKED {
+                    // The tail's precondition: a row with an unmasked entry.
+                    continue;
+                }
+                let bound = (max as i64).abs().max((min as i64).abs());
+                let mid = vals[len / 2];
+                let sums = [(false, false), (true, false), (false, true), (true, true)];
+                for (i, e) in [MASKED, min.saturating_sub(1), mid, max]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for scale in [None, Some(1e-6), Some(0.044), Some(0.7), Some(1e4)] {
+                        let mass = scale.map(hdp::MassWeights::new);
+                        let (sum, pos) = sums[i];
+                        let kept = hdp::KeptSums { sum, pos };
+                        let wn = len.div_ceil(64);
+                        let (mut g1, mut q1) = (vec![!0u64; wn], vec![!0u64; wn]);
+                        let (mut g2, mut q2) = (vec![0u64; wn], vec![0u64; wn]);
+                        let got = row_tail(isa, &vals, e, max, bound, kept, mass, &mut g1, &mut q1);
+                        let want = row_tail_portable(&vals, e, max, kept, mass, &mut g2, &mut q2);
+                        let what = format!("{isa:?} len {len} magnitude {magnitude} e {e}");
+                        assert_eq!(got, want, "{what} scale {scale:?}");
+                        assert_eq!(g1, g2, "{what}: bits of v > e");
+                        assert_eq!(q1, q2, "{what}: bits of v == e");
+                    }
+                }
+            }
+        }
+        ran.push(isa.name());
+    }
+    println!("row tail tiers tested: {}", ran.join(", "));
+}
+
+/// The first pass of every tier equals its portable definition: the finished row bit for
+/// bit, the count, extremes and sum exactly, the sum of squares (f32 lanes, any order) within
+/// a relative 1e-5; ragged lengths, invalid keys, abs, magnitudes up to the vector bound.
+#[test]
+fn every_tier_computes_the_first_pass_of_its_definition() {
+    use hdp_core::rng::SplitMix64;
+    let mut rng = SplitMix64::new(5);
+    let mut ran = Vec::new();
+    for isa in isas() {
+        for len in [1usize, 7, 8, 9, 15, 16, 17, 100, 128, 129, 512, 1031] {
+            for magnitude in [5i64, 1 << 12, (1 << 26) - 1] {
+                for (abs, with_valid) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let row: Vec<i32> = (0..len)
+                        .map(|_| {
+                            ((rng.next_u64() % (magnitude as u64 + 1)) as i64 - magnitude / 2)
+                                as i32
+                        })
+                        .collect();
+                    let bias: Vec<i32> = (0..len)
+                        .map(|_| {
+                            ((rng.next_u64() % (magnitude as u64 + 1)) as i64 - magnitude / 2)
+                                as i32
+                        })
+                        .collect();
+                    let valid: Vec<bool> = (0..len)
+                        .map(|_| !rng.next_u64().is_multiple_of(5))
+                        .collect();
+                    let valid = with_valid.then_some(&valid[..]);
+                    let (mut a, mut b) = (row.clone(), row.clone());
+                    let got = finish_moments(isa, &mut a, &bias, abs, valid, magnitude);
+                    let want = finish_moments_portable(&mut b, &bias, abs, valid);
+                    let what = format!(
+                        "{isa:?} len {len} magnitude {magnitude} abs {abs} valid {with_valid}"
+                    );
+                    assert_eq!(a, b, "{what}: finished row");
+                    assert_eq!(
+                        (got.len, got.max, got.min, got.sum),
+                        (want.len, want.max, want.min, want.sum),
+                        "{what}"
+                    );
+                    assert!(
+                        (got.sum_sq - want.sum_sq).abs() <= 1e-5 * want.sum_sq,
+                        "{what}: {} vs {}",
+                        got.sum_sq,
+                        want.sum_sq
+                    );
+                }
+            }
+        }
+        ran.push(isa.name());
+    }
+    println!("first pass tiers tested: {}", ran.join(", "));
 }
