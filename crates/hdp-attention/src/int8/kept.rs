@@ -22,6 +22,8 @@ pub(super) struct AttendScratch {
     pub(super) vg: Vec<f32>,
     /// `sum_k K` of the union's keys.
     pub(super) ksg: Vec<i32>,
+    /// `a sum_k K` of the chunk's scored keys.
+    pub(super) kb: Vec<i32>,
     /// One tile of `Z` (and of the low nibbles' product when split).
     pub(super) z: Vec<i32>,
     pub(super) z2: Vec<i32>,
@@ -42,31 +44,6 @@ pub(super) struct AttendScratch {
     pub(super) ppk: Vec<u32>,
     /// Compensation of each row of the chunk: `(1 - m, c)`, `(1, 0)` when none.
     pub(super) comp: Vec<(f32, f32)>,
-}
-
-/// `p[t] = keep p[t] - cs` at the kept entries (bits of `words`) of a row whose pruned
-/// entries are 0: branchless as `keep p[t] - cs bit(t)`, by 32-bit halves of each word so
-/// that the variable shifts vectorize (a loop over the set bits cost 1.5 ns per kept entry).
-#[inline(always)]
-fn compensate_kept_body(p: &mut [f32], words: &[u64], keep: f32, cs: f32) {
-    for (chunk, &word) in p.chunks_mut(64).zip(words) {
-        for (half, h) in chunk.chunks_mut(32).zip([word as u32, (word >> 32) as u32]) {
-            if let Ok(x32) = <&mut [f32; 32]>::try_from(&mut *half) {
-                for (b, x) in x32.iter_mut().enumerate() {
-                    *x = keep * *x - cs * ((h >> b) & 1) as f32;
-                }
-            } else {
-                for (b, x) in half.iter_mut().enumerate() {
-                    *x = keep * *x - cs * ((h >> b) & 1) as f32;
-                }
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// [`compensate_kept_body`] for `isa`.
-    fn compensate_kept => compensate_kept_body(p: &mut [f32], words: &[u64], keep: f32, cs: f32)
 }
 
 /// Adds `c` times row `i`'s valid V sum to each output row of a chunk starting at `c0`
@@ -350,6 +327,11 @@ pub(super) fn attend(
         };
         let m = blocks.len() * 8;
         let crw: &[u64] = if gather { &sc.crw } else { &sc.rw };
+        // The keys' offset terms `a sum_k K` once per chunk, and the one f32 factor
+        // (`two_f` is a power of two: `(x two_f) scale` and `x (two_f scale)` round the same).
+        sc.kb.clear();
+        sc.kb.extend(ksg[..m].iter().map(|&x| k.a * x));
+        let ms = k.two_f * k.scale;
         // Z and probabilities, TR rows at a time.
         sc.z.resize(TR * m, 0);
         // Every entry of the chunk's rows is written below (`probs` writes zeros where
@@ -386,13 +368,9 @@ pub(super) fn attend(
                 let z = &sc.z[(r - r0) * m..][..m];
                 let words = &crw[r * cwn..(r + 1) * cwn];
                 let p = &mut sc.p[r * m..(r + 1) * m];
-                sc.inv[r] = kn.probs(z, ksg, k.a, k.two_f, k.scale, words, p);
                 // Compensation on the unnormalized kept entries: `(1 - m) e - c sum`, so
                 // that the normalization below gives `(1 - m) p - c`.
-                let (keep, c) = sc.comp[r];
-                if c != 0.0 {
-                    compensate_kept(isa, p, words, keep, c / sc.inv[r]);
-                }
+                sc.inv[r] = kn.probs(z, &sc.kb, ms, sc.comp[r], words, p);
             }
             clock.lap(&mut st.softmax);
             r0 += TR;

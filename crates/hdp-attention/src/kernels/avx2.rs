@@ -263,10 +263,9 @@ unsafe fn peak_loop(iters: u64) -> u64 {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn probs(
     z: &[i32],
-    ks: &[i32],
-    a: i32,
-    mul: f32,
-    scale: f32,
+    kb: &[i32],
+    ms: f32,
+    (keep, c): (f32, f32),
     words: &[u64],
     p: &mut [f32],
 ) -> f32 {
@@ -282,27 +281,22 @@ pub(super) unsafe fn probs(
         ))
     };
     let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
-    let (va, vmul, vscale) = (
-        _mm256_set1_epi32(a),
-        _mm256_set1_ps(mul),
-        _mm256_set1_ps(scale),
-    );
+    let vms = _mm256_set1_ps(ms);
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     let mut vmax = ninf;
     for t in (0..full).step_by(8) {
-        // SAFETY: t + 8 <= n for z, ks and p (lengths checked by the caller).
+        // SAFETY: t + 8 <= n for z, kb and p (lengths checked by the caller).
         unsafe {
             let zi = _mm256_loadu_si256(z.as_ptr().add(t) as *const __m256i);
-            let ki = _mm256_loadu_si256(ks.as_ptr().add(t) as *const __m256i);
-            let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(zi, _mm256_mullo_epi32(va, ki)));
-            let s = _mm256_mul_ps(_mm256_mul_ps(x, vmul), vscale);
+            let ki = _mm256_loadu_si256(kb.as_ptr().add(t) as *const __m256i);
+            let s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(zi, ki)), vms);
             _mm256_storeu_ps(p.as_mut_ptr().add(t), s);
             vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, s, lane_mask(t)));
         }
     }
     let mut max = hmax(vmax);
     for t in full..n {
-        p[t] = ((z[t] - a * ks[t]) as f32 * mul) * scale;
+        p[t] = (z[t] - kb[t]) as f32 * ms;
         if kept(t) {
             max = max.max(p[t]);
         }
@@ -331,5 +325,23 @@ pub(super) unsafe fn probs(
         };
         total += *x;
     }
-    1.0 / (total + hsum(vsum))
+    let sum = total + hsum(vsum);
+    if c != 0.0 {
+        let cs = c * sum;
+        let (vk, vc) = (_mm256_set1_ps(keep), _mm256_set1_ps(cs));
+        for t in (0..full).step_by(8) {
+            // SAFETY: t + 8 <= n; pruned entries (0) stay 0.
+            unsafe {
+                let x = _mm256_loadu_ps(p.as_ptr().add(t));
+                let y = _mm256_fmsub_ps(vk, x, vc);
+                _mm256_storeu_ps(p.as_mut_ptr().add(t), _mm256_and_ps(y, lane_mask(t)));
+            }
+        }
+        for (t, x) in p.iter_mut().enumerate().skip(full) {
+            if kept(t) {
+                *x = keep * *x - cs;
+            }
+        }
+    }
+    1.0 / sum
 }

@@ -199,63 +199,135 @@ fn exp16(x: __m512) -> __m512 {
     _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
 }
 
-/// [`super::Probs`]: 16 lanes, the kept lanes' mask read straight from `words`, the ragged end
-/// by masked loads and stores.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+/// [`super::Probs`]: 16 lanes, the kept lanes' mask read straight from `words`. Only the kept
+/// entries' exponentials are computed: the first pass compresses the kept scores to the front
+/// of `p` (`vcompressps` into a register, then a masked store: the memory form is slow on
+/// Zen 4), the exponentials and compensation run over that dense prefix, and a last pass walks
+/// back from the end expanding each vector's kept values into place (`vexpandps`), zeros
+/// elsewhere. In place is safe: the prefix a vector's values sit in ends at or before the
+/// vector's own position, so writing from the back never overwrites values still to be read.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
 unsafe fn probs(
     z: &[i32],
-    ks: &[i32],
-    a: i32,
-    mul: f32,
-    scale: f32,
+    kb: &[i32],
+    ms: f32,
+    (keep, c): (f32, f32),
     words: &[u64],
     p: &mut [f32],
 ) -> f32 {
     let n = p.len();
-    // Lanes t..t+16 that exist (ragged end) and are kept.
-    let masks = |t: usize| -> (__mmask16, __mmask16) {
-        let live = if t + 16 <= n {
-            0xffff
+    let vms = _mm512_set1_ps(ms);
+    let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut cnt = 0usize;
+    let pp = p.as_mut_ptr();
+    let nw = n.div_ceil(64);
+    // A word's kept bits, with the lanes past n cleared.
+    let word = |w: usize| -> u64 {
+        let rem = n - 64 * w;
+        if rem >= 64 {
+            words[w]
         } else {
-            ((1u32 << (n - t)) - 1) as u16
-        };
-        (live, (words[t / 64] >> (t % 64)) as u16 & live)
+            words[w] & ((1u64 << rem) - 1)
+        }
     };
-    let (va, vmul, vscale) = (
-        _mm512_set1_epi32(a),
-        _mm512_set1_ps(mul),
-        _mm512_set1_ps(scale),
-    );
-    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut vmax = ninf;
-    for t in (0..n).step_by(16) {
-        let (live, kept) = masks(t);
-        // SAFETY: masked lanes below n only (lengths checked by the caller).
-        unsafe {
-            let zi = _mm512_maskz_loadu_epi32(live, z.as_ptr().add(t));
-            let ki = _mm512_maskz_loadu_epi32(live, ks.as_ptr().add(t));
-            let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(zi, _mm512_mullo_epi32(va, ki)));
-            let s = _mm512_mul_ps(_mm512_mul_ps(x, vmul), vscale);
-            _mm512_mask_storeu_ps(p.as_mut_ptr().add(t), live, s);
-            vmax = _mm512_mask_max_ps(vmax, kept, vmax, s);
+    for w in 0..nw {
+        let bits = word(w);
+        for q in 0..4 {
+            let kept = (bits >> (16 * q)) as u16;
+            if kept == 0 {
+                continue;
+            }
+            let t = 64 * w + 16 * q;
+            // SAFETY: whole vectors below n, kept lanes (below n) of the last; the compressed
+            // store writes `popcnt(kept)` floats at `cnt <= t`, within p.
+            unsafe {
+                let (zi, ki) = if t + 16 <= n {
+                    (
+                        _mm512_loadu_si512(z.as_ptr().add(t) as *const _),
+                        _mm512_loadu_si512(kb.as_ptr().add(t) as *const _),
+                    )
+                } else {
+                    (
+                        _mm512_maskz_loadu_epi32(kept, z.as_ptr().add(t)),
+                        _mm512_maskz_loadu_epi32(kept, kb.as_ptr().add(t)),
+                    )
+                };
+                let s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(zi, ki)), vms);
+                vmax = _mm512_mask_max_ps(vmax, kept, vmax, s);
+                let k = kept.count_ones() as usize;
+                let packed = _mm512_maskz_compress_ps(kept, s);
+                _mm512_mask_storeu_ps(pp.add(cnt), ((1u32 << k) - 1) as u16, packed);
+                cnt += k;
+            }
         }
     }
-    let max = _mm512_reduce_max_ps(vmax);
-    if max == f32::NEG_INFINITY {
+    if cnt == 0 {
         p.fill(0.0);
         return 0.0;
     }
-    let vm = _mm512_set1_ps(max);
+    let vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     let mut vsum = _mm512_setzero_ps();
-    for t in (0..n).step_by(16) {
-        let (live, kept) = masks(t);
-        // SAFETY: as above.
+    let tail = |i: usize| -> __mmask16 {
+        if i + 16 <= cnt {
+            0xffff
+        } else {
+            ((1u32 << (cnt - i)) - 1) as u16
+        }
+    };
+    for i in (0..cnt).step_by(16) {
+        let m = tail(i);
+        // SAFETY: lanes below cnt <= n.
         unsafe {
-            let x = _mm512_maskz_loadu_ps(live, p.as_ptr().add(t));
-            let e = _mm512_maskz_mov_ps(kept, exp16(_mm512_sub_ps(x, vm)));
-            _mm512_mask_storeu_ps(p.as_mut_ptr().add(t), live, e);
+            let x = _mm512_maskz_loadu_ps(m, pp.add(i));
+            let e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(x, vm)));
+            _mm512_mask_storeu_ps(pp.add(i), m, e);
             vsum = _mm512_add_ps(vsum, e);
         }
     }
-    1.0 / _mm512_reduce_add_ps(vsum)
+    let sum = _mm512_reduce_add_ps(vsum);
+    if c != 0.0 {
+        let (vk, vc) = (_mm512_set1_ps(keep), _mm512_set1_ps(c * sum));
+        for i in (0..cnt).step_by(16) {
+            let m = tail(i);
+            // SAFETY: lanes below cnt.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(m, pp.add(i));
+                _mm512_mask_storeu_ps(pp.add(i), m, _mm512_fmsub_ps(vk, x, vc));
+            }
+        }
+    }
+    // Expand from the back: vector t's values are the `popcnt` floats before `off`.
+    let mut off = cnt;
+    for w in (0..nw).rev() {
+        let bits = word(w);
+        let rem = n - 64 * w;
+        for q in (0..4).rev() {
+            if 16 * q >= rem {
+                continue;
+            }
+            let t = 64 * w + 16 * q;
+            let kept = (bits >> (16 * q)) as u16;
+            let live: __mmask16 = if rem - 16 * q >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (rem - 16 * q)) - 1) as u16
+            };
+            let k = kept.count_ones() as usize;
+            off -= k;
+            // SAFETY: reads `k` floats at off (off + k <= the previous off <= n), writes the
+            // live lanes of t..t+16 (below n).
+            unsafe {
+                // A whole-vector load where it stays inside p (masked loads measured 1.7x
+                // slower on Zen 4 here); lanes past the k values are not used.
+                let x = if off + 16 <= n {
+                    _mm512_loadu_ps(pp.add(off))
+                } else {
+                    _mm512_maskz_loadu_ps(((1u32 << k) - 1) as u16, pp.add(off))
+                };
+                _mm512_mask_storeu_ps(pp.add(t), live, _mm512_maskz_expand_ps(kept, x));
+            }
+        }
+    }
+    debug_assert_eq!(off, 0);
+    1.0 / sum
 }

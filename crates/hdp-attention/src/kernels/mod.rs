@@ -51,16 +51,19 @@ pub(crate) type Dots = unsafe fn(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: 
 pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]);
 
 /// One row of the tile path's kept-entry probabilities, unnormalized:
-/// `p[t] = exp(s_t - max)` (`fast_exp`) where bit `t` of `words` is set, else 0, with the score
-/// `s_t = ((z[t] - a ks[t]) as f32 * mul) * scale` (exact integer, one rounding: the reference's
-/// f32 score); `a` and `mul` are powers of two (the offset and `2^f` or 1), `scale > 0`. Returns `1 / sum p` (0 when no entry is kept); the caller scales the row's
-/// output by it, which saves a pass over the row.
+/// `e_t = exp(s_t - max)` (`fast_exp`) where bit `t` of `words` is set, else 0, with the score
+/// `s_t = (z[t] - kb[t]) as f32 * ms`, `kb[t] = a ks[t]` (the key's offset term): an exact
+/// integer and one rounding, the reference's f32 score `(x mul) scale`, since `ms = mul
+/// scale` with `mul` a power of two (`2^f` or 1) rounds the same; `ms > 0`.
+/// With compensation `(keep, c)` (`(1, 0)` without), the kept entries become
+/// `p_t = keep e_t - c sum`, `sum = sum_t e_t` (f32, any order), so that `p / sum` is
+/// `keep softmax - c`; pruned entries are 0. Returns `1 / sum` (0 when no entry is kept); the
+/// caller scales the row's output by it, which saves a pass over the row.
 pub(crate) type Probs = unsafe fn(
     z: &[i32],
-    ks: &[i32],
-    a: i32,
-    mul: f32,
-    scale: f32,
+    kb: &[i32],
+    ms: f32,
+    comp: (f32, f32),
     words: &[u64],
     p: &mut [f32],
 ) -> f32;
@@ -169,16 +172,15 @@ impl Kernels {
     pub fn probs(
         &self,
         z: &[i32],
-        ks: &[i32],
-        a: i32,
-        mul: f32,
-        scale: f32,
+        kb: &[i32],
+        ms: f32,
+        comp: (f32, f32),
         words: &[u64],
         p: &mut [f32],
     ) -> f32 {
-        assert!(z.len() == p.len() && ks.len() == p.len() && words.len() * 64 >= p.len());
+        assert!(z.len() == p.len() && kb.len() == p.len() && words.len() * 64 >= p.len());
         // SAFETY: as in `tile_rows`.
-        unsafe { (self.probs)(z, ks, a, mul, scale, words, p) }
+        unsafe { (self.probs)(z, kb, ms, comp, words, p) }
     }
 
     /// Runs the peak loop for `iters` rounds: the MACs done and what was measured. `None` for
@@ -267,20 +269,37 @@ mod tests {
                             })
                         })
                         .collect();
-                    // Exact scores (a = 128, mul = 1) and approximated ones (a = A, mul = 2^f).
-                    for (a, mul, scale) in [(128, 1.0, 1e-3), (16, 8.0, 1.5e-4)] {
+                    // Exact scores (a = 128, mul = 1) and approximated ones (a = A, mul = 2^f),
+                    // without and with compensation.
+                    let cases = [
+                        (128, 1.0, 1e-3, (1.0, 0.0)),
+                        (16, 8.0, 1.5e-4, (1.0, 0.0)),
+                        (16, 8.0, 1.5e-4, (0.8, 0.2 / len as f32)),
+                        (128, 1.0, 1e-3, (0.3, 0.7 / len as f32)),
+                    ];
+                    for (a, mul, scale, comp) in cases {
                         let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                        let gi = k.probs(&z, &ks, a, mul, scale, &words, &mut got);
-                        let wi = portable::KERNELS.probs(&z, &ks, a, mul, scale, &words, &mut want);
+                        let kb: Vec<i32> = ks.iter().map(|&x| a * x).collect();
+                        let ms = mul * scale;
+                        let gi = k.probs(&z, &kb, ms, comp, &words, &mut got);
+                        let wi = portable::KERNELS.probs(&z, &kb, ms, comp, &words, &mut want);
+                        // The score is the reference's `(x mul) scale`.
+                        for t in 0..len {
+                            let x = (z[t] - a * ks[t]) as f32;
+                            assert_eq!(x * ms, (x * mul) * scale);
+                        }
                         assert!(
                             (gi - wi).abs() <= PROBS_REL * wi.abs(),
                             "{} probs len {len} a {a}: 1/sum {gi} vs {wi}",
                             k.isa.name()
                         );
+                        // Compensated entries are differences: relative to the row's
+                        // largest unnormalized weight (1, the maximum's).
+                        let tol = |w: f32| PROBS_REL * w.abs().max(comp.1 / wi.max(1e-30));
                         for (t, (g, w)) in got.iter().zip(&want).enumerate() {
                             assert!(
-                                (g - w).abs() <= PROBS_REL * w.abs(),
-                                "{} probs len {len} a {a} entry {t}: {g} vs {w}",
+                                (g - w).abs() <= tol(*w),
+                                "{} probs len {len} a {a} comp {comp:?} entry {t}: {g} vs {w}",
                                 k.isa.name()
                             );
                         }

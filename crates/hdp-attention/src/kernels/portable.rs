@@ -68,17 +68,16 @@ unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
 /// [`super::Probs`], scalar.
 unsafe fn probs(
     z: &[i32],
-    ks: &[i32],
-    a: i32,
-    mul: f32,
-    scale: f32,
+    kb: &[i32],
+    ms: f32,
+    (keep, c): (f32, f32),
     words: &[u64],
     p: &mut [f32],
 ) -> f32 {
     let kept = |t: usize| words[t / 64] >> (t % 64) & 1 == 1;
     let mut max = f32::NEG_INFINITY;
     for (t, x) in p.iter_mut().enumerate() {
-        *x = ((z[t] - a * ks[t]) as f32 * mul) * scale;
+        *x = (z[t] - kb[t]) as f32 * ms;
         if kept(t) {
             max = max.max(*x);
         }
@@ -91,6 +90,14 @@ unsafe fn probs(
     for (t, x) in p.iter_mut().enumerate() {
         *x = if kept(t) { fast_exp(*x - max) } else { 0.0 };
         sum += *x;
+    }
+    if c != 0.0 {
+        let cs = c * sum;
+        for (t, x) in p.iter_mut().enumerate() {
+            if kept(t) {
+                *x = keep * *x - cs;
+            }
+        }
     }
     1.0 / sum
 }
