@@ -320,6 +320,7 @@ impl BertModel {
             &self.emb_norm.gamma,
             &self.emb_norm.beta,
             cfg.layer_norm_eps,
+            self.tier,
         );
         Ok(x)
     }
@@ -484,7 +485,14 @@ impl BertModel {
                 .attn_out
                 .forward(ctx, rows, x1, Epilogue::Residual(x), tier);
             let eps = cfg.layer_norm_eps;
-            layer_norm(x1, h, &layer.attn_norm.gamma, &layer.attn_norm.beta, eps);
+            layer_norm(
+                x1,
+                h,
+                &layer.attn_norm.gamma,
+                &layer.attn_norm.beta,
+                eps,
+                tier,
+            );
             profile.add(Stage::OutputProjection, t);
 
             let t = Instant::now();
@@ -500,7 +508,7 @@ impl BertModel {
             layer
                 .output
                 .forward(inner, rows, x, Epilogue::Residual(x1), tier);
-            layer_norm(x, h, &layer.out_norm.gamma, &layer.out_norm.beta, eps);
+            layer_norm(x, h, &layer.out_norm.gamma, &layer.out_norm.beta, eps, tier);
             profile.add(Stage::FfnDown, t);
         }
         Ok(())
