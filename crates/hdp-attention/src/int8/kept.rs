@@ -131,6 +131,8 @@ pub(super) fn attend(
     } else {
         None
     };
+    // With the hardware kernel, probabilities go straight to its bf16 pairs where the CPU can.
+    let direct = hw.and_then(|_| bf16::DirectPairs::for_isa(isa));
     // Chunks sparser than this take the per-entry path (crossover measured per tier).
     let sparse_below = if hw.is_some() {
         crate::kernels::SPARSE_BELOW_BF16
@@ -342,6 +344,10 @@ pub(super) fn attend(
         }
         sc.inv.clear();
         sc.inv.resize(ch, 0.0);
+        let m2 = m / 2;
+        if direct.is_some() && sc.ppk.len() < ch * m2 {
+            sc.ppk.resize(ch * m2, 0);
+        }
         clock.lap(&mut st.kept_setup);
         let mut r0 = 0;
         while r0 < ch {
@@ -370,7 +376,14 @@ pub(super) fn attend(
                 let p = &mut sc.p[r * m..(r + 1) * m];
                 // Compensation on the unnormalized kept entries: `(1 - m) e - c sum`, so
                 // that the normalization below gives `(1 - m) p - c`.
-                sc.inv[r] = kn.probs(z, &sc.kb, ms, sc.comp[r], words, p);
+                sc.inv[r] = match direct {
+                    // Straight to the bf16 pairs P.V reads (`p` only a scratch row).
+                    Some(dp) => {
+                        let out = &mut sc.ppk[r * m2..][..m2];
+                        dp.run(z, &sc.kb, ms, sc.comp[r], words, p, out)
+                    }
+                    None => kn.probs(z, &sc.kb, ms, sc.comp[r], words, p),
+                };
             }
             clock.lap(&mut st.softmax);
             r0 += TR;
@@ -378,17 +391,18 @@ pub(super) fn attend(
         if let Some(hw) = hw {
             // bf16 pairs: the normalized probabilities and V (the head's, or the gathered
             // rows), then `vdpbf16ps` over all m scored keys (P is zero past the valid ones).
-            let m2 = m / 2;
-            if sc.ppk.len() < ch * m2 {
-                sc.ppk.resize(ch * m2, 0);
-            }
-            for r in 0..ch {
-                bf16::probs_pairs(
-                    isa,
-                    &sc.p[r * m..][..m],
-                    sc.inv[r],
-                    &mut sc.ppk[r * m2..][..m2],
-                );
+            if direct.is_none() {
+                if sc.ppk.len() < ch * m2 {
+                    sc.ppk.resize(ch * m2, 0);
+                }
+                for r in 0..ch {
+                    bf16::probs_pairs(
+                        isa,
+                        &sc.p[r * m..][..m],
+                        sc.inv[r],
+                        &mut sc.ppk[r * m2..][..m2],
+                    );
+                }
             }
             let vpk: &[u32] = if gather {
                 bf16::pack_v(isa, vsrc, m, d, m2, &mut sc.vpk);

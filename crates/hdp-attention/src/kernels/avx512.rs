@@ -199,39 +199,40 @@ fn exp16(x: __m512) -> __m512 {
     _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
 }
 
-/// [`super::Probs`]: 16 lanes, the kept lanes' mask read straight from `words`. Only the kept
-/// entries' exponentials are computed: the first pass compresses the kept scores to the front
-/// of `p` (`vcompressps` into a register, then a masked store: the memory form is slow on
-/// Zen 4), the exponentials and compensation run over that dense prefix, and a last pass walks
-/// back from the end expanding each vector's kept values into place (`vexpandps`), zeros
-/// elsewhere. In place is safe: the prefix a vector's values sit in ends at or before the
-/// vector's own position, so writing from the back never overwrites values still to be read.
+/// A word's kept bits, with the lanes at or past `n` cleared.
+#[inline(always)]
+pub(super) fn kept_word(words: &[u64], n: usize, w: usize) -> u64 {
+    let rem = n - 64 * w;
+    if rem >= 64 {
+        words[w]
+    } else {
+        words[w] & ((1u64 << rem) - 1)
+    }
+}
+
+/// The kept entries of [`super::Probs`], compacted: their unnormalized (compensated) values in
+/// column order at the front of `p`; returns their count and `sum` (0 and 0 when none is
+/// kept). Only the kept entries' exponentials are computed: one pass compresses the kept
+/// scores to the front of `p` (`vcompressps` into a register, then a masked store: the memory
+/// form is slow on Zen 4), the exponentials and compensation run over that dense prefix.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
-unsafe fn probs(
+pub(super) fn compact_probs(
     z: &[i32],
     kb: &[i32],
     ms: f32,
     (keep, c): (f32, f32),
     words: &[u64],
     p: &mut [f32],
-) -> f32 {
+) -> (usize, f32) {
     let n = p.len();
+    assert!(z.len() >= n && kb.len() >= n && words.len() * 64 >= n);
     let vms = _mm512_set1_ps(ms);
     let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut cnt = 0usize;
     let pp = p.as_mut_ptr();
-    let nw = n.div_ceil(64);
-    // A word's kept bits, with the lanes past n cleared.
-    let word = |w: usize| -> u64 {
-        let rem = n - 64 * w;
-        if rem >= 64 {
-            words[w]
-        } else {
-            words[w] & ((1u64 << rem) - 1)
-        }
-    };
-    for w in 0..nw {
-        let bits = word(w);
+    for w in 0..n.div_ceil(64) {
+        let bits = kept_word(words, n, w);
         for q in 0..4 {
             let kept = (bits >> (16 * q)) as u16;
             if kept == 0 {
@@ -262,8 +263,7 @@ unsafe fn probs(
         }
     }
     if cnt == 0 {
-        p.fill(0.0);
-        return 0.0;
+        return (0, 0.0);
     }
     let vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     let mut vsum = _mm512_setzero_ps();
@@ -296,6 +296,31 @@ unsafe fn probs(
             }
         }
     }
+    (cnt, sum)
+}
+
+/// [`super::Probs`]: [`compact_probs`], then a pass walking back from the end expands each
+/// vector's kept values into place (`vexpandps`), zeros elsewhere. In place is safe: the
+/// prefix a vector's values sit in ends at or before the vector's own position, so writing
+/// from the back never overwrites values still to be read.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
+unsafe fn probs(
+    z: &[i32],
+    kb: &[i32],
+    ms: f32,
+    comp: (f32, f32),
+    words: &[u64],
+    p: &mut [f32],
+) -> f32 {
+    let n = p.len();
+    let (cnt, sum) = compact_probs(z, kb, ms, comp, words, p);
+    if cnt == 0 {
+        p.fill(0.0);
+        return 0.0;
+    }
+    let pp = p.as_mut_ptr();
+    let nw = n.div_ceil(64);
+    let word = |w: usize| kept_word(words, n, w);
     // Expand from the back: vector t's values are the `popcnt` floats before `off`.
     let mut off = cnt;
     for w in (0..nw).rev() {

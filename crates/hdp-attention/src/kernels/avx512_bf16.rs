@@ -98,3 +98,74 @@ pub(super) unsafe fn pv_bf16(
         r0 += r;
     }
 }
+
+/// [`super::Probs`] followed by `bf16::probs_pairs` at its returned `1 / sum`, in one go: the
+/// kept entries compacted ([`super::avx512::compact_probs`], into `scratch`, `n` floats), then
+/// each 32 columns expanded from the prefix (`vexpandps`), normalized and rounded to bf16
+/// pairs by `vcvtne2ps2bf16` (round to nearest even, as `bf16_round`; it flushes denormal
+/// results to zero). The f32 row is never written. `n` is a multiple of 16, `out` holds
+/// `n / 2` words. Returns `1 / sum` (0, and zero pairs, when nothing is kept).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,popcnt")]
+pub(super) unsafe fn probs_pairs_direct(
+    z: &[i32],
+    kb: &[i32],
+    ms: f32,
+    comp: (f32, f32),
+    words: &[u64],
+    scratch: &mut [f32],
+    out: &mut [u32],
+) -> f32 {
+    let n = scratch.len();
+    assert!(n.is_multiple_of(16) && out.len() == n / 2);
+    let (cnt, sum) = super::avx512::compact_probs(z, kb, ms, comp, words, scratch);
+    if cnt == 0 {
+        out.fill(0);
+        return 0.0;
+    }
+    let inv = 1.0 / sum;
+    let vinv = _mm512_set1_ps(inv);
+    let sp = scratch.as_ptr();
+    let mut off = 0usize;
+    // The next `popcnt(kept)` compacted values expanded into the kept lanes, times 1 / sum.
+    let mut take = |kept: u16| -> __m512 {
+        let k = kept.count_ones() as usize;
+        // SAFETY: the k values at off are within the prefix (off + k <= cnt <= n); a whole
+        // vector is loaded where it stays inside scratch (lanes past k are not used).
+        let x = unsafe {
+            if off + 16 <= n {
+                _mm512_loadu_ps(sp.add(off))
+            } else {
+                _mm512_maskz_loadu_ps(((1u32 << k) - 1) as u16, sp.add(off))
+            }
+        };
+        off += k;
+        _mm512_mul_ps(_mm512_maskz_expand_ps(kept, x), vinv)
+    };
+    let op = out.as_mut_ptr();
+    for g in (0..n).step_by(32) {
+        let bits = super::avx512::kept_word(words, n, g / 64) >> (g % 64);
+        let lo = take(bits as u16);
+        if g + 32 <= n {
+            let hi = take((bits >> 16) as u16);
+            let packed = _mm512_cvtne2ps_pbh(hi, lo);
+            // SAFETY: words g/2..g/2 + 16 of out (g + 32 <= n); __m512bh is 32 bf16 in order.
+            unsafe {
+                _mm512_storeu_si512(
+                    op.add(g / 2) as *mut _,
+                    std::mem::transmute::<__m512bh, __m512i>(packed),
+                )
+            };
+        } else {
+            let packed = _mm512_cvtneps_pbh(lo);
+            // SAFETY: words g/2..g/2 + 8 of out (g + 16 == n); __m256bh is 16 bf16 in order.
+            unsafe {
+                _mm256_storeu_si256(
+                    op.add(g / 2) as *mut __m256i,
+                    std::mem::transmute::<__m256bh, __m256i>(packed),
+                )
+            };
+        }
+    }
+    debug_assert_eq!(off, cnt);
+    inv
+}

@@ -127,6 +127,44 @@ pub(crate) fn fast_kernel(isa: Isa, d: usize) -> Option<Bf16Kernel> {
     None
 }
 
+/// [`super::Probs`] then [`probs_pairs`] at its `1 / sum` in one pass where the CPU has
+/// `vcvtne2ps2bf16` (the AVX-512 tier with BF16): see `avx512_bf16::probs_pairs_direct`.
+#[derive(Clone, Copy)]
+pub(crate) struct DirectPairs(
+    unsafe fn(&[i32], &[i32], f32, (f32, f32), &[u64], &mut [f32], &mut [u32]) -> f32,
+);
+
+impl DirectPairs {
+    /// The fused kernel for `isa`, when the CPU has it.
+    pub(crate) fn for_isa(isa: Isa) -> Option<DirectPairs> {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni && isa.available() && is_x86_feature_detected!("avx512bf16") {
+            return Some(DirectPairs(super::avx512_bf16::probs_pairs_direct));
+        }
+        let _ = isa;
+        None
+    }
+
+    /// Runs it: `scratch.len()` (a multiple of 16) entries, `out` half as many words.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(
+        self,
+        z: &[i32],
+        kb: &[i32],
+        ms: f32,
+        comp: (f32, f32),
+        words: &[u64],
+        scratch: &mut [f32],
+        out: &mut [u32],
+    ) -> f32 {
+        let n = scratch.len();
+        assert!(n.is_multiple_of(16) && out.len() * 2 == n);
+        assert!(z.len() >= n && kb.len() >= n && words.len() * 64 >= n);
+        // SAFETY: only handed out for a CPU with the features (`for_isa`); bounds asserted.
+        unsafe { (self.0)(z, kb, ms, comp, words, scratch, out) }
+    }
+}
+
 /// A checked handle on a [`PvBf16`] kernel the CPU has.
 #[derive(Clone, Copy)]
 pub(crate) struct Bf16Kernel(PvBf16);
@@ -182,6 +220,56 @@ pub(crate) mod tests {
         assert_eq!((half(vp[1], false), half(vp[1], true)), (2.0, 4.0));
         assert_eq!((half(vp[2], false), half(vp[2], true)), (5.0, 0.0));
         assert_eq!((half(vp[3], false), half(vp[3], true)), (6.0, 0.0));
+    }
+
+    /// The fused probabilities-to-pairs kernel (where this CPU has it) equals its tier's
+    /// `probs` followed by the portable `probs_pairs` at the returned `1 / sum`, bit for bit up
+    /// to flushed denormals; ragged word ends, densities from none to all, with and without
+    /// compensation. Prints whether it ran.
+    #[test]
+    fn direct_pairs_equal_probs_then_pairs() {
+        let Some(direct) = DirectPairs::for_isa(Isa::Avx512Vnni) else {
+            println!("fused probs-to-pairs kernel: not on this CPU");
+            return;
+        };
+        let k = crate::kernels::for_isa(Isa::Avx512Vnni);
+        let mut rng = SplitMix64::new(9);
+        for n in [16usize, 32, 48, 64, 80, 512, 528] {
+            let z: Vec<i32> = (0..n)
+                .map(|_| (rng.next_u64() % 40_000) as i32 - 20_000)
+                .collect();
+            let kb: Vec<i32> = (0..n)
+                .map(|_| (rng.next_u64() % 4_000) as i32 - 2_000)
+                .collect();
+            for density in [0u64, 1, 3, 9, 10] {
+                let words: Vec<u64> = (0..n.div_ceil(64))
+                    .map(|_| {
+                        (0..64).fold(0, |w, b| {
+                            w | (((rng.next_u64() % 10) < density) as u64) << b
+                        })
+                    })
+                    .collect();
+                for comp in [(1.0, 0.0), (0.7, 0.3 / n as f32)] {
+                    let mut p = vec![f32::NAN; n];
+                    let inv = k.probs(&z, &kb, 1.2e-3, comp, &words, &mut p);
+                    let mut want = vec![0u32; n / 2];
+                    probs_pairs_body(&p, inv, &mut want);
+                    let (mut scratch, mut got) = (vec![f32::NAN; n], vec![!0u32; n / 2]);
+                    let gi = direct.run(&z, &kb, 1.2e-3, comp, &words, &mut scratch, &mut got);
+                    assert_eq!(gi.to_bits(), inv.to_bits(), "n {n} density {density}");
+                    for (t, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        for hi in [false, true] {
+                            let (a, b) = (half(g, hi), half(w, hi));
+                            assert!(
+                                a.to_bits() == b.to_bits() || (a - b).abs() < f32::MIN_POSITIVE,
+                                "n {n} density {density} comp {comp:?} word {t}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        println!("fused probs-to-pairs kernel tested");
     }
 
     /// Every tier's conversions equal the portable ones bit for bit; the hardware kernel (where
