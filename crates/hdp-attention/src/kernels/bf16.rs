@@ -130,9 +130,11 @@ pub(crate) fn fast_kernel(isa: Isa, d: usize) -> Option<Bf16Kernel> {
 /// [`super::Probs`] then [`probs_pairs`] at its `1 / sum` in one pass where the CPU has
 /// `vcvtne2ps2bf16` (the AVX-512 tier with BF16): see `avx512_bf16::probs_pairs_direct`.
 #[derive(Clone, Copy)]
-pub(crate) struct DirectPairs(
-    unsafe fn(&[i32], &[i32], f32, (f32, f32), &[u64], &mut [f32], &mut [u32]) -> f32,
-);
+pub(crate) struct DirectPairs(DirectPairsFn);
+
+/// The fused kernel's signature: `Probs`' arguments, a scratch row, the pairs.
+type DirectPairsFn =
+    unsafe fn(&[i32], &[i32], f32, (f32, f32), &[u64], &mut [f32], &mut [u32]) -> f32;
 
 impl DirectPairs {
     /// The fused kernel for `isa`, when the CPU has it.
