@@ -300,7 +300,7 @@ fn every_tier_computes_the_row_tail_of_its_definition() {
                         if x.is_multiple_of(13) {
                             MASKED
                         } else {
-                            ((x >> 8) % (2 * magnitude as u64 + 1)) as i64 as i32 - magnitude as i32
+                            (((x >> 8) % (2 * magnitude as u64 + 1)) as i64 - magnitude) as i32
                         }
                     })
                     .collect();
