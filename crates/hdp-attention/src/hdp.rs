@@ -1090,7 +1090,7 @@ pub(crate) fn head_counts(
     for r in 0..nb {
         kept.or_row_into(r, &mut used);
     }
-    let used_blocks = used.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+    let used_blocks = hdp_core::bits::count_ones(&used) as u64;
     let used_rows = bs as u64 * used_blocks
         - if used[last / 64] >> (last % 64) & 1 == 1 {
             ragged

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bits;
 pub mod budget;
 pub mod calibration;
 pub mod config;

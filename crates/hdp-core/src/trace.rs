@@ -66,10 +66,7 @@ impl BlockMask {
 
     /// Number of set blocks in block-row `r`.
     pub fn count_row(&self, r: usize) -> usize {
-        self.bits[r * self.words_per_row..(r + 1) * self.words_per_row]
-            .iter()
-            .map(|w| w.count_ones() as usize)
-            .sum()
+        crate::bits::count_ones(&self.bits[r * self.words_per_row..(r + 1) * self.words_per_row])
     }
 
     /// Columns set in block-row `r`, OR-ed into `acc` (a `cols`-bit set as 64-bit words).
@@ -106,7 +103,7 @@ impl BlockMask {
 
     /// Number of set blocks.
     pub fn count(&self) -> usize {
-        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+        crate::bits::count_ones(&self.bits)
     }
 
     /// Whether every set bit of `self` is also set in `other` (same dimensions).

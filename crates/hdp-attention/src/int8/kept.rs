@@ -206,13 +206,8 @@ pub(super) fn attend(
                 if valid_words[i / 64] >> (i % 64) & 1 == 0 {
                     continue;
                 }
-                let n_kept: u32 = sc.rw[r * wn..(r + 1) * wn]
-                    .iter()
-                    .map(|x| x.count_ones())
-                    .sum();
-                if let Some((keep, c)) =
-                    hdp::row_compensation(mass[i / bs], vs.count(i), n_kept as usize)
-                {
+                let n_kept = hdp_core::bits::count_ones(&sc.rw[r * wn..(r + 1) * wn]);
+                if let Some((keep, c)) = hdp::row_compensation(mass[i / bs], vs.count(i), n_kept) {
                     sc.comp[r] = (keep as f32, c as f32);
                 }
             }
@@ -223,7 +218,7 @@ pub(super) fn attend(
             c0 += ch;
             continue;
         }
-        let kept_entries: u64 = sc.rw.iter().map(|x| x.count_ones() as u64).sum();
+        let kept_entries = hdp_core::bits::count_ones(&sc.rw) as u64;
         if (kept_entries as f64) < sparse_below * (ch * n) as f64 {
             for r in 0..ch {
                 let i = c0 + r;

@@ -149,7 +149,9 @@ pub(super) fn quantize_row_body(
 }
 
 multiversion! {
-    /// [`quantize_row_body`] for `isa`.
+    /// [`quantize_row_body`] for `isa` (the tests run every tier; the kernel inlines the body
+    /// into [`fill_rows`]).
+    #[cfg(test)]
     pub(super) fn quantize_row => quantize_row_body(xs: &[f32], s: f32, one: f32, min: i32, max: i32,
         codes: &mut [i32]) -> u32
 }
@@ -258,36 +260,6 @@ pub(super) fn split_q_nibbles_body(
     }
 }
 
-multiversion! {
-    /// [`split_q_nibbles_body`] for `isa`.
-    fn split_q_nibbles => split_q_nibbles_body(codes: &[i32], f: u32, ae: i32, cs: i32,
-        qu: &mut [u8], hi: &mut [u8], lo: &mut [u8])
-}
-
-multiversion! {
-    /// [`split_q_exact_body`] for `isa`.
-    fn split_q_exact => split_q_exact_body(codes: &[i32], f: u32, ae: i32, cs: i32,
-        qu: &mut [u8], qz: &mut [u8])
-}
-
-multiversion! {
-    /// [`split_k_exact_body`] for `isa`.
-    fn split_k_exact => split_k_exact_body(codes: &[i32], f: u32, cs: i32, ki: &mut [i8],
-        kz: &mut [i8]) -> (i32, i32)
-}
-
-multiversion! {
-    /// [`split_q_body`] for `isa`.
-    fn split_q => split_q_body(codes: &[i32], f: u32, mask: i32, a: i32, ae: i32, cs: i32,
-        qu: &mut [u8], qzi: &mut [u8], qzf: &mut [u8])
-}
-
-multiversion! {
-    /// [`split_k_body`] for `isa`.
-    fn split_k => split_k_body(codes: &[i32], f: u32, cs: i32, ki: &mut [i8], kzc: &mut [i8],
-        kzi: &mut [i8]) -> (i32, i32)
-}
-
 /// Quantizes head `h` of sequence `b` and builds its layouts.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare_head(
@@ -302,7 +274,6 @@ pub(super) fn prepare_head(
 ) -> HeadData {
     let Dims {
         n,
-        d,
         dp,
         w,
         qw,
@@ -310,11 +281,6 @@ pub(super) fn prepare_head(
         rows_pad,
         ..
     } = dm;
-    let a = offset(fmt);
-    let (ae, cs) = (dm.ae, dm.centred as i32);
-    let (one, min, max) = (fmt.one() as f32, fmt.min_code(), fmt.max_code());
-    let f = fmt.frac_bits;
-    let mask = fmt.one() - 1;
     let (sq, sk) = ((2f64).powi(eq) as f32, (2f64).powi(ek) as f32);
     let mut hd = HeadData {
         qu: vec![0; rows_pad * dp],
@@ -329,30 +295,49 @@ pub(super) fn prepare_head(
         k_sat: 0,
         logit_scale: hdp::LogitScale::new(1.0, false),
     };
+    fill_rows(isa, p, b, h, dm, fmt, (sq, sk), valid_tok, &mut hd);
+    pack_keys(&mut hd.k_pack, hd.k_int.chunks_exact(dp), n, dp);
+    pack_keys(&mut hd.kz_pack, hd.kz.chunks_exact(w), n, w);
+    hd
+}
+
+/// Steps of [`prepare_head`] per query and key row (quantize, split, sums): one body compiled
+/// per tier, so the row primitives inline into one loop (dispatching each of them per row
+/// cost a call and a `match` four times per row).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fill_rows_body(
+    p: &AttentionProblem,
+    b: usize,
+    h: usize,
+    dm: Dims,
+    fmt: QFormat,
+    (sq, sk): (f32, f32),
+    valid_tok: &[bool],
+    hd: &mut HeadData,
+) {
+    let Dims {
+        n, d, dp, w, qw, ..
+    } = dm;
+    let a = offset(fmt);
+    let (ae, cs) = (dm.ae, dm.centred as i32);
+    let (one, min, max) = (fmt.one() as f32, fmt.min_code(), fmt.max_code());
+    let f = fmt.frac_bits;
+    let mask = fmt.one() - 1;
     let mut codes = vec![0i32; d];
     for (i, &valid_i) in valid_tok.iter().enumerate().take(n) {
         let off = p.row_offset(b, h, i);
         let (qx, kx) = (&p.q().data()[off..off + d], &p.k().data()[off..off + d]);
         let (qu, qz) = (&mut hd.qu[i * dp..][..dp], &mut hd.qz[i * qw..][..qw]);
-        let sat = quantize_row(isa, qx, sq, one, min, max, &mut codes);
+        let sat = quantize_row_body(qx, sq, one, min, max, &mut codes);
         if dm.split {
             let (hi, lo) = qz.split_at_mut(w);
-            split_q_nibbles(
-                isa,
-                &codes,
-                f,
-                ae,
-                cs,
-                &mut qu[..d],
-                &mut hi[..d],
-                &mut lo[..d],
-            );
+            split_q_nibbles_body(&codes, f, ae, cs, &mut qu[..d], &mut hi[..d], &mut lo[..d]);
         } else if dm.exact {
-            split_q_exact(isa, &codes, f, ae, cs, &mut qu[..d], &mut qz[..d]);
+            split_q_exact_body(&codes, f, ae, cs, &mut qu[..d], &mut qz[..d]);
         } else {
             let (qzi, qzf) = qz.split_at_mut(dp);
-            split_q(
-                isa,
+            split_q_body(
                 &codes,
                 f,
                 mask,
@@ -368,20 +353,12 @@ pub(super) fn prepare_head(
             hd.q_sat += sat as u64;
         }
         let (ki, kz) = (&mut hd.k_int[i * dp..][..dp], &mut hd.kz[i * w..][..w]);
-        let sat = quantize_row(isa, kx, sk, one, min, max, &mut codes);
+        let sat = quantize_row_body(kx, sk, one, min, max, &mut codes);
         let (sum_int, sum) = if dm.exact {
-            split_k_exact(isa, &codes, f, cs, &mut ki[..d], &mut kz[..d])
+            split_k_exact_body(&codes, f, cs, &mut ki[..d], &mut kz[..d])
         } else {
             let (kzc, kzi) = kz.split_at_mut(dp);
-            split_k(
-                isa,
-                &codes,
-                f,
-                cs,
-                &mut ki[..d],
-                &mut kzc[..d],
-                &mut kzi[..d],
-            )
+            split_k_body(&codes, f, cs, &mut ki[..d], &mut kzc[..d], &mut kzi[..d])
         };
         if valid_i {
             hd.k_sat += sat as u64;
@@ -389,9 +366,12 @@ pub(super) fn prepare_head(
         hd.k_int_sum[i] = sum_int;
         hd.k_sum[i] = sum;
     }
-    pack_keys(&mut hd.k_pack, hd.k_int.chunks_exact(dp), n, dp);
-    pack_keys(&mut hd.kz_pack, hd.kz.chunks_exact(w), n, w);
-    hd
+}
+
+multiversion! {
+    /// [`fill_rows_body`] for `isa`.
+    fn fill_rows => fill_rows_body(p: &AttentionProblem, b: usize, h: usize, dm: Dims,
+        fmt: QFormat, scales: (f32, f32), valid_tok: &[bool], hd: &mut HeadData)
 }
 
 /// Packs `m` key rows of `depth` bytes (a multiple of 4) for [`tile_rows`]:
