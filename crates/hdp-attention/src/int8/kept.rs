@@ -46,6 +46,19 @@ pub(super) struct AttendScratch {
     pub(super) comp: Vec<(f32, f32)>,
 }
 
+/// `out = bf16_round(v)` elementwise.
+#[inline(always)]
+fn round_bf16_body(v: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = hdp_core::bf16_round(x);
+    }
+}
+
+multiversion! {
+    /// [`round_bf16_body`] for `isa`.
+    fn round_bf16 => round_bf16_body(v: &[f32], out: &mut [f32])
+}
+
 /// Adds `c` times row `i`'s valid V sum to each output row of a chunk starting at `c0`
 /// (compensation, hdp.md step 7's option).
 fn add_compensation(comp: &[(f32, f32)], vs: &hdp::VSums, c0: usize, d: usize, o: &mut [f32]) {
@@ -143,7 +156,8 @@ pub(super) fn attend(
     let mut head_vpk = std::mem::take(&mut sc.vpk_head);
     let v: &[f32] = if bf16 {
         vr.clear();
-        vr.extend(v.iter().map(|&x| hdp_core::bf16_round(x)));
+        vr.resize(v.len(), 0.0);
+        round_bf16(isa, v, &mut vr);
         if hw.is_some() && !gather {
             let m2 = all_blocks.len() * 4;
             bf16::pack_v(isa, &vr, n, d, m2, &mut head_vpk);
