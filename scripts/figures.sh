@@ -18,6 +18,9 @@ Zen 4, torch 2.15; 30 Brown passages (512 tok) and 200 RT snippets (256 tok); me
 "$hdp" bench plot-embed "$r/embed-e2e-zen4-floor4.jsonl" -o "$r/embed-e2e-zen4-floor4.svg" --title \
     "End to end: hdp embed vs sentence-transformers, all-MiniLM-L6-v2
 Zen 4, torch 2.15; default top-k 0.25 floor 4; medians of 7 (passages, 1 thread) or 5"
+"$hdp" bench plot-embed "$r/embed-e2e-zen4-fused.jsonl" -o "$r/embed-e2e-zen4-fused.svg" --title \
+    "End to end: hdp embed vs sentence-transformers, all-MiniLM-L6-v2
+Zen 4, torch 2.15; fused int8 passes (2026-12-03); medians of 7"
 # One sentence through the packaged model: deterministic (needs the fetched assets).
 "$hdp" embed --attention hdp --rho 0.1 --heatmap "$r/kept-blocks-minilm-one-sentence.svg" \
     "The film is a charming, often affecting journey, but one that is too long by half." > /dev/null
