@@ -100,11 +100,15 @@ pub struct MassWeights {
 }
 
 impl MassWeights {
-    /// The weights of logit scale `scale`.
+    /// The weights of logit scale `scale` (a positive finite scale; anything else gets the
+    /// flattest weights, `c = 1`, rather than a division by zero).
     pub fn new(scale: f64) -> MassWeights {
-        let c = (scale / std::f64::consts::LN_2 * (1u64 << 20) as f64)
-            .round()
-            .clamp(1.0, (i32::MAX - (1 << 16)) as f64) as u32;
+        let x = (scale / std::f64::consts::LN_2 * (1u64 << 20) as f64).round();
+        let c = if x.is_nan() {
+            1
+        } else {
+            x.clamp(1.0, (i32::MAX - (1 << 16)) as f64) as u32
+        };
         // The first gap with g c + 2^15 >= 2^16 MASS_ZERO_U.
         let g = ((MASS_ZERO_U << 16) - (1 << 15)).div_ceil(c as u64) as u32;
         MassWeights { c, g }
@@ -1585,6 +1589,11 @@ mod tests {
             );
             let mut last = u32::MAX;
             let gaps = (0..4000u32).chain([mw.g, mw.g + 1, 1 << 24, u32::MAX - 5, u32::MAX]);
+            // Degenerate scales never divide by zero: the flattest weights.
+            for bad in [f64::NAN, 0.0, -1.0, f64::INFINITY] {
+                let w = MassWeights::new(bad);
+                assert!(w.c >= 1 && w.weight(0) == 1 << 20, "{bad}");
+            }
             for gap in gaps {
                 let w = mw.weight(gap);
                 let u = (gap.min(mw.g) as u64 * c + (1 << 15)) >> 16;
