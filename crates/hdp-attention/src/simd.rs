@@ -239,7 +239,9 @@ fn hsum_i32_wide(v: __m256i) -> i64 {
 }
 
 /// [`row_tail_avx512`] by AVX2, a word at a time in eight vectors of 8 lanes: the mantissas by
-/// two `vpermd` over the table's halves and a blend on the index's bit 3.
+/// two `vpermd` over the table's halves and a blend on the index's bit 3. One body per choice
+/// of sums (no test inside the loop), whole words without a ragged-end check, the ragged end
+/// through a padded copy.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn row_tail_avx2(
     row: &[i32],
@@ -250,20 +252,97 @@ pub(crate) fn row_tail_avx2(
     gt: &mut [u64],
     eq: &mut [u64],
 ) -> crate::int8::Tail {
+    match (kept.sum, kept.pos, mass.is_some()) {
+        (false, false, false) => row_tail_avx2_n::<false, false, false>(row, e, max, mass, gt, eq),
+        (false, false, true) => row_tail_avx2_n::<false, false, true>(row, e, max, mass, gt, eq),
+        (false, true, false) => row_tail_avx2_n::<false, true, false>(row, e, max, mass, gt, eq),
+        (false, true, true) => row_tail_avx2_n::<false, true, true>(row, e, max, mass, gt, eq),
+        (true, false, false) => row_tail_avx2_n::<true, false, false>(row, e, max, mass, gt, eq),
+        (true, false, true) => row_tail_avx2_n::<true, false, true>(row, e, max, mass, gt, eq),
+        (true, true, false) => row_tail_avx2_n::<true, true, false>(row, e, max, mass, gt, eq),
+        (true, true, true) => row_tail_avx2_n::<true, true, true>(row, e, max, mass, gt, eq),
+    }
+}
+
+/// The constants of [`row_tail_avx2`]'s lanes.
+#[derive(Clone, Copy)]
+struct TailConsts {
+    ev: __m256i,
+    maxv: __m256i,
+    cv: __m256i,
+    gv: __m256i,
+    half: __m256i,
+    m_lo: __m256i,
+    m_hi: __m256i,
+}
+
+/// [`row_tail_avx2`]'s running sums (32-bit lanes, widened every [`TAIL_WORDS`] words).
+#[derive(Clone, Copy)]
+struct TailAcc {
+    ks: __m256i,
+    kp: __m256i,
+    wt: __m256i,
+    wk: __m256i,
+}
+
+/// One vector of [`row_tail_avx2`]: the masks of `v > e` and `v == e`, and the sums.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tail_vec<const SUM: bool, const POS: bool, const MASS: bool>(
+    v: __m256i,
+    k: &TailConsts,
+    a: &mut TailAcc,
+) -> (u64, u64) {
+    let gmv = _mm256_cmpgt_epi32(v, k.ev);
+    let gm = _mm256_movemask_ps(_mm256_castsi256_ps(gmv)) as u64;
+    let qm = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, k.ev))) as u64;
+    if SUM {
+        a.ks = _mm256_add_epi32(a.ks, _mm256_and_si256(gmv, v));
+    }
+    if POS {
+        let pos = _mm256_max_epi32(v, _mm256_setzero_si256());
+        a.kp = _mm256_add_epi32(a.kp, _mm256_and_si256(gmv, pos));
+    }
+    if MASS {
+        let gap = _mm256_min_epu32(_mm256_sub_epi32(k.maxv, v), k.gv);
+        let x = _mm256_add_epi32(_mm256_mullo_epi32(gap, k.cv), k.half);
+        let idx = _mm256_srli_epi32::<16>(x);
+        // vpermd reads the index's low 3 bits; bit 3 (x's bit 19) to the sign bit selects
+        // the upper half.
+        let lo = _mm256_permutevar8x32_epi32(k.m_lo, idx);
+        let hi = _mm256_permutevar8x32_epi32(k.m_hi, idx);
+        let sel = _mm256_castsi256_ps(_mm256_slli_epi32::<12>(x));
+        let m = _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(lo),
+            _mm256_castsi256_ps(hi),
+            sel,
+        ));
+        // Shifts of 32 or more give 0, as the weight's definition wants (x < 2^32 keeps the
+        // shift below 4096).
+        let w = _mm256_srlv_epi32(m, _mm256_srli_epi32::<20>(x));
+        a.wt = _mm256_add_epi32(a.wt, w);
+        a.wk = _mm256_add_epi32(a.wk, _mm256_and_si256(gmv, w));
+    }
+    (gm, qm)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn row_tail_avx2_n<const SUM: bool, const POS: bool, const MASS: bool>(
+    row: &[i32],
+    e: i32,
+    max: i32,
+    mass: Option<crate::hdp::MassWeights>,
+    gt: &mut [u64],
+    eq: &mut [u64],
+) -> crate::int8::Tail {
     let n = row.len();
     let nw = n.div_ceil(64);
     assert!(gt.len() >= nw && eq.len() >= nw);
-    let (ev, maxv, zero) = (
-        _mm256_set1_epi32(e),
-        _mm256_set1_epi32(max),
-        _mm256_setzero_si256(),
-    );
-    let (c, g) = mass.map_or((0, 0), |m| (m.c, m.g));
-    let (cv, gv, half) = (
-        _mm256_set1_epi32(c as i32),
-        _mm256_set1_epi32(g as i32),
-        _mm256_set1_epi32(1 << 15),
-    );
+    let (c, g) = match mass {
+        Some(m) => (m.c, m.g),
+        None => (0, 0),
+    };
     let mt = &crate::hdp::MASS_MANTISSAS;
     // SAFETY: 8 u32 each.
     let (m_lo, m_hi) = unsafe {
@@ -272,69 +351,71 @@ pub(crate) fn row_tail_avx2(
             _mm256_loadu_si256(mt[8..].as_ptr() as *const __m256i),
         )
     };
+    let k = TailConsts {
+        ev: _mm256_set1_epi32(e),
+        maxv: _mm256_set1_epi32(max),
+        cv: _mm256_set1_epi32(c as i32),
+        gv: _mm256_set1_epi32(g as i32),
+        half: _mm256_set1_epi32(1 << 15),
+        m_lo,
+        m_hi,
+    };
+    let zero = _mm256_setzero_si256();
+    let mut a = TailAcc {
+        ks: zero,
+        kp: zero,
+        wt: zero,
+        wk: zero,
+    };
     let mut out = crate::int8::Tail::default();
-    let (mut ks, mut kp, mut wt, mut wk) = (zero, zero, zero, zero);
-    let mut buf = [crate::int8::MASKED; 8];
-    for wi in 0..nw {
-        let rem = n - 64 * wi;
+    let flush = |a: &mut TailAcc, out: &mut crate::int8::Tail| {
+        out.kept_sum += hsum_i32_wide(a.ks);
+        out.kept_pos += hsum_i32_wide(a.kp);
+        out.w_total += hsum_i32_wide(a.wt) as u64;
+        out.w_kept += hsum_i32_wide(a.wk) as u64;
+        *a = TailAcc {
+            ks: zero,
+            kp: zero,
+            wt: zero,
+            wk: zero,
+        };
+    };
+    let full = n / 64;
+    for wi in 0..full {
         let (mut gw, mut qw) = (0u64, 0u64);
         for t in 0..8 {
-            let off = 8 * t;
-            if off >= rem {
-                break;
-            }
-            let at = 64 * wi + off;
-            let live = rem - off;
-            // SAFETY: 8 i32 of the row, or of the MASKED-padded copy of its ragged end.
-            let v = unsafe {
-                if live >= 8 {
-                    _mm256_loadu_si256(row.as_ptr().add(at) as *const __m256i)
-                } else {
-                    buf[..live].copy_from_slice(&row[at..]);
-                    _mm256_loadu_si256(buf.as_ptr() as *const __m256i)
-                }
-            };
-            let gmv = _mm256_cmpgt_epi32(v, ev);
-            let gm = _mm256_movemask_ps(_mm256_castsi256_ps(gmv)) as u64;
-            let qm = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, ev))) as u64;
-            let live_bits = if live >= 8 { 0xff } else { (1u64 << live) - 1 };
-            gw |= gm << off;
-            qw |= (qm & live_bits) << off;
-            if kept.sum {
-                ks = _mm256_add_epi32(ks, _mm256_and_si256(gmv, v));
-            }
-            if kept.pos {
-                kp = _mm256_add_epi32(kp, _mm256_and_si256(gmv, _mm256_max_epi32(v, zero)));
-            }
-            if mass.is_some() {
-                let gap = _mm256_min_epu32(_mm256_sub_epi32(maxv, v), gv);
-                let x = _mm256_add_epi32(_mm256_mullo_epi32(gap, cv), half);
-                let idx = _mm256_srli_epi32::<16>(x);
-                // vpermd reads the index's low 3 bits; bit 3 (x's bit 19) to the sign bit
-                // selects the upper half.
-                let lo = _mm256_permutevar8x32_epi32(m_lo, idx);
-                let hi = _mm256_permutevar8x32_epi32(m_hi, idx);
-                let sel = _mm256_castsi256_ps(_mm256_slli_epi32::<12>(x));
-                let m = _mm256_castps_si256(_mm256_blendv_ps(
-                    _mm256_castsi256_ps(lo),
-                    _mm256_castsi256_ps(hi),
-                    sel,
-                ));
-                let w = _mm256_srlv_epi32(m, _mm256_srli_epi32::<20>(x));
-                wt = _mm256_add_epi32(wt, w);
-                wk = _mm256_add_epi32(wk, _mm256_and_si256(gmv, w));
-            }
+            // SAFETY: the word's 64 entries are inside the row.
+            let v =
+                unsafe { _mm256_loadu_si256(row.as_ptr().add(64 * wi + 8 * t) as *const __m256i) };
+            let (gm, qm) = tail_vec::<SUM, POS, MASS>(v, &k, &mut a);
+            gw |= gm << (8 * t);
+            qw |= qm << (8 * t);
         }
         gt[wi] = gw;
         eq[wi] = qw;
-        if wi % TAIL_WORDS == TAIL_WORDS - 1 || wi + 1 == nw {
-            out.kept_sum += hsum_i32_wide(ks);
-            out.kept_pos += hsum_i32_wide(kp);
-            out.w_total += hsum_i32_wide(wt) as u64;
-            out.w_kept += hsum_i32_wide(wk) as u64;
-            (ks, kp, wt, wk) = (zero, zero, zero, zero);
+        if wi % TAIL_WORDS == TAIL_WORDS - 1 {
+            flush(&mut a, &mut out);
         }
     }
+    if full < nw {
+        // The ragged end: vectors of the MASKED-padded copy (never above e, never equal).
+        let (mut gw, mut qw) = (0u64, 0u64);
+        let mut buf = [crate::int8::MASKED; 8];
+        let rest = &row[64 * full..];
+        for (t, part) in rest.chunks(8).enumerate() {
+            buf.fill(crate::int8::MASKED);
+            buf[..part.len()].copy_from_slice(part);
+            // SAFETY: 8 i32.
+            let v = unsafe { _mm256_loadu_si256(buf.as_ptr() as *const __m256i) };
+            let (gm, qm) = tail_vec::<SUM, POS, MASS>(v, &k, &mut a);
+            let live = (1u64 << part.len()) - 1;
+            gw |= (gm & live) << (8 * t);
+            qw |= (qm & live) << (8 * t);
+        }
+        gt[full] = gw;
+        eq[full] = qw;
+    }
+    flush(&mut a, &mut out);
     out
 }
 

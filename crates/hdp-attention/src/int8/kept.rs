@@ -29,13 +29,14 @@ pub(super) struct AttendScratch {
     pub(super) z2: Vec<i32>,
     /// Probabilities of the chunk, `CH x m`.
     pub(super) p: Vec<f32>,
-    /// Kept keys and their scores/probabilities of one row (sparse chunks).
+    /// Kept keys (with 8 entries of slack, [`kept_indices`]) and their scores/probabilities
+    /// of one row (sparse chunks).
     pub(super) idx: Vec<u32>,
     pub(super) sc: Vec<f32>,
     /// Per row of the chunk, `1 / sum` of its unnormalized probabilities.
     pub(super) inv: Vec<f32>,
-    /// `Z` of one row's kept entries (sparse chunks).
-    pub(super) zs: Vec<i32>,
+    /// One row's signed score operand (sparse chunks, [`signed_operand`]).
+    pub(super) q16: Vec<i16>,
     /// bf16 P.V: the head's V rounded to bf16 (as f32), V as pairs (the head's, or the
     /// chunk's gathered rows), the chunk's probabilities as pairs.
     pub(super) vr: Vec<f32>,
@@ -71,21 +72,15 @@ fn add_compensation(comp: &[(f32, f32)], vs: &hdp::VSums, c0: usize, d: usize, o
     }
 }
 
-/// Turns `Z` into the f32 score the reference uses.
+/// Turns `Z` into the f32 score the reference uses: `((Z - a sum K) as f32 * two_f) * scale`,
+/// an exact integer, exact in f32 (|x| < 2^24, checked by `supported`), then one rounding by
+/// `scale`, as the f32 reference path does; every tier's `probs` and `sparse_scores` compute
+/// the same.
 #[derive(Clone, Copy)]
 pub(super) struct Coef {
     pub(super) a: i32,
     pub(super) two_f: f32,
     pub(super) scale: f32,
-}
-
-impl Coef {
-    /// Exact integer, exact in f32 (|x| < 2^24, checked by `supported`), then one rounding by
-    /// `scale`, as the f32 reference path does; the `probs` primitive of every tier computes the same.
-    #[inline(always)]
-    fn score(self, z: i32, k_sum: i32) -> f32 {
-        ((z - self.a * k_sum) as f32 * self.two_f) * self.scale
-    }
 }
 
 /// Sets bits `lo..hi` of a word set.
@@ -101,6 +96,69 @@ pub(super) fn set_range(words: &mut [u64], lo: usize, hi: usize) {
         };
         words[w] |= mask;
         c += take;
+    }
+}
+
+/// Per byte value, the positions of its set bits, one per byte, lowest first.
+static BIT_POSITIONS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let (mut x, mut k, mut packed) = (b, 0, 0u64);
+        let mut pos = 0;
+        while x != 0 {
+            if x & 1 == 1 {
+                packed |= (pos as u64) << (8 * k);
+                k += 1;
+            }
+            x >>= 1;
+            pos += 1;
+        }
+        t[b] = packed;
+        b += 1;
+    }
+    t
+};
+
+/// The set bits of `words` as indices into `idx`, ascending; returns how many. `idx` holds at
+/// least that many plus 8 (each byte of a word writes 8 entries, of which its set bits are
+/// kept). Branch-free per byte, so the loop vectorizes.
+#[inline(always)]
+fn kept_indices_body(words: &[u64], idx: &mut [u32]) -> usize {
+    let mut len = 0;
+    for (wi, &word) in words.iter().enumerate() {
+        if word == 0 {
+            continue;
+        }
+        for b in 0..8 {
+            let byte = (word >> (8 * b)) & 0xff;
+            let pos = BIT_POSITIONS[byte as usize];
+            let base = (wi * 64 + 8 * b) as u32;
+            for (t, x) in idx[len..len + 8].iter_mut().enumerate() {
+                *x = base + ((pos >> (8 * t)) & 0xff) as u32;
+            }
+            len += byte.count_ones() as usize;
+        }
+    }
+    len
+}
+
+multiversion! {
+    /// [`kept_indices_body`] for `isa`.
+    pub(super) fn kept_indices => kept_indices_body(words: &[u64], idx: &mut [u32]) -> usize
+}
+
+/// Row `qz` (`qw` bytes) as the signed operand of the sparse scores, `w` lanes:
+/// `q16 . kz_j = Z - za sum K_j`, the tile path's `z - kb` (the integer lanes, the first `dp`,
+/// lose the offset `za`; split exact scores join their nibbles first, `16 hi + lo`).
+fn signed_operand(dm: Dims, qz: &[u8], q16: &mut [i16]) {
+    for (c, x) in q16.iter_mut().enumerate().take(dm.w) {
+        let base = if dm.split {
+            16 * qz[c] as i16 + qz[dm.w + c] as i16
+        } else {
+            qz[c] as i16
+        };
+        *x = base - if c < dm.dp { dm.za as i16 } else { 0 };
     }
 }
 
@@ -133,6 +191,9 @@ pub(super) fn attend(
     let (n, d, w) = (dm.n, dm.d, dm.w);
     let kn = crate::kernels::for_isa(isa);
     let wn = n.div_ceil(64);
+    // The one f32 factor of the scores (`two_f` is a power of two: `(x two_f) scale` and
+    // `x (two_f scale)` round the same).
+    let ms = k.two_f * k.scale;
     let gather = bs.is_multiple_of(8);
     let rows = if bs >= 8 { bs.div_ceil(TR) * TR } else { CH };
     // bf16 operands: V rounded once per head (every path below reads the rounded copy), the
@@ -234,55 +295,33 @@ pub(super) fn attend(
         }
         let kept_entries = hdp_core::bits::count_ones(&sc.rw) as u64;
         if (kept_entries as f64) < sparse_below * (ch * n) as f64 {
+            // Per row: its kept keys, their scores (the row's signed operand against the
+            // keys' rows), probabilities, and V rows accumulated (`sparse_scores`,
+            // `sparse_probs`, `pv`).
+            sc.idx.resize(n + 8, 0);
+            sc.q16.resize(w, 0);
             for r in 0..ch {
                 let i = c0 + r;
                 let orow = &mut o[r * d..(r + 1) * d];
-                sc.idx.clear();
-                for (bw, &word) in sc.rw[r * wn..(r + 1) * wn].iter().enumerate() {
-                    let mut word = word;
-                    while word != 0 {
-                        sc.idx
-                            .push((bw * 64 + word.trailing_zeros() as usize) as u32);
-                        word &= word - 1;
-                    }
-                }
-                if sc.idx.is_empty() {
+                let len = kept_indices(isa, &sc.rw[r * wn..(r + 1) * wn], &mut sc.idx);
+                if len == 0 {
                     orow.fill(0.0);
                     continue;
                 }
+                signed_operand(dm, &hd.qz[i * dm.qw..][..dm.qw], &mut sc.q16);
+                let idx = &sc.idx[..len];
+                sc.sc.resize(len, 0.0);
                 clock.lap(&mut st.kept_setup);
-                sc.zs.resize(sc.idx.len(), 0);
-                let q = &hd.qz[i * dm.qw..][..dm.qw];
-                kn.dots(&q[..w], &hd.kz, w, &sc.idx, &mut sc.zs);
-                if dm.split {
-                    sc.z2.resize(sc.idx.len(), 0);
-                    kn.dots(&q[w..], &hd.kz, w, &sc.idx, &mut sc.z2);
-                    for (z, &lo) in sc.zs.iter_mut().zip(&sc.z2) {
-                        *z = 16 * *z + lo;
-                    }
-                }
-                sc.sc.clear();
-                sc.sc.extend(
-                    sc.idx
-                        .iter()
-                        .zip(&sc.zs)
-                        .map(|(&j, &z)| k.score(z, hd.k_sum[j as usize])),
-                );
+                let max = kn.sparse_scores(&sc.q16, &hd.kz, w, idx, ms, &mut sc.sc);
                 clock.lap(&mut st.kept_scores);
-                crate::fast::softmax_row(isa, &mut sc.sc);
-                let (keep, c) = sc.comp[r];
-                if c != 0.0 {
-                    for x in sc.sc.iter_mut() {
-                        *x = keep * *x - c;
-                    }
-                }
-                if bf16 {
-                    for x in sc.sc.iter_mut() {
-                        *x = hdp_core::bf16_round(*x);
-                    }
-                }
+                let inv = kn.sparse_probs(&mut sc.sc, max, sc.comp[r], bf16);
                 clock.lap(&mut st.softmax);
-                kn.pv(&sc.idx, &sc.sc, v, d, orow);
+                kn.pv(idx, &sc.sc, v, d, orow);
+                if !bf16 {
+                    for x in orow.iter_mut() {
+                        *x *= inv;
+                    }
+                }
                 if let Some(vs) = &vsums {
                     add_compensation(&sc.comp[r..r + 1], vs, i, d, orow);
                 }
@@ -338,11 +377,9 @@ pub(super) fn attend(
         };
         let m = blocks.len() * 8;
         let crw: &[u64] = if gather { &sc.crw } else { &sc.rw };
-        // The keys' offset terms `a sum_k K` once per chunk, and the one f32 factor
-        // (`two_f` is a power of two: `(x two_f) scale` and `x (two_f scale)` round the same).
+        // The keys' offset terms `a sum_k K` once per chunk.
         sc.kb.clear();
         sc.kb.extend(ksg[..m].iter().map(|&x| k.a * x));
-        let ms = k.two_f * k.scale;
         // Z and probabilities, TR rows at a time.
         sc.z.resize(TR * m, 0);
         // Every entry of the chunk's rows is written below (`probs` writes zeros where

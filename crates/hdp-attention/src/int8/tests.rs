@@ -395,3 +395,34 @@ fn every_tier_computes_the_first_pass_of_its_definition() {
     }
     println!("first pass tiers tested: {}", ran.join(", "));
 }
+
+/// The sparse path's kept indices: every tier lists the set bits in order, on ragged lengths
+/// and densities from empty to full, and writes only inside its 8 entries of slack.
+#[test]
+fn every_tier_lists_the_kept_indices_in_order() {
+    use hdp_core::rng::SplitMix64;
+    let mut rng = SplitMix64::new(11);
+    for isa in isas() {
+        for n in [1usize, 7, 63, 64, 65, 130, 512, 515] {
+            for density in [0u64, 1, 4, 9, 10] {
+                let mut words = vec![0u64; n.div_ceil(64)];
+                for j in 0..n {
+                    if rng.next_u64() % 10 < density {
+                        words[j / 64] |= 1 << (j % 64);
+                    }
+                }
+                let want: Vec<u32> = (0..n as u32)
+                    .filter(|&j| words[j as usize / 64] >> (j % 64) & 1 == 1)
+                    .collect();
+                let mut idx = vec![u32::MAX; n + 8];
+                let len = kept_indices(isa, &words, &mut idx);
+                assert_eq!(
+                    &idx[..len],
+                    &want[..],
+                    "{} n {n} density {density}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}

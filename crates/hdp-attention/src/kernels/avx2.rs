@@ -9,11 +9,12 @@ pub(crate) static KERNELS: Kernels = Kernels {
     isa: Isa::Avx2,
     exact_u8: false,
     tile_rows,
-    dots,
+    sparse_scores,
+    sparse_probs,
     pv,
     probs,
     peak: Some((peak_loop, "vpmaddubsw + i16 adds, registers only")),
-    sparse_below: 0.22,
+    sparse_below: 0.45,
 };
 
 /// [`super::TileRows`]: 4 x 16 register tiles; `vpmaddubsw` pair sums are added in i16 for
@@ -115,99 +116,216 @@ pub(super) fn reduce8(v: [__m256i; 8]) -> __m256i {
     )
 }
 
-/// The shared loop of every tier's [`super::Dots`]: `dot(row)` gives 8 i32 lanes whose sum is
-/// the dot product with the key row at `row`; eight entries are reduced together, the keys of
-/// the next eight prefetched.
-///
-/// # Safety
-/// The caller's `Kernels::dots` checked the bounds; the CPU has AVX2.
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn dots_with(
+/// [`super::SparseScores`]: eight kept keys at a time, each key row sign-extended to i16
+/// (`vpmovsxbw`) and multiplied by the row's i16 operand with `vpmaddwd` (exact i32 pair
+/// sums whatever the codes), the eight sums reduced together, converted and scaled as one
+/// vector. Depths of 16, 32 and 64 lanes (d <= 32 exact, d <= 32 approximated) have their own
+/// unrolled loops; the operands (16 KiB of keys at N = 512, d = 32) sit in L1 or L2, so
+/// nothing is prefetched (prefetching each row cost more than it saved on Zen 3).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn sparse_scores(
+    q16: &[i16],
     kz: &[i8],
     w: usize,
     idx: &[u32],
-    z: &mut [i32],
-    dot: impl Fn(*const i8) -> __m256i,
-) {
-    let kp = kz.as_ptr();
+    ms: f32,
+    s: &mut [f32],
+) -> f32 {
+    // SAFETY (all arms): the caller checked the bounds; the CPU has AVX2 and FMA.
+    unsafe {
+        match w / 16 {
+            1 => sparse_scores_n::<1>(q16, kz, w, idx, ms, s),
+            2 => sparse_scores_n::<2>(q16, kz, w, idx, ms, s),
+            4 => sparse_scores_n::<4>(q16, kz, w, idx, ms, s),
+            _ => sparse_scores_n::<0>(q16, kz, w, idx, ms, s),
+        }
+    }
+}
+
+/// One key row's `vpmaddwd` products with the row operand, 8 i32 lanes to be summed: `q`
+/// holds the operand's first chunks when `C` > 0, else it is read from `qp`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // `q[c]` only where `chunks` = C <= 4
+unsafe fn dot_i16<const C: usize>(
+    q: &[__m256i; 4],
+    qp: *const i16,
+    kr: *const i8,
+    chunks: usize,
+) -> __m256i {
+    let mut acc = _mm256_setzero_si256();
+    for c in 0..chunks {
+        // SAFETY: the caller's row holds `16 chunks` bytes, the operand as many lanes.
+        unsafe {
+            let k = _mm256_cvtepi8_epi16(_mm_loadu_si128(kr.add(16 * c) as *const __m128i));
+            let qc = if C != 0 {
+                q[c]
+            } else {
+                _mm256_loadu_si256(qp.add(16 * c) as *const __m256i)
+            };
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(qc, k));
+        }
+    }
+    acc
+}
+
+/// [`sparse_scores`] with `C` chunks of 16 lanes per row (0: `w / 16`, not unrolled).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sparse_scores_n<const C: usize>(
+    q16: &[i16],
+    kz: &[i8],
+    w: usize,
+    idx: &[u32],
+    ms: f32,
+    s: &mut [f32],
+) -> f32 {
+    use crate::simd::hmax;
+    let chunks = if C == 0 { w / 16 } else { C };
+    let (qp, kp) = (q16.as_ptr(), kz.as_ptr());
+    // SAFETY (whole function): the caller checked that q16 holds w lanes, every key row
+    // idx[e] w bytes of kz, and s one entry per index.
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (c, x) in q.iter_mut().enumerate().take(chunks.min(4)) {
+        *x = unsafe { _mm256_loadu_si256(qp.add(16 * c) as *const __m256i) };
+    }
+    // No closures in this loop: they do not inherit the target features, and one was not
+    // inlined (a call per key, half the primitive's time).
+    let vms = _mm256_set1_ps(ms);
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
     let mut e = 0;
     while e + 8 <= idx.len() {
-        for &j in idx[(e + 8).min(idx.len())..(e + 16).min(idx.len())].iter() {
-            // SAFETY: prefetching is a hint; the address is inside kz.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(kp.add(j as usize * w)) };
-            if w > 64 {
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(kp.add(j as usize * w + 64)) };
-            }
+        let mut v = [_mm256_setzero_si256(); 8];
+        for (t, x) in v.iter_mut().enumerate() {
+            *x = unsafe { dot_i16::<C>(&q, qp, kp.add(idx[e + t] as usize * w), chunks) };
         }
-        // SAFETY: every key row idx[e] holds w bytes (checked by the caller).
-        let v: [__m256i; 8] =
-            std::array::from_fn(|t| dot(unsafe { kp.add(idx[e + t] as usize * w) }));
-        // SAFETY: z holds idx.len() >= e + 8 entries.
-        unsafe { _mm256_storeu_si256(z.as_mut_ptr().add(e) as *mut __m256i, reduce8(v)) };
+        let sv = _mm256_mul_ps(_mm256_cvtepi32_ps(reduce8(v)), vms);
+        unsafe { _mm256_storeu_ps(s.as_mut_ptr().add(e), sv) };
+        vmax = _mm256_max_ps(vmax, sv);
         e += 8;
     }
+    let mut max = hmax(vmax);
     for t in e..idx.len() {
-        let v = dot(unsafe { kp.add(idx[t] as usize * w) });
         let mut lanes = [0i32; 8];
-        // SAFETY: lanes holds 8 i32.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
-        z[t] = lanes.iter().sum();
+        unsafe {
+            let x = dot_i16::<C>(&q, qp, kp.add(idx[t] as usize * w), chunks);
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, x)
+        };
+        s[t] = lanes.iter().sum::<i32>() as f32 * ms;
+        max = max.max(s[t]);
     }
+    max
 }
 
-/// [`super::Dots`]: each entry a `w`-byte `vpmaddubsw`/`vpmaddwd` dot product (pair sums of
-/// one `vpmaddubsw` must stay below 2^15: `exact_u8` is false).
+/// [`super::SparseProbs`]: eight entries at a time (`exp8`, the polynomial of `fast_exp`),
+/// the tail by `fast_exp`; compensation as one fused multiply-subtract, bf16 rounding as
+/// integer adds on the bits (round to nearest even, as `hdp_core::bf16_round`).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
-    let chunks = w / 32;
-    let qp = q.as_ptr();
-    let ones = _mm256_set1_epi16(1);
-    let dot = |kr: *const i8| -> __m256i {
-        let mut acc = _mm256_setzero_si256();
-        for c in 0..chunks {
-            // SAFETY: q and the key row hold w bytes.
-            unsafe {
-                let qv = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                let kv = _mm256_loadu_si256(kr.add(32 * c) as *const __m256i);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qv, kv), ones));
-            }
+pub(super) unsafe fn sparse_probs(
+    s: &mut [f32],
+    max: f32,
+    (keep, c): (f32, f32),
+    bf16: bool,
+) -> f32 {
+    use crate::simd::{exp8, hsum};
+    let n = s.len();
+    let full = n / 8 * 8;
+    let ptr = s.as_mut_ptr();
+    let vm = _mm256_set1_ps(max);
+    let mut vsum = _mm256_setzero_ps();
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= n.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(t)), vm));
+            _mm256_storeu_ps(ptr.add(t), e);
+            vsum = _mm256_add_ps(vsum, e);
         }
-        acc
-    };
-    unsafe { dots_with(kz, w, idx, z, dot) }
+    }
+    let mut total = 0.0f32;
+    for x in s[full..].iter_mut() {
+        *x = crate::fast::fast_exp(*x - max);
+        total += *x;
+    }
+    let sum = total + hsum(vsum);
+    let inv = 1.0 / sum;
+    if c == 0.0 && !bf16 {
+        return inv;
+    }
+    let (vk, vc, vinv) = (
+        _mm256_set1_ps(keep),
+        _mm256_set1_ps(c * sum),
+        _mm256_set1_ps(inv),
+    );
+    let (half, odd, hi) = (
+        _mm256_set1_epi32(0x7fff),
+        _mm256_set1_epi32(1),
+        _mm256_set1_epi32(0xffff_0000u32 as i32),
+    );
+    for t in (0..full).step_by(8) {
+        // SAFETY: t + 8 <= n.
+        unsafe {
+            let mut x = _mm256_loadu_ps(ptr.add(t));
+            if c != 0.0 {
+                x = _mm256_fmsub_ps(vk, x, vc);
+            }
+            if bf16 {
+                let b = _mm256_castps_si256(_mm256_mul_ps(x, vinv));
+                let r = _mm256_add_epi32(
+                    b,
+                    _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32::<16>(b), odd)),
+                );
+                x = _mm256_castsi256_ps(_mm256_and_si256(r, hi));
+            }
+            _mm256_storeu_ps(ptr.add(t), x);
+        }
+    }
+    for x in s[full..].iter_mut() {
+        if c != 0.0 {
+            *x = keep * *x - c * sum;
+        }
+        if bf16 {
+            *x = hdp_core::bf16_round(*x * inv);
+        }
+    }
+    inv
 }
 
-/// [`super::Pv`]: 32 output columns held in four registers across all kept entries, the rest
-/// (d not a multiple of 32) by the portable loop.
+/// [`super::Pv`]: 32 output columns at a time in two sets of four registers, even entries
+/// into one and odd entries into the other (one set alone waits on the FMA latency: each
+/// accumulator gets one product per entry), added at the end; the rest (d not a multiple of
+/// 32) by the portable loop. V rows of a head sit in L2 (64 KiB at N = 512, d = 32): no
+/// prefetching.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
     let full = d / 32 * 32;
+    let vp = v.as_ptr();
     let mut c0 = 0;
     while c0 < full {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (e, (&j, &pj)) in idx.iter().zip(p).enumerate() {
-            if let Some(&ahead) = idx.get(e + 8) {
-                // SAFETY: a hint; the address is inside v (asserted above).
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead as usize * d + c0) as *const i8)
-                };
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        v.as_ptr().add(ahead as usize * d + c0 + 16) as *const i8
-                    )
-                };
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let pairs = idx.len() / 2;
+        for e in 0..pairs {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let (j, pj) = (idx[2 * e + h], p[2 * e + h]);
+                let pv = _mm256_set1_ps(pj);
+                // SAFETY: row j of v holds d >= c0 + 32 floats (asserted by the caller).
+                let row = unsafe { vp.add(j as usize * d + c0) };
+                for (m, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(row.add(8 * m)) }, *a);
+                }
             }
-            let pv = _mm256_set1_ps(pj);
-            // SAFETY: row j of v holds d >= c0 + 32 floats (asserted above).
-            let row = unsafe { v.as_ptr().add(j as usize * d + c0) };
-            for (m, a) in acc.iter_mut().enumerate() {
+        }
+        if idx.len() % 2 == 1 {
+            let e = idx.len() - 1;
+            let pv = _mm256_set1_ps(p[e]);
+            // SAFETY: as above.
+            let row = unsafe { vp.add(idx[e] as usize * d + c0) };
+            for (m, a) in acc[0].iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(row.add(8 * m)) }, *a);
             }
         }
-        for (m, a) in acc.iter().enumerate() {
+        for (m, (&a, &b)) in acc[0].iter().zip(&acc[1]).enumerate() {
             // SAFETY: o holds d >= c0 + 32 floats.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * m), *a) };
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * m), _mm256_add_ps(a, b)) };
         }
         c0 += 32;
     }

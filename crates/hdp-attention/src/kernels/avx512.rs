@@ -9,7 +9,9 @@ pub(crate) static KERNELS: Kernels = Kernels {
     isa: Isa::Avx512Vnni,
     exact_u8: true,
     tile_rows,
-    dots,
+    // The sparse path's scores and probabilities are AVX2's (i16 products, 8 lanes).
+    sparse_scores: super::avx2::sparse_scores,
+    sparse_probs: super::avx2::sparse_probs,
     pv,
     probs,
     peak: Some((peak_loop, "vpdpbusd zmm, registers only")),
@@ -90,38 +92,6 @@ unsafe fn tile_rows(
             }
         }
     }
-}
-
-/// [`super::Dots`]: each entry's `w`-byte dot product by `vpdpbusd` (64 bytes per
-/// instruction), folded to 8 lanes, then eight entries reduced together.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
-    let (wide, tail) = (w / 64, w % 64 == 32);
-    let qp = q.as_ptr();
-    let dot = |kr: *const i8| -> __m256i {
-        let mut acc = _mm512_setzero_si512();
-        for c in 0..wide {
-            // SAFETY: q and the key row hold w bytes.
-            unsafe {
-                let qv = _mm512_loadu_si512(qp.add(64 * c) as *const _);
-                let kv = _mm512_loadu_si512(kr.add(64 * c) as *const _);
-                acc = _mm512_dpbusd_epi32(acc, qv, kv);
-            }
-        }
-        let mut half = _mm256_add_epi32(
-            _mm512_castsi512_si256(acc),
-            _mm512_extracti64x4_epi64::<1>(acc),
-        );
-        if tail {
-            unsafe {
-                let qv = _mm256_loadu_si256(qp.add(64 * wide) as *const __m256i);
-                let kv = _mm256_loadu_si256(kr.add(64 * wide) as *const __m256i);
-                half = _mm256_dpbusd_epi32(half, qv, kv);
-            }
-        }
-        half
-    };
-    unsafe { super::avx2::dots_with(kz, w, idx, z, dot) }
 }
 
 /// [`super::Pv`]: up to 64 output columns in four zmm registers across all kept entries, then

@@ -10,7 +10,9 @@ pub(crate) static KERNELS: Kernels = Kernels {
     isa: Isa::AvxVnni,
     exact_u8: true,
     tile_rows,
-    dots,
+    // The sparse path's scores and probabilities are AVX2's (i16 products, 8 lanes).
+    sparse_scores: super::avx2::sparse_scores,
+    sparse_probs: super::avx2::sparse_probs,
     pv: super::avx2::pv,
     probs: super::avx2::probs,
     peak: Some((peak_loop, "vpdpbusd ymm (AVX-VNNI), registers only")),
@@ -60,27 +62,6 @@ unsafe fn tile_rows(
             }
         }
     }
-}
-
-/// [`super::Dots`]: each entry's `w`-byte dot product by `vpdpbusd ymm` (32 bytes per
-/// instruction), eight entries reduced together.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
-    let chunks = w / 32;
-    let qp = q.as_ptr();
-    let dot = |kr: *const i8| -> __m256i {
-        let mut acc = _mm256_setzero_si256();
-        for c in 0..chunks {
-            // SAFETY: q and the key row hold w bytes.
-            unsafe {
-                let qv = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                let kv = _mm256_loadu_si256(kr.add(32 * c) as *const __m256i);
-                acc = _mm256_dpbusd_avx_epi32(acc, qv, kv);
-            }
-        }
-        acc
-    };
-    unsafe { super::avx2::dots_with(kz, w, idx, z, dot) }
 }
 
 /// [`super::PeakLoop`]: 16 steps of 8 independent `vpdpbusd ymm` (32 MACs each) per round.

@@ -41,13 +41,24 @@ pub(crate) type TileRows = unsafe fn(
     out_stride: usize,
 );
 
-/// `z[e] = q[..w] . kz[idx[e] w..][..w]` (u8 x i8, exact i32) for every kept key `idx[e]`;
-/// `w` is a multiple of 32.
-pub(crate) type Dots = unsafe fn(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]);
+/// The sparse path's scores of one row: `s[e] = (q16 . kz[idx[e] w..][..w]) as f32 * ms`
+/// for every kept key `idx[e]` (i16 x i8 products, an exact i32 sum, then one rounding: the
+/// tile path's `(z - kb) ms`, since `q16` is the row's signed operand, `qz` less its offset);
+/// `w` is a multiple of 16. Returns the largest score (`-inf` when `idx` is empty).
+pub(crate) type SparseScores =
+    unsafe fn(q16: &[i16], kz: &[i8], w: usize, idx: &[u32], ms: f32, s: &mut [f32]) -> f32;
 
-/// `o = sum_e p[e] V[idx[e]]` (rows of `d` floats), each output one chain of fused
-/// multiply-adds in `e` order (the portable twin rounds each product: tolerance
-/// `PV_TOL` in the tests).
+/// The sparse path's probabilities of one row's kept entries, in place: `e = exp(s - max)`
+/// (`fast_exp`), `sum = sum e` (f32, any order), then `p = keep e - c sum` (compensation
+/// `(keep, c)`, `(1, 0)` without), and with `bf16` the normalized `bf16_round(p / sum)` (as
+/// `p * (1 / sum)`, what the tile path rounds). Returns `1 / sum`; without `bf16` the caller
+/// scales the row's output by it. `s` is not empty and `max` is its maximum.
+pub(crate) type SparseProbs =
+    unsafe fn(s: &mut [f32], max: f32, comp: (f32, f32), bf16: bool) -> f32;
+
+/// `o = sum_e p[e] V[idx[e]]` (rows of `d` floats) by fused multiply-adds in `e` order, in
+/// one chain per output or (AVX2) two interleaved ones, even and odd entries, added at the
+/// end (the portable twin rounds each product: tolerance `PV_TOL` in the tests).
 pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]);
 
 /// One row of the tile path's kept-entry probabilities, unnormalized:
@@ -80,13 +91,16 @@ pub(crate) struct Kernels {
     /// pair sums below 2^15 (`vpmaddubsw`: at most `2 * 255 * 128` overflows).
     pub exact_u8: bool,
     tile_rows: TileRows,
-    dots: Dots,
+    sparse_scores: SparseScores,
+    sparse_probs: SparseProbs,
     pv: Pv,
     probs: Probs,
     peak: Option<(PeakLoop, &'static str)>,
     /// Chunks of rows with fewer kept entries than this fraction take the sparse path
     /// (per-entry scores, row-by-row P.V); denser ones the tile path. Measured per tier with
-    /// each path forced (`ARCHITECTURE.md`): AVX2 (exact scores, f32 P.V) 0.22 on Zen 4;
+    /// each path forced (`ARCHITECTURE.md`): AVX2 0.45 on Zen 3 (real layer-2 Q/K/V at keep
+    /// 0.25 / 0.4 / 0.6: sparse 0.75x / 0.63x / 0.51x of dense, tile 0.57x / 0.61x / 0.59x;
+    /// with the per-entry primitives of 2026-12-03, `sparse_scores` and `sparse_probs`);
     /// AVX-512 VNNI with f32 P.V 0.2 on Zen 4 (approximated scores, earlier round); AVX-VNNI
     /// not measured (no machine with it in reach), AVX-512's value; portable: untuned. With
     /// the bf16 P.V kernel the tile path is faster still: [`SPARSE_BELOW_BF16`].
@@ -148,20 +162,43 @@ impl Kernels {
         unsafe { (self.tile_rows)(q, q_stride, depth, kpack, blocks, run, out, out_stride) }
     }
 
-    /// [`Dots`], bounds checked.
+    /// [`SparseScores`], bounds checked.
     #[inline]
-    pub fn dots(&self, q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
-        assert!(w.is_multiple_of(32) && q.len() >= w && z.len() == idx.len());
-        assert!(idx.iter().all(|&j| (j as usize + 1) * w <= kz.len()));
+    pub fn sparse_scores(
+        &self,
+        q16: &[i16],
+        kz: &[i8],
+        w: usize,
+        idx: &[u32],
+        ms: f32,
+        s: &mut [f32],
+    ) -> f32 {
+        assert!(w.is_multiple_of(16) && q16.len() >= w && s.len() == idx.len());
+        // The largest index (a vectorized max; a check per index was 3% of HDP's time).
+        assert!(idx
+            .iter()
+            .max()
+            .is_none_or(|&j| (j as usize + 1) * w <= kz.len()));
         // SAFETY: as in `tile_rows`.
-        unsafe { (self.dots)(q, kz, w, idx, z) }
+        unsafe { (self.sparse_scores)(q16, kz, w, idx, ms, s) }
+    }
+
+    /// [`SparseProbs`], checked.
+    #[inline]
+    pub fn sparse_probs(&self, s: &mut [f32], max: f32, comp: (f32, f32), bf16: bool) -> f32 {
+        assert!(!s.is_empty());
+        // SAFETY: as in `tile_rows`.
+        unsafe { (self.sparse_probs)(s, max, comp, bf16) }
     }
 
     /// [`Pv`], bounds checked.
     #[inline]
     pub fn pv(&self, idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
         assert!(o.len() == d && idx.len() == p.len());
-        assert!(idx.iter().all(|&j| (j as usize + 1) * d <= v.len()));
+        assert!(idx
+            .iter()
+            .max()
+            .is_none_or(|&j| (j as usize + 1) * d <= v.len()));
         // SAFETY: as in `tile_rows`.
         unsafe { (self.pv)(idx, p, v, d, o) }
     }
@@ -206,28 +243,68 @@ mod tests {
         Isa::available_tiers().into_iter().map(for_isa).collect()
     }
 
-    /// Every tier's `dots` and `pv` against the portable twins on awkward lengths, operands at
-    /// the extremes each tier is specified for; prints which tiers ran.
+    /// Every tier's sparse scores and probabilities and `pv` against the portable twins on
+    /// awkward lengths, operands at the extremes of the codes; prints which tiers ran.
     #[test]
     fn every_tier_matches_the_portable_twins() {
         let mut rng = SplitMix64::new(7);
         let mut ran = Vec::new();
         for k in tables() {
-            for &w in &[32usize, 64, 96, 128, 160] {
+            for &w in &[16usize, 32, 64, 96, 128, 160] {
                 let n = 37;
-                let qmax: u64 = if k.exact_u8 { 255 } else { 63 };
-                let q: Vec<u8> = (0..w)
-                    .map(|_| (rng.next_u64() % (qmax + 1)) as u8)
-                    .collect();
-                let kz: Vec<i8> = (0..n * w).map(|_| rng.next_u64() as i8).collect();
+                // Signed operands up to the exact scores' extremes: (Q + 128) - 128 and K.
+                let q16: Vec<i16> = (0..w).map(|_| rng.next_u64() as i8 as i16).collect();
+                let mut kz: Vec<i8> = (0..n * w).map(|_| rng.next_u64() as i8).collect();
+                kz[..w].fill(-128);
                 for len in [0usize, 1, 7, 8, 9, 17, 37] {
                     let idx: Vec<u32> = (0..len)
                         .map(|_| (rng.next_u64() % n as u64) as u32)
                         .collect();
-                    let (mut got, mut want) = (vec![0; len], vec![0; len]);
-                    k.dots(&q, &kz, w, &idx, &mut got);
-                    portable::KERNELS.dots(&q, &kz, w, &idx, &mut want);
-                    assert_eq!(got, want, "{} dots w {w} len {len}", k.isa.name());
+                    let ms = 1e-3;
+                    let (mut got, mut want) = (vec![0.0; len], vec![0.0; len]);
+                    let gm = k.sparse_scores(&q16, &kz, w, &idx, ms, &mut got);
+                    let wm = portable::KERNELS.sparse_scores(&q16, &kz, w, &idx, ms, &mut want);
+                    assert_eq!(got, want, "{} sparse scores w {w} len {len}", k.isa.name());
+                    assert_eq!(gm, wm, "{} sparse max w {w} len {len}", k.isa.name());
+                    // Exact integers, one rounding.
+                    for (e, &j) in idx.iter().enumerate() {
+                        let z: i32 = q16
+                            .iter()
+                            .zip(&kz[j as usize * w..][..w])
+                            .map(|(&a, &b)| a as i32 * b as i32)
+                            .sum();
+                        assert_eq!(want[e], z as f32 * ms);
+                    }
+                }
+            }
+            for len in [1usize, 5, 8, 13, 64, 129] {
+                let s: Vec<f32> = (0..len)
+                    .map(|_| (rng.next_u64() % 20_000) as f32 / 1000.0 - 10.0)
+                    .collect();
+                let max = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                for comp in [(1.0, 0.0), (0.8, 0.2 / len as f32), (0.3, 0.7 / len as f32)] {
+                    for bf16 in [false, true] {
+                        let (mut got, mut want) = (s.clone(), s.clone());
+                        let gi = k.sparse_probs(&mut got, max, comp, bf16);
+                        let wi = portable::KERNELS.sparse_probs(&mut want, max, comp, bf16);
+                        assert!(
+                            (gi - wi).abs() <= PROBS_REL * wi.abs(),
+                            "{} sparse probs len {len}: 1/sum {gi} vs {wi}",
+                            k.isa.name()
+                        );
+                        // Relative to the row's largest weight (normalized: 1 / sum), plus
+                        // one bf16 step when rounded.
+                        let top = if bf16 { wi } else { 1.0 };
+                        let step = if bf16 { 2.0f32.powi(-7) } else { 0.0 };
+                        for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= PROBS_REL * top + step * w.abs(),
+                                "{} sparse probs len {len} comp {comp:?} bf16 {bf16} entry {t}: \
+                                 {g} vs {w}",
+                                k.isa.name()
+                            );
+                        }
+                    }
                 }
             }
             for &d in &[1usize, 16, 31, 32, 48, 64, 80, 100, 128] {

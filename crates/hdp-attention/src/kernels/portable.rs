@@ -7,7 +7,8 @@ pub(crate) static KERNELS: Kernels = Kernels {
     isa: Isa::Portable,
     exact_u8: true,
     tile_rows,
-    dots,
+    sparse_scores,
+    sparse_probs,
     pv,
     probs,
     peak: None,
@@ -46,13 +47,51 @@ unsafe fn tile_rows(
     }
 }
 
-/// [`super::Dots`], scalar.
-unsafe fn dots(q: &[u8], kz: &[i8], w: usize, idx: &[u32], z: &mut [i32]) {
-    let q = &q[..w];
-    for (z, &j) in z.iter_mut().zip(idx) {
+/// [`super::SparseScores`], scalar.
+pub(super) unsafe fn sparse_scores(
+    q16: &[i16],
+    kz: &[i8],
+    w: usize,
+    idx: &[u32],
+    ms: f32,
+    s: &mut [f32],
+) -> f32 {
+    let q = &q16[..w];
+    let mut max = f32::NEG_INFINITY;
+    for (s, &j) in s.iter_mut().zip(idx) {
         let kr = &kz[j as usize * w..][..w];
-        *z = q.iter().zip(kr).map(|(&x, &y)| x as i32 * y as i32).sum();
+        let z: i32 = q.iter().zip(kr).map(|(&x, &y)| x as i32 * y as i32).sum();
+        *s = z as f32 * ms;
+        max = max.max(*s);
     }
+    max
+}
+
+/// [`super::SparseProbs`], scalar.
+pub(super) unsafe fn sparse_probs(
+    s: &mut [f32],
+    max: f32,
+    (keep, c): (f32, f32),
+    bf16: bool,
+) -> f32 {
+    let mut sum = 0.0f32;
+    for x in s.iter_mut() {
+        *x = fast_exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    if c != 0.0 {
+        let cs = c * sum;
+        for x in s.iter_mut() {
+            *x = keep * *x - cs;
+        }
+    }
+    if bf16 {
+        for x in s.iter_mut() {
+            *x = hdp_core::bf16_round(*x * inv);
+        }
+    }
+    inv
 }
 
 /// [`super::Pv`], scalar (a product and an add per term).
