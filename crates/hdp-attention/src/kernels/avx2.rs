@@ -119,9 +119,11 @@ pub(super) fn reduce8(v: [__m256i; 8]) -> __m256i {
 /// [`super::SparseScores`]: eight kept keys at a time, each key row sign-extended to i16
 /// (`vpmovsxbw`) and multiplied by the row's i16 operand with `vpmaddwd` (exact i32 pair
 /// sums whatever the codes), the eight sums reduced together, converted and scaled as one
-/// vector. Depths of 16, 32 and 64 lanes (d <= 32 exact, d <= 32 approximated) have their own
-/// unrolled loops; the operands (16 KiB of keys at N = 512, d = 32) sit in L1 or L2, so
-/// nothing is prefetched (prefetching each row cost more than it saved on Zen 3).
+/// vector. Widths of 16, 32 and 64 lanes have their own unrolled loops (the kernel's `w` is
+/// 32 for exact scores at d <= 32, 64 for exact scores at d <= 64 or approximated ones at
+/// d <= 32; 16 only in the tests); the operands (16 KiB of keys at N = 512, d = 32) sit in L1
+/// or L2, so nothing is prefetched (the first version's per-key prefetch loop was the
+/// primitive's hottest instruction in a Zen 3 profile).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn sparse_scores(
     q16: &[i16],
