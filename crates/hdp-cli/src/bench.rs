@@ -22,6 +22,152 @@ pub enum BenchCommand {
     /// Draw the speed of `hdp embed` (dense, HDP) relative to sentence-transformers from the
     /// JSON lines `bench/embed_compare.py` prints last.
     PlotEmbed(BenchPlotEmbedArgs),
+    /// Throughput of the dense layers (`x W^T + b`, packed weights) at the encoder's shapes,
+    /// per instruction-set tier, against the tier's measured f32 FMA peak.
+    Linear(BenchLinearArgs),
+}
+
+/// Flags of `hdp bench linear`.
+#[derive(Args, Debug)]
+pub struct BenchLinearArgs {
+    /// Rows of `x` (tokens in a batch: 8 texts of 512 tokens by default).
+    #[arg(long, default_value_t = 4096)]
+    pub rows: usize,
+    /// Layer shapes as `KxN` (input features x output features); the default is
+    /// all-MiniLM-L6-v2's Q/K/V, output, FFN up and FFN down.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "384x1152,384x384,384x1536,1536x384"
+    )]
+    pub shapes: Vec<String>,
+    /// Timed runs per shape and tier (medians reported; tiers alternate).
+    #[arg(long, default_value_t = 7)]
+    pub repeats: usize,
+    /// Tiers to run (`portable`, `avx2`, `avx512`; default: every tier this CPU has but
+    /// portable).
+    #[arg(long, value_delimiter = ',')]
+    pub tier: Option<Vec<String>>,
+    /// One JSON line per row instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hdp bench linear`.
+fn run_linear(a: &BenchLinearArgs) -> Result<()> {
+    use hdp_models::linear::{fma_peak_gflops, Epilogue, Linear, Tier};
+    if a.repeats == 0 || a.rows == 0 {
+        bail!("--repeats and --rows must be at least 1");
+    }
+    let tiers: Vec<Tier> = match &a.tier {
+        None => Tier::ALL
+            .into_iter()
+            .filter(|t| t.available() && *t != Tier::Portable)
+            .collect(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                let t = Tier::ALL
+                    .into_iter()
+                    .find(|t| t.name() == n)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("unknown tier {n:?}: portable, avx2 or avx512")
+                    })?;
+                if !t.available() {
+                    bail!("this CPU cannot run tier {n}");
+                }
+                Ok(t)
+            })
+            .collect::<Result<_>>()?,
+    };
+    if tiers.is_empty() {
+        bail!("no tier to run: pass --tier portable on a CPU without AVX2");
+    }
+    let shapes: Vec<(usize, usize)> = a
+        .shapes
+        .iter()
+        .map(|s| {
+            let (k, n) = s
+                .split_once('x')
+                .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)))
+                .filter(|&(k, n): &(usize, usize)| k > 0 && n > 0)
+                .ok_or_else(|| anyhow::anyhow!("shape {s:?} is not KxN with K, N >= 1"))?;
+            Ok((k, n))
+        })
+        .collect::<Result<_>>()?;
+    let threads = rayon::current_num_threads();
+    let peaks: Vec<Option<f64>> = tiers.iter().map(|&t| fma_peak_gflops(t, 200.0)).collect();
+    if !a.json {
+        for (t, p) in tiers.iter().zip(&peaks) {
+            match p {
+                Some(p) => println!("f32 FMA peak of one core, {}: {p:.1} GFLOP/s", t.name()),
+                None => println!("f32 FMA peak, {}: not measured", t.name()),
+            }
+        }
+        println!(
+            "{:>9} {:>7} {:>6} {:>6} {:>9} {:>9} {:>8}",
+            "tier", "rows", "k", "n", "ms", "GFLOP/s", "of peak"
+        );
+    }
+    // Deterministic operands in [-1, 1).
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    for &(k, n) in &shapes {
+        let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let b: Vec<f32> = (0..n).map(|_| next()).collect();
+        let x: Vec<f32> = (0..a.rows * k).map(|_| next()).collect();
+        let layer = Linear::new(&w, &b, n, k);
+        let mut out = vec![0.0f32; a.rows * n];
+        // Warm-up: first touch of the output, caches.
+        for &t in &tiers {
+            layer.forward(&x, a.rows, &mut out, Epilogue::None, t);
+        }
+        let mut times = vec![Vec::new(); tiers.len()];
+        for _ in 0..a.repeats {
+            for (ti, &t) in tiers.iter().enumerate() {
+                let t0 = Instant::now();
+                layer.forward(&x, a.rows, &mut out, Epilogue::None, t);
+                times[ti].push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        for ((t, ts), peak) in tiers.iter().zip(times).zip(&peaks) {
+            let ms = median(ts);
+            let gflops = 2.0 * (a.rows * k * n) as f64 / ms / 1e6;
+            let of_peak = peak.map(|p| gflops / (p * threads as f64));
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"bench": "linear", "tier": t.name(), "rows": a.rows, "k": k, "n": n,
+                           "threads": threads, "median_ms": ms, "gflops": gflops,
+                           "peak_gflops_per_core": peak, "fraction_of_peak": of_peak})
+                );
+            } else {
+                let pct = of_peak.map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0));
+                println!(
+                    "{:>9} {:>7} {:>6} {:>6} {:>9.2} {:>9.1} {:>8}",
+                    t.name(),
+                    a.rows,
+                    k,
+                    n,
+                    ms,
+                    gflops,
+                    pct
+                );
+            }
+        }
+    }
+    if !a.json {
+        println!(
+            "({threads} thread(s); peak per core times threads; medians of {} runs)",
+            a.repeats
+        );
+    }
+    Ok(())
 }
 
 /// Flags of `hdp bench plot-embed`.
@@ -315,6 +461,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Attention(a) => a,
         BenchCommand::Plot(p) => return run_plot(p),
         BenchCommand::PlotEmbed(p) => return run_plot_embed(p),
+        BenchCommand::Linear(l) => return run_linear(l),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");

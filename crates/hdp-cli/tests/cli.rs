@@ -496,6 +496,47 @@ fn bench_attention_reports_every_documented_field() {
     );
 }
 
+/// `hdp bench linear`: one JSON line per shape and tier with a positive throughput, the
+/// portable tier on request, and bad shapes or tiers refused.
+#[test]
+fn bench_linear_reports_every_shape_and_refuses_bad_ones() {
+    let out = hdp(&[
+        "bench",
+        "linear",
+        "--rows",
+        "13",
+        "--shapes",
+        "19x45,8x8",
+        "--repeats",
+        "1",
+        "--tier",
+        "portable",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (v, (k, n)) in lines.iter().zip([(19, 45), (8, 8)]) {
+        assert_eq!((v["k"].as_u64(), v["n"].as_u64()), (Some(k), Some(n)));
+        assert_eq!(v["tier"], "portable");
+        assert!(v["gflops"].as_f64().unwrap() > 0.0);
+        assert!(v["fraction_of_peak"].is_null());
+    }
+    assert_clean_failure(
+        &hdp(&["bench", "linear", "--shapes", "384by1152"]),
+        "not KxN",
+    );
+    assert_clean_failure(&hdp(&["bench", "linear", "--tier", "sse9"]), "unknown tier");
+    assert_clean_failure(&hdp(&["bench", "linear", "--rows", "0"]), "at least 1");
+}
+
 /// Reproducers of issue #11 (hostile or careless input): each must end with a clear error and a
 /// non-zero exit, never a panic, an abort, a hang or a silent wrong answer.
 #[test]
