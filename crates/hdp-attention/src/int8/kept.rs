@@ -143,9 +143,47 @@ fn kept_indices_body(words: &[u64], idx: &mut [u32]) -> usize {
     len
 }
 
-multiversion! {
-    /// [`kept_indices_body`] for `isa`.
-    pub(super) fn kept_indices => kept_indices_body(words: &[u64], idx: &mut [u32]) -> usize
+/// [`kept_indices_body`] on the best code for `isa` (the tiers above portable: AVX2's).
+pub(super) fn kept_indices(isa: Isa, words: &[u64], idx: &mut [u32]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2() {
+        // SAFETY: tiers above portable are only produced after detecting avx2 and popcnt.
+        return unsafe { kept_indices_avx2(words, idx) };
+    }
+    let _ = isa;
+    kept_indices_body(words, idx)
+}
+
+/// [`kept_indices_body`] by AVX2: per byte, its positions zero-extended (`vpmovzxbd`) plus
+/// the byte's first column, 8 entries stored at once (the compiler's vectorization of the
+/// body took 14 instructions per byte instead of 5).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+fn kept_indices_avx2(words: &[u64], idx: &mut [u32]) -> usize {
+    use std::arch::x86_64::*;
+    let total: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+    assert!(total + 8 <= idx.len(), "idx holds the set bits plus 8");
+    let out = idx.as_mut_ptr();
+    let eight = _mm256_set1_epi32(8);
+    let mut len = 0;
+    for (wi, &word) in words.iter().enumerate() {
+        if word == 0 {
+            continue;
+        }
+        let mut base = _mm256_set1_epi32((wi * 64) as i32);
+        for byte in word.to_le_bytes() {
+            // SAFETY: the table has 256 entries of 8 bytes; `len` counts the set bits before
+            // this byte, so `len + 8 <= total + 8 <= idx.len()` (asserted).
+            unsafe {
+                let pos = _mm_loadl_epi64(BIT_POSITIONS.as_ptr().add(byte as usize) as *const _);
+                let v = _mm256_add_epi32(_mm256_cvtepu8_epi32(pos), base);
+                _mm256_storeu_si256(out.add(len) as *mut __m256i, v);
+            }
+            len += byte.count_ones() as usize;
+            base = _mm256_add_epi32(base, eight);
+        }
+    }
+    len
 }
 
 /// Row `qz` (`qw` bytes) as the signed operand of the sparse scores, `w` lanes:

@@ -172,7 +172,7 @@ pub(super) fn split_q_body(
     qzf: &mut [u8],
 ) {
     for (((&c, u), zi), zf) in codes.iter().zip(qu).zip(qzi).zip(qzf) {
-        *u = ((((c >> f) << cs) | cs) + ae) as u8;
+        *u = ((c >> f) * (1 + cs) + cs + ae) as u8;
         *zi = ((c >> f) + a) as u8;
         *zf = (c & mask) as u8;
     }
@@ -192,7 +192,7 @@ pub(super) fn split_k_body(
     let (mut sum_int, mut sum) = (0i32, 0i32);
     for (((&c, i), zc), zi) in codes.iter().zip(ki).zip(kzc).zip(kzi) {
         let x = c >> f;
-        let e = (x << cs) | cs;
+        let e = x * (1 + cs) + cs;
         *i = e as i8;
         *zi = x as i8;
         *zc = c as i8;
@@ -214,7 +214,7 @@ pub(super) fn split_q_exact_body(
     qz: &mut [u8],
 ) {
     for ((&c, u), z) in codes.iter().zip(qu).zip(qz) {
-        *u = ((((c >> f) << cs) | cs) + ae) as u8;
+        *u = ((c >> f) * (1 + cs) + cs + ae) as u8;
         *z = (c + 128) as u8;
     }
 }
@@ -231,7 +231,7 @@ pub(super) fn split_k_exact_body(
 ) -> (i32, i32) {
     let (mut sum_int, mut sum) = (0i32, 0i32);
     for ((&c, i), z) in codes.iter().zip(ki).zip(kz) {
-        let e = ((c >> f) << cs) | cs;
+        let e = (c >> f) * (1 + cs) + cs;
         *i = e as i8;
         *z = c as i8;
         sum_int += e;
@@ -252,11 +252,15 @@ pub(super) fn split_q_nibbles_body(
     hi: &mut [u8],
     lo: &mut [u8],
 ) {
-    for (((&c, u), h), l) in codes.iter().zip(qu).zip(hi).zip(lo) {
-        *u = ((((c >> f) << cs) | cs) + ae) as u8;
+    // Equal lengths up front and one index: the zipped form did not vectorize.
+    let n = codes.len().min(qu.len()).min(hi.len()).min(lo.len());
+    let (codes, qu, hi, lo) = (&codes[..n], &mut qu[..n], &mut hi[..n], &mut lo[..n]);
+    for i in 0..n {
+        let c = codes[i];
+        qu[i] = ((c >> f) * (1 + cs) + cs + ae) as u8;
         let z = (c + 128) as u8;
-        *h = z >> 4;
-        *l = z & 15;
+        hi[i] = z >> 4;
+        lo[i] = z & 15;
     }
 }
 
