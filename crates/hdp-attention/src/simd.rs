@@ -487,6 +487,62 @@ pub(crate) fn finish_moments_avx512(
     }
 }
 
+/// [`finish_moments_avx2`]'s running maximum, minimum, sum (32-bit lanes) and count.
+struct MomentsAcc {
+    vmax: __m256i,
+    vmin: __m256i,
+    vsum: __m256i,
+    len: u32,
+}
+
+/// One vector of [`finish_moments_avx2`] at entry `off`; squares into `vsq`.
+///
+/// # Safety
+/// `off + 8` entries of the row and the bias (and of `valid`, when given) are readable, the
+/// row's writable.
+#[inline]
+#[target_feature(enable = "avx2,fma,popcnt")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn moments_step(
+    rp: *mut i32,
+    bp: *const i32,
+    vp: Option<*const u8>,
+    off: usize,
+    abs: bool,
+    masked: __m256i,
+    a: &mut MomentsAcc,
+    vsq: &mut __m256,
+) {
+    // SAFETY: the caller's; a bool is one byte, 0 or 1.
+    unsafe {
+        let s = _mm256_loadu_si256(rp.add(off) as *const __m256i);
+        let b = _mm256_loadu_si256(bp.add(off) as *const __m256i);
+        let mut v = _mm256_sub_epi32(s, b);
+        if abs {
+            v = _mm256_abs_epi32(v);
+        }
+        let bad = match vp {
+            Some(p) => {
+                let okv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(off) as *const __m128i));
+                _mm256_cmpeq_epi32(okv, _mm256_setzero_si256())
+            }
+            None => _mm256_setzero_si256(),
+        };
+        v = _mm256_blendv_epi8(v, masked, bad);
+        _mm256_storeu_si256(rp.add(off) as *mut __m256i, v);
+        a.len += 8 - _mm256_movemask_ps(_mm256_castsi256_ps(bad)).count_ones();
+        a.vmax = _mm256_max_epi32(a.vmax, v);
+        a.vmin = _mm256_min_epi32(
+            a.vmin,
+            _mm256_blendv_epi8(v, _mm256_set1_epi32(i32::MAX), bad),
+        );
+        let x = _mm256_andnot_si256(bad, v);
+        a.vsum = _mm256_add_epi32(a.vsum, x);
+        let f = _mm256_cvtepi32_ps(x);
+        *vsq = _mm256_fmadd_ps(f, f, *vsq);
+    }
+}
+
 /// [`finish_moments_avx512`] by AVX2, 8 lanes; a ragged end of under 8 entries by the
 /// portable twin's arithmetic (exact integers; its squares join the sum in f64).
 #[target_feature(enable = "avx2,fma,popcnt")]
@@ -500,47 +556,41 @@ pub(crate) fn finish_moments_avx2(
     assert!(bias.len() >= n && valid.is_none_or(|v| v.len() >= n));
     let whole = n / 8 * 8;
     let masked = _mm256_set1_epi32(crate::int8::MASKED);
-    let (mut vmax, mut vmin) = (masked, _mm256_set1_epi32(i32::MAX));
-    let (mut vsum, mut total) = (_mm256_setzero_si256(), 0i64);
-    let mut vsq = _mm256_setzero_ps();
-    let mut len = 0u32;
+    let mut total = 0i64;
     let (rp, bp) = (row.as_mut_ptr(), bias.as_ptr());
     let vp = valid.map(|v| v.as_ptr() as *const u8);
-    for (t, off) in (0..whole).step_by(8).enumerate() {
-        // SAFETY: off + 8 <= n entries of the row, the bias and valid (asserted); a bool is
-        // one byte, 0 or 1.
+    // Two vectors per step, their squares into two accumulators: one chain of fused
+    // multiply-adds waits on its latency (4 cycles per vector).
+    let (mut vsq, mut vsq2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut st = MomentsAcc {
+        vmax: masked,
+        vmin: _mm256_set1_epi32(i32::MAX),
+        vsum: _mm256_setzero_si256(),
+        len: 0,
+    };
+    let pairs = whole / 16;
+    for t in 0..pairs {
+        // SAFETY: both vectors lie below `whole <= n` (asserted lengths of row, bias, valid).
         unsafe {
-            let s = _mm256_loadu_si256(rp.add(off) as *const __m256i);
-            let b = _mm256_loadu_si256(bp.add(off) as *const __m256i);
-            let mut v = _mm256_sub_epi32(s, b);
-            if abs {
-                v = _mm256_abs_epi32(v);
-            }
-            let bad = match vp {
-                Some(p) => {
-                    let okv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(off) as *const __m128i));
-                    _mm256_cmpeq_epi32(okv, _mm256_setzero_si256())
-                }
-                None => _mm256_setzero_si256(),
-            };
-            v = _mm256_blendv_epi8(v, masked, bad);
-            _mm256_storeu_si256(rp.add(off) as *mut __m256i, v);
-            len += 8 - _mm256_movemask_ps(_mm256_castsi256_ps(bad)).count_ones();
-            vmax = _mm256_max_epi32(vmax, v);
-            vmin = _mm256_min_epi32(
-                vmin,
-                _mm256_blendv_epi8(v, _mm256_set1_epi32(i32::MAX), bad),
-            );
-            let x = _mm256_andnot_si256(bad, v);
-            vsum = _mm256_add_epi32(vsum, x);
-            let f = _mm256_cvtepi32_ps(x);
-            vsq = _mm256_fmadd_ps(f, f, vsq);
+            moments_step(rp, bp, vp, 16 * t, abs, masked, &mut st, &mut vsq);
+            moments_step(rp, bp, vp, 16 * t + 8, abs, masked, &mut st, &mut vsq2);
         }
-        if t % 8 == 7 {
-            total += hsum_i32_wide(vsum);
-            vsum = _mm256_setzero_si256();
+        if t % 4 == 3 {
+            total += hsum_i32_wide(st.vsum);
+            st.vsum = _mm256_setzero_si256();
         }
     }
+    if whole % 16 == 8 {
+        // SAFETY: as above.
+        unsafe { moments_step(rp, bp, vp, whole - 8, abs, masked, &mut st, &mut vsq) };
+    }
+    vsq = _mm256_add_ps(vsq, vsq2);
+    let MomentsAcc {
+        vmax,
+        vmin,
+        vsum,
+        len,
+    } = st;
     total += hsum_i32_wide(vsum);
     let (mut mx, mut mn) = ([0i32; 8], [0i32; 8]);
     // SAFETY: 8 i32 each.
