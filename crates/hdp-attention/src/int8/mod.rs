@@ -174,30 +174,57 @@ pub(crate) fn hdp_attention(
     let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
     let mut out = Tensor::zeros(p.q().shape().to_vec());
     let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
-    for b in 0..dims.batch {
-        let (valid, valid_tokens) = hdp::valid_blocks(p, b, bs);
-        let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
-        let mut valid_words = vec![0u64; n.div_ceil(64)];
-        for (i, _) in valid_tok.iter().enumerate().filter(|x| *x.1) {
-            valid_words[i / 64] |= 1 << (i % 64);
+    // Sequences go in groups, each group's heads in one parallel region per step (a region
+    // per sequence cost a hand-off to the pool and back twice per sequence: at 32 tokens that
+    // was half of the kernel's time). A group holds at most GROUP_ROWS query rows of all its
+    // heads, which bounds the head data kept between the steps.
+    const GROUP_ROWS: usize = 1 << 14;
+    let per_seq = (heads * n).max(1);
+    let group = (GROUP_ROWS / per_seq).clamp(1, dims.batch.max(1));
+    let mut b0 = 0;
+    while b0 < dims.batch {
+        let b1 = (b0 + group).min(dims.batch);
+        struct Seq {
+            valid: (BlockMask, usize),
+            valid_tok: Vec<bool>,
+            valid_words: Vec<u64>,
+            exps: (i32, i32),
         }
-        let exps = hdp::prescale_exponents(p, cfg, b, heads, n, d);
-        // Steps 1-5 per head, in parallel.
-        let decided: Vec<(HeadData, hdp::Decided)> = (0..heads)
+        let seqs: Vec<Seq> = (b0..b1)
+            .map(|b| {
+                let valid = hdp::valid_blocks(p, b, bs);
+                let valid_tok: Vec<bool> = (0..n).map(|i| p.token_is_valid(b, i)).collect();
+                let mut valid_words = vec![0u64; n.div_ceil(64)];
+                for (i, _) in valid_tok.iter().enumerate().filter(|x| *x.1) {
+                    valid_words[i / 64] |= 1 << (i % 64);
+                }
+                let exps = hdp::prescale_exponents(p, cfg, b, heads, n, d);
+                Seq {
+                    valid,
+                    valid_tok,
+                    valid_words,
+                    exps,
+                }
+            })
+            .collect();
+        // Steps 1-5 per (sequence, head), in parallel.
+        let decided: Vec<(HeadData, hdp::Decided)> = (0..(b1 - b0) * heads)
             .into_par_iter()
-            .map_init(PassScratch::default, |sc, h| {
+            .map_init(PassScratch::default, |sc, t| {
+                let (sq, h) = (&seqs[t / heads], t % heads);
+                let b = b0 + t / heads;
                 let mut st = StageTimes::default();
                 let mut clock = Clock::new(profile);
-                let mut hd = prepare_head(isa, p, fmt, exps, b, h, dm, &valid_tok);
+                let mut hd = prepare_head(isa, p, fmt, sq.exps, b, h, dm, &sq.valid_tok);
                 clock.lap(&mut st.quantize);
-                hd.logit_scale = hdp::block_logit_scale(cfg, exps, d);
+                hd.logit_scale = hdp::block_logit_scale(cfg, sq.exps, d);
                 let decision = integer_pass(
                     isa,
                     &hd,
                     dm,
                     &all,
-                    &valid,
-                    &valid_tok,
+                    &sq.valid.0,
+                    &sq.valid_tok,
                     p.causal(),
                     cfg,
                     a,
@@ -211,40 +238,53 @@ pub(crate) fn hdp_attention(
                 (hd, decision)
             })
             .collect();
-        let head_imp: Vec<f64> = decided.iter().map(|x| x.1 .1).collect();
-        let pruned = prune_heads(&head_imp, cfg.head_pruning);
-        let coef = Coef {
-            a: dm.za,
-            two_f: if dm.exact { 1.0 } else { fmt.one() as f32 },
-            scale: ((2f64).powi(-(2 * fmt.frac_bits as i32 + exps.0 + exps.1)) / (d as f64).sqrt())
-                as f32,
-        };
-        let seq_off = p.row_offset(b, 0, 0);
-        let out_seq = &mut out.data_mut()[seq_off..seq_off + heads * n * d];
-        out_seq.par_chunks_mut(n * d).enumerate().for_each_init(
+        // Step 5's head pruning, per sequence.
+        let pruned: Vec<bool> = decided
+            .chunks(heads)
+            .flat_map(|seq| {
+                let imp: Vec<f64> = seq.iter().map(|x| x.1 .1).collect();
+                prune_heads(&imp, cfg.head_pruning)
+            })
+            .collect();
+        let coefs: Vec<Coef> = seqs
+            .iter()
+            .map(|sq| Coef {
+                a: dm.za,
+                two_f: if dm.exact { 1.0 } else { fmt.one() as f32 },
+                scale: ((2f64).powi(-(2 * fmt.frac_bits as i32 + sq.exps.0 + sq.exps.1))
+                    / (d as f64).sqrt()) as f32,
+            })
+            .collect();
+        // Steps 6-7 per surviving (sequence, head), in parallel: the group's output rows are
+        // contiguous, `[sequence][head][N][d]`.
+        let seq_off = p.row_offset(b0, 0, 0);
+        let out_group = &mut out.data_mut()[seq_off..seq_off + (b1 - b0) * heads * n * d];
+        out_group.par_chunks_mut(n * d).enumerate().for_each_init(
             AttendScratch::default,
-            |sc, (h, o)| {
-                if pruned[h] {
+            |sc, (t, o)| {
+                if pruned[t] {
                     return;
                 }
+                let (sq, h) = (&seqs[t / heads], t % heads);
+                let b = b0 + t / heads;
                 let mut st = StageTimes::default();
                 let mut clock = Clock::new(profile);
                 let off = p.row_offset(b, h, 0);
                 let v = &p.v().data()[off..off + n * d];
-                let (hd, (kept, _, mass)) = &decided[h];
+                let (hd, (kept, _, mass)) = &decided[t];
                 attend(
                     isa,
                     hd,
                     dm,
                     &all,
                     kept,
-                    &valid_words,
+                    &sq.valid_words,
                     p.causal(),
                     bs,
                     v,
                     cfg.pv,
                     mass,
-                    coef,
+                    coefs[t / heads],
                     o,
                     sc,
                     &mut clock,
@@ -255,21 +295,26 @@ pub(crate) fn hdp_attention(
                 }
             },
         );
-        let saturated = decided
-            .iter()
-            .fold((0, 0), |(q, k), x| (q + x.0.q_sat, k + x.0.k_sat));
-        let decided = decided.into_iter().map(|(_, x)| x).collect();
-        trace.sequences.push(hdp::finish_sequence(
-            p,
-            cfg,
-            &mut out,
-            b,
-            (valid, valid_tokens),
-            exps,
-            saturated,
-            decided,
-            &pruned,
-        ));
+        let mut decided = decided.into_iter();
+        for (i, sq) in seqs.into_iter().enumerate() {
+            let seq: Vec<(HeadData, hdp::Decided)> = decided.by_ref().take(heads).collect();
+            let saturated = seq
+                .iter()
+                .fold((0, 0), |(q, k), x| (q + x.0.q_sat, k + x.0.k_sat));
+            let seq_decided = seq.into_iter().map(|(_, x)| x).collect();
+            trace.sequences.push(hdp::finish_sequence(
+                p,
+                cfg,
+                &mut out,
+                b0 + i,
+                sq.valid,
+                sq.exps,
+                saturated,
+                seq_decided,
+                &pruned[i * heads..(i + 1) * heads],
+            ));
+        }
+        b0 = b1;
     }
     let stages = profile.then(|| {
         let mut t = times.into_inner().expect("no panics while held");
