@@ -48,6 +48,10 @@ pub struct BenchLinearArgs {
     /// portable).
     #[arg(long, value_delimiter = ',')]
     pub tier: Option<Vec<String>>,
+    /// Time the layers with GELU (erf) fused into the epilogue, as the feed-forward up
+    /// projection runs, instead of the bias alone.
+    #[arg(long)]
+    pub gelu: bool,
     /// One JSON line per row instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +100,11 @@ fn run_linear(a: &BenchLinearArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
+    let epi = if a.gelu {
+        Epilogue::Gelu
+    } else {
+        Epilogue::None
+    };
     let peaks: Vec<Option<f64>> = tiers.iter().map(|&t| fma_peak_gflops(t, 200.0)).collect();
     if !a.json {
         for (t, p) in tiers.iter().zip(&peaks) {
@@ -125,13 +134,13 @@ fn run_linear(a: &BenchLinearArgs) -> Result<()> {
         let mut out = vec![0.0f32; a.rows * n];
         // Warm-up: first touch of the output, caches.
         for &t in &tiers {
-            layer.forward(&x, a.rows, &mut out, Epilogue::None, t);
+            layer.forward(&x, a.rows, &mut out, epi, t);
         }
         let mut times = vec![Vec::new(); tiers.len()];
         for _ in 0..a.repeats {
             for (ti, &t) in tiers.iter().enumerate() {
                 let t0 = Instant::now();
-                layer.forward(&x, a.rows, &mut out, Epilogue::None, t);
+                layer.forward(&x, a.rows, &mut out, epi, t);
                 times[ti].push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
@@ -142,7 +151,7 @@ fn run_linear(a: &BenchLinearArgs) -> Result<()> {
             if a.json {
                 println!(
                     "{}",
-                    json!({"bench": "linear", "tier": t.name(), "rows": a.rows, "k": k, "n": n,
+                    json!({"bench": "linear", "tier": t.name(), "rows": a.rows, "k": k, "n": n, "gelu": a.gelu,
                            "threads": threads, "median_ms": ms, "gflops": gflops,
                            "peak_gflops_per_core": peak, "fraction_of_peak": of_peak})
                 );

@@ -528,7 +528,30 @@ fn bench_linear_reports_every_shape_and_refuses_bad_ones() {
         assert_eq!(v["tier"], "portable");
         assert!(v["gflops"].as_f64().unwrap() > 0.0);
         assert!(v["fraction_of_peak"].is_null());
+        assert_eq!(v["gelu"], false);
     }
+    let out = hdp(&[
+        "bench",
+        "linear",
+        "--rows",
+        "3",
+        "--shapes",
+        "8x40",
+        "--repeats",
+        "1",
+        "--tier",
+        "portable",
+        "--json",
+        "--gelu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["gelu"], true);
     assert_clean_failure(
         &hdp(&["bench", "linear", "--shapes", "384by1152"]),
         "not KxN",
