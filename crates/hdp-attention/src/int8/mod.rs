@@ -174,10 +174,11 @@ pub(crate) fn hdp_attention(
     let all: Vec<u32> = (0..dm.n_pad as u32 / 8).collect();
     let mut out = Tensor::zeros(p.q().shape().to_vec());
     let mut trace = hdp::empty_layer_trace(p, cfg, layer)?;
-    // Sequences go in groups, each group's heads in one parallel region per step (a region
-    // per sequence cost a hand-off to the pool and back twice per sequence: at 32 tokens that
-    // was half of the kernel's time). A group holds at most GROUP_ROWS query rows of all its
-    // heads, which bounds the head data kept between the steps.
+    // Sequences go in groups, each group's heads in one parallel region per step: called from
+    // outside the thread pool, every region hands the work to the pool and back (at one
+    // thread on Zen 3 the two regions of a 32-token call took about 170 us, half of the
+    // call), so a batch no longer pays that per sequence. A group holds at most GROUP_ROWS
+    // query rows of all its heads, which bounds the head data kept between the steps.
     const GROUP_ROWS: usize = 1 << 14;
     let per_seq = (heads * n).max(1);
     let group = (GROUP_ROWS / per_seq).clamp(1, dims.batch.max(1));
