@@ -16,7 +16,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     pv: super::avx2::pv,
     probs: super::avx2::probs,
     peak: Some((peak_loop, "vpdpbusd ymm (AVX-VNNI), registers only")),
-    sparse_below: 0.2,
+    sparse_below: 0.45,
 };
 
 /// [`super::TileRows`]: 4 rows x 16 keys in 8 ymm accumulators, one `vpdpbusd` per row, key

@@ -57,8 +57,9 @@ pub(crate) type SparseProbs =
     unsafe fn(s: &mut [f32], max: f32, comp: (f32, f32), bf16: bool) -> f32;
 
 /// `o = sum_e p[e] V[idx[e]]` (rows of `d` floats) by fused multiply-adds in `e` order, in
-/// one chain per output or (AVX2) two interleaved ones, even and odd entries, added at the
-/// end (the portable twin rounds each product: tolerance `PV_TOL` in the tests).
+/// one chain per output or in interleaved ones (AVX2: two, even and odd entries; AVX-512:
+/// two to four) added at the end (the portable twin rounds each product: tolerance `PV_TOL`
+/// in the tests).
 pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]);
 
 /// One row of the tile path's kept-entry probabilities, unnormalized:
@@ -100,16 +101,19 @@ pub(crate) struct Kernels {
     /// each path forced (`ARCHITECTURE.md`): AVX2 0.45 on Zen 3 (real layer-2 Q/K/V at keep
     /// 0.25 / 0.4 / 0.6: sparse 0.75x / 0.63x / 0.51x of dense, tile 0.57x / 0.61x / 0.59x;
     /// with the per-entry primitives of 2026-12-03, `sparse_scores` and `sparse_probs`);
-    /// AVX-512 VNNI with f32 P.V 0.2 on Zen 4 (approximated scores, earlier round); AVX-VNNI
-    /// not measured (no machine with it in reach), AVX-512's value; portable: untuned. With
-    /// the bf16 P.V kernel the tile path is faster still: [`SPARSE_BELOW_BF16`].
+    /// AVX-512 VNNI 0.3 and AVX-VNNI 0.45 on Sapphire Rapids (same Q/K/V, one thread; AVX-512
+    /// at keep 0.25 / 0.4: sparse 5.7 / 7.3 ms, tile 6.6 / 6.6 ms, f32 or bf16 P.V alike;
+    /// AVX-VNNI at keep 0.25 / 0.4 / 0.55: sparse 6.4 / 8.0 / 9.1 ms, tile 8.7 / 8.7 / 8.8 ms);
+    /// portable: untuned. With the bf16 P.V kernel: [`SPARSE_BELOW_BF16`].
     pub sparse_below: f64,
 }
 
-/// [`Kernels::sparse_below`] when the tile path's P.V runs on the AVX-512 BF16 kernel:
-/// measured on Zen 4 (`HDP_ISA`-style forced paths, keep 0.1-0.2, N = 512 and 2048): the two
-/// paths cross at about keep 0.15.
-pub(crate) const SPARSE_BELOW_BF16: f64 = 0.15;
+/// [`Kernels::sparse_below`] when the tile path's P.V runs on the AVX-512 BF16 kernel. Zen 4
+/// (forced paths, keep 0.1-0.2, N = 512 and 2048) crossed at about keep 0.15 while the
+/// sparse path's AVX-512 P.V ran one FMA chain per column (latency-bound); Sapphire Rapids,
+/// with the chains interleaved, crosses at about 0.32 (keep 0.25: sparse 5.8 ms, tile 6.8
+/// ms; keep 0.4: 7.5 against 7.0), where the bf16 kernel saves the tile path nothing.
+pub(crate) const SPARSE_BELOW_BF16: f64 = 0.3;
 
 /// The largest entry of `idx` (0 when empty), as a fold that vectorizes.
 #[inline(always)]
