@@ -43,6 +43,8 @@ pub(super) struct AttendScratch {
     pub(super) vpk: Vec<u32>,
     pub(super) vpk_head: Vec<u32>,
     pub(super) ppk: Vec<u32>,
+    /// bf16 P.V on the sparse path: the head's V as bf16 words (`bf16::pack_rows`).
+    pub(super) vw: Vec<u32>,
     /// Compensation of each row of the chunk: `(1 - m, c)`, `(1, 0)` when none.
     pub(super) comp: Vec<(f32, f32)>,
 }
@@ -272,6 +274,9 @@ pub(super) fn attend(
             .collect();
         hdp::VSums::new(v, &valid_tok, causal, d)
     });
+    // The sparse path's bf16 V, packed at its first chunk.
+    let packed_rows = bf16 && d.is_multiple_of(32);
+    let mut vw_ready = false;
     clock.lap(&mut st.kept_setup);
     let mut c0 = 0;
     while c0 < n {
@@ -338,6 +343,10 @@ pub(super) fn attend(
             // `sparse_probs`, `pv`).
             sc.idx.resize(n + 8, 0);
             sc.q16.resize(w, 0);
+            if packed_rows && !vw_ready {
+                bf16::pack_rows(isa, v, n, d, &mut sc.vw);
+                vw_ready = true;
+            }
             for r in 0..ch {
                 let i = c0 + r;
                 let orow = &mut o[r * d..(r + 1) * d];
@@ -354,7 +363,11 @@ pub(super) fn attend(
                 clock.lap(&mut st.kept_scores);
                 let inv = kn.sparse_probs(&mut sc.sc, max, sc.comp[r], bf16);
                 clock.lap(&mut st.softmax);
-                kn.pv(idx, &sc.sc, v, d, orow);
+                if packed_rows {
+                    kn.pv_bf16(idx, &sc.sc, &sc.vw, d, orow);
+                } else {
+                    kn.pv(idx, &sc.sc, v, d, orow);
+                }
                 if !bf16 {
                     for x in orow.iter_mut() {
                         *x *= inv;

@@ -12,6 +12,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     sparse_scores,
     sparse_probs,
     pv,
+    pv_bf16,
     probs,
     peak: Some((peak_loop, "vpmaddubsw + i16 adds, registers only")),
     sparse_below: 0.45,
@@ -338,6 +339,58 @@ pub(super) unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f3
             for (y, &x) in o.iter_mut().zip(&v[j as usize * d + full..][..d - full]) {
                 *y += pj * x;
             }
+        }
+    }
+}
+
+/// [`super::PvBf16`]: [`pv`]'s chains (even and odd entries, four ymm of 8 columns per 32),
+/// each ymm of 8 words giving 8 columns by a shift and 8 more by a mask.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn pv_bf16(idx: &[u32], p: &[f32], vw: &[u32], d: usize, o: &mut [f32]) {
+    /// Columns 0-7, 8-15, 16-23, 24-31 of block `b` of row `j` (`half` words per row), as
+    /// pv's accumulators 0-3.
+    #[inline(always)]
+    unsafe fn load(vw: &[u32], half: usize, j: u32, b: usize) -> [__m256; 4] {
+        let hi_mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
+        // SAFETY: row j holds `half` words, 16 per block (asserted by the caller).
+        let w = unsafe { vw.as_ptr().add(j as usize * half + 16 * b) };
+        let (w0, w1) = unsafe {
+            (
+                _mm256_loadu_si256(w as *const __m256i),
+                _mm256_loadu_si256(w.add(8) as *const __m256i),
+            )
+        };
+        [
+            _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)),
+            _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)),
+            _mm256_castsi256_ps(_mm256_and_si256(w0, hi_mask)),
+            _mm256_castsi256_ps(_mm256_and_si256(w1, hi_mask)),
+        ]
+    }
+    let half = d / 2;
+    for b in 0..d / 32 {
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let pairs = idx.len() / 2;
+        for e in 0..pairs {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let pv = _mm256_set1_ps(p[2 * e + h]);
+                let x = unsafe { load(vw, half, idx[2 * e + h], b) };
+                for (a, x) in acc.iter_mut().zip(x) {
+                    *a = _mm256_fmadd_ps(pv, x, *a);
+                }
+            }
+        }
+        if idx.len() % 2 == 1 {
+            let e = idx.len() - 1;
+            let pv = _mm256_set1_ps(p[e]);
+            let x = unsafe { load(vw, half, idx[e], b) };
+            for (a, x) in acc[0].iter_mut().zip(x) {
+                *a = _mm256_fmadd_ps(pv, x, *a);
+            }
+        }
+        for (m, (&a, &b2)) in acc[0].iter().zip(&acc[1]).enumerate() {
+            // SAFETY: o holds d >= 32 b + 32 floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(32 * b + 8 * m), _mm256_add_ps(a, b2)) };
         }
     }
 }

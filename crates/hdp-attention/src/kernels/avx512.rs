@@ -13,6 +13,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     sparse_scores: super::avx2::sparse_scores,
     sparse_probs: super::avx2::sparse_probs,
     pv,
+    pv_bf16,
     probs,
     peak: Some((peak_loop, "vpdpbusd zmm, registers only")),
     sparse_below: 0.3,
@@ -164,6 +165,67 @@ unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
                 *y = pj.mul_add(x, *y);
             }
         }
+    }
+}
+
+/// [`super::PvBf16`]: [`pv`]'s passes and chains, each zmm of 16 words giving 16 columns by a
+/// shift and the 16 after them by a mask.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn pv_bf16(idx: &[u32], p: &[f32], vw: &[u32], d: usize, o: &mut [f32]) {
+    /// Blocks `c0 / 32..c0 / 32 + M / 2` of the rows: `M` accumulators of 16 columns.
+    #[inline(always)]
+    unsafe fn pass<const M: usize, const C: usize>(
+        idx: &[u32],
+        p: &[f32],
+        vw: &[u32],
+        d: usize,
+        c0: usize,
+        o: &mut [f32],
+    ) {
+        /// One entry's FMAs into one chain.
+        #[inline(always)]
+        unsafe fn step<const M: usize>(acc: &mut [__m512; M], pj: f32, row: *const u32) {
+            let hi_mask = _mm512_set1_epi32(0xffff_0000u32 as i32);
+            let pv = _mm512_set1_ps(pj);
+            for b in 0..M / 2 {
+                // SAFETY: the row holds 8 M words from here (asserted by the caller).
+                let w = unsafe { _mm512_loadu_si512(row.add(16 * b) as *const _) };
+                let lo = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+                let hi = _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask));
+                acc[2 * b] = _mm512_fmadd_ps(pv, lo, acc[2 * b]);
+                acc[2 * b + 1] = _mm512_fmadd_ps(pv, hi, acc[2 * b + 1]);
+            }
+        }
+        let mut acc = [[_mm512_setzero_ps(); M]; C];
+        // SAFETY: row idx[e] holds d / 2 >= c0 / 2 + 8 M words (asserted by the caller).
+        let row = |e: usize| unsafe { vw.as_ptr().add(idx[e] as usize * (d / 2) + c0 / 2) };
+        let groups = idx.len() / C;
+        for g in 0..groups {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                unsafe { step(acc, p[g * C + h], row(g * C + h)) };
+            }
+        }
+        for (e, &pj) in p.iter().enumerate().skip(groups * C) {
+            unsafe { step(&mut acc[0], pj, row(e)) };
+        }
+        for m in 0..M {
+            let mut sum = acc[0][m];
+            for a in &acc[1..] {
+                sum = _mm512_add_ps(sum, a[m]);
+            }
+            // SAFETY: o holds d >= c0 + 16 M floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(c0 + 16 * m), sum) };
+        }
+    }
+    // The passes of `pv` for d a multiple of 32.
+    let mut c0 = 0;
+    // SAFETY (both passes): c0 + 16 M <= d in each call.
+    while c0 + 64 <= d {
+        unsafe { pass::<4, 2>(idx, p, vw, d, c0, o) };
+        c0 += 64;
+    }
+    if c0 + 32 <= d {
+        unsafe { pass::<2, 4>(idx, p, vw, d, c0, o) };
     }
 }
 

@@ -14,6 +14,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     sparse_scores: super::avx2::sparse_scores,
     sparse_probs: super::avx2::sparse_probs,
     pv: super::avx2::pv,
+    pv_bf16: super::avx2::pv_bf16,
     probs: super::avx2::probs,
     peak: Some((peak_loop, "vpdpbusd ymm (AVX-VNNI), registers only")),
     sparse_below: 0.45,

@@ -63,6 +63,31 @@ multiversion! {
         out: &mut Vec<u32>)
 }
 
+/// V rows `v[..rows * d]` as bf16 words for the sparse path's P.V ([`super::PvBf16`]), `d`
+/// a multiple of 32: row `j` is `d / 2` words, word `16 b + c` (block `b` of 32 columns,
+/// `c < 16`) holding column `32 b + c` in its low half and `32 b + 16 + c` in its high half,
+/// so that one load and a shift or a mask give 16 consecutive columns as f32. Values are
+/// rounded to bf16 here (already rounded ones are unchanged).
+#[inline(always)]
+pub(crate) fn pack_rows_body(v: &[f32], rows: usize, d: usize, out: &mut Vec<u32>) {
+    assert!(d.is_multiple_of(32) && v.len() >= rows * d);
+    out.clear();
+    out.resize(rows * d / 2, 0);
+    for (orow, vrow) in out.chunks_exact_mut(d / 2).zip(v.chunks_exact(d)) {
+        for (ob, vb) in orow.chunks_exact_mut(16).zip(vrow.chunks_exact(32)) {
+            for (c, o) in ob.iter_mut().enumerate() {
+                *o = bits(vb[c]) | bits(vb[16 + c]) << 16;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`pack_rows_body`] for `isa`.
+    pub(crate) fn pack_rows => pack_rows_body(v: &[f32], rows: usize, d: usize,
+        out: &mut Vec<u32>)
+}
+
 #[cfg(test)]
 /// The f32 value of the bf16 in the low (`hi = false`) or high half of `w`.
 #[inline(always)]

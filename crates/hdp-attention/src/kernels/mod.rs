@@ -62,6 +62,12 @@ pub(crate) type SparseProbs =
 /// in the tests).
 pub(crate) type Pv = unsafe fn(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]);
 
+/// [`Pv`] on V as bf16 words (`bf16::pack_rows`: `d` a multiple of 32, `d / 2` words per
+/// row, word `16 b + c` holding columns `32 b + c` (low half) and `32 b + 16 + c` (high)).
+/// Each tier gives bit for bit its own [`Pv`] on the widened rows (the same chains in the
+/// same order): half the bytes per kept entry, and a 512 x 32 head's V (32 KiB) stays in L1.
+pub(crate) type PvBf16 = unsafe fn(idx: &[u32], p: &[f32], vw: &[u32], d: usize, o: &mut [f32]);
+
 /// One row of the tile path's kept-entry probabilities, unnormalized:
 /// `e_t = exp(s_t - max)` (`fast_exp`) where bit `t` of `words` is set, else 0, with the score
 /// `s_t = (z[t] - kb[t]) as f32 * ms`, `kb[t] = a ks[t]` (the key's offset term): an exact
@@ -94,6 +100,7 @@ pub(crate) struct Kernels {
     sparse_scores: SparseScores,
     sparse_probs: SparseProbs,
     pv: Pv,
+    pv_bf16: PvBf16,
     probs: Probs,
     peak: Option<(PeakLoop, &'static str)>,
     /// Chunks of rows with fewer kept entries than this fraction take the sparse path
@@ -212,6 +219,15 @@ impl Kernels {
         unsafe { (self.pv)(idx, p, v, d, o) }
     }
 
+    /// [`PvBf16`], bounds checked.
+    #[inline]
+    pub fn pv_bf16(&self, idx: &[u32], p: &[f32], vw: &[u32], d: usize, o: &mut [f32]) {
+        assert!(d.is_multiple_of(32) && o.len() == d && idx.len() == p.len());
+        assert!(idx.is_empty() || (max_index(self.isa, idx) as usize + 1) * (d / 2) <= vw.len());
+        // SAFETY: as in `tile_rows`.
+        unsafe { (self.pv_bf16)(idx, p, vw, d, o) }
+    }
+
     /// [`Probs`], bounds checked.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -316,7 +332,7 @@ mod tests {
                     }
                 }
             }
-            for &d in &[1usize, 16, 31, 32, 48, 64, 80, 100, 128] {
+            for &d in &[1usize, 16, 31, 32, 48, 64, 80, 96, 100, 128] {
                 let n = 29;
                 let v: Vec<f32> = (0..n * d)
                     .map(|_| rng.next_u64() as i32 as f32 / 2e9)
@@ -337,6 +353,34 @@ mod tests {
                             "{} pv d {d} len {len} col {c}: {g} vs {w}",
                             k.isa.name()
                         );
+                    }
+                    if d % 32 == 0 {
+                        // bf16 rows: bit for bit the tier's own pv on the rounded V, and the
+                        // portable twin's within PV_TOL.
+                        let vr: Vec<f32> = v.iter().map(|&x| hdp_core::bf16_round(x)).collect();
+                        let mut vw = Vec::new();
+                        bf16::pack_rows_body(&v, n, d, &mut vw);
+                        let mut plain = vec![f32::NAN; d];
+                        k.pv(&idx, &p, &vr, d, &mut plain);
+                        let mut packed = vec![f32::NAN; d];
+                        k.pv_bf16(&idx, &p, &vw, d, &mut packed);
+                        assert!(
+                            packed
+                                .iter()
+                                .zip(&plain)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{} pv_bf16 d {d} len {len} differs from its pv on bf16 V",
+                            k.isa.name()
+                        );
+                        let mut twin = vec![f32::NAN; d];
+                        portable::KERNELS.pv_bf16(&idx, &p, &vw, d, &mut twin);
+                        for (c, (g, w)) in packed.iter().zip(&twin).enumerate() {
+                            assert!(
+                                (g - w).abs() <= PV_TOL,
+                                "{} pv_bf16 d {d} len {len} col {c}: {g} vs {w}",
+                                k.isa.name()
+                            );
+                        }
                     }
                 }
             }

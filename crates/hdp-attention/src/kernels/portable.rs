@@ -10,6 +10,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     sparse_scores,
     sparse_probs,
     pv,
+    pv_bf16,
     probs,
     peak: None,
     sparse_below: 0.25,
@@ -100,6 +101,20 @@ unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
     for (&j, &pj) in idx.iter().zip(p) {
         for (y, &x) in o.iter_mut().zip(&v[j as usize * d..][..d]) {
             *y += pj * x;
+        }
+    }
+}
+
+/// [`super::PvBf16`]: [`pv`] on the widened rows.
+unsafe fn pv_bf16(idx: &[u32], p: &[f32], vw: &[u32], d: usize, o: &mut [f32]) {
+    o.fill(0.0);
+    for (&j, &pj) in idx.iter().zip(p) {
+        let row = &vw[j as usize * (d / 2)..][..d / 2];
+        for (ob, wb) in o.chunks_exact_mut(32).zip(row.chunks_exact(16)) {
+            for (c, &w) in wb.iter().enumerate() {
+                ob[c] += pj * f32::from_bits(w << 16);
+                ob[16 + c] += pj * f32::from_bits(w & 0xffff_0000);
+            }
         }
     }
 }
