@@ -45,6 +45,8 @@ pub(super) struct AttendScratch {
     pub(super) ppk: Vec<u32>,
     /// bf16 P.V on the sparse path: the head's V as bf16 words (`bf16::pack_rows`).
     pub(super) vw: Vec<u32>,
+    /// The sparse path's u8 scores: every key's offset term `a sum_k K`.
+    pub(super) kbh: Vec<i32>,
     /// Compensation of each row of the chunk: `(1 - m, c)`, `(1, 0)` when none.
     pub(super) comp: Vec<(f32, f32)>,
 }
@@ -274,9 +276,9 @@ pub(super) fn attend(
             .collect();
         hdp::VSums::new(v, &valid_tok, causal, d)
     });
-    // The sparse path's bf16 V, packed at its first chunk.
+    // The sparse path's bf16 V and key offsets, made at its first chunk.
     let packed_rows = bf16 && d.is_multiple_of(32);
-    let mut vw_ready = false;
+    let mut sparse_ready = false;
     clock.lap(&mut st.kept_setup);
     let mut c0 = 0;
     while c0 < n {
@@ -343,9 +345,16 @@ pub(super) fn attend(
             // `sparse_probs`, `pv`).
             sc.idx.resize(n + 8, 0);
             sc.q16.resize(w, 0);
-            if packed_rows && !vw_ready {
-                bf16::pack_rows(isa, v, n, d, &mut sc.vw);
-                vw_ready = true;
+            let u8_scores = kn.has_scores_u8(w) && !dm.split;
+            if !sparse_ready {
+                if packed_rows {
+                    bf16::pack_rows(isa, v, n, d, &mut sc.vw);
+                }
+                if u8_scores {
+                    sc.kbh.clear();
+                    sc.kbh.extend(hd.k_sum[..n].iter().map(|&x| k.a * x));
+                }
+                sparse_ready = true;
             }
             for r in 0..ch {
                 let i = c0 + r;
@@ -355,11 +364,17 @@ pub(super) fn attend(
                     orow.fill(0.0);
                     continue;
                 }
-                signed_operand(dm, &hd.qz[i * dm.qw..][..dm.qw], &mut sc.q16);
                 let idx = &sc.idx[..len];
                 sc.sc.resize(len, 0.0);
-                clock.lap(&mut st.kept_setup);
-                let max = kn.sparse_scores(&sc.q16, &hd.kz, w, idx, ms, &mut sc.sc);
+                let qz = &hd.qz[i * dm.qw..][..dm.qw];
+                let max = if u8_scores {
+                    clock.lap(&mut st.kept_setup);
+                    kn.sparse_scores_u8(qz, &hd.kz, w, idx, &sc.kbh, ms, &mut sc.sc)
+                } else {
+                    signed_operand(dm, qz, &mut sc.q16);
+                    clock.lap(&mut st.kept_setup);
+                    kn.sparse_scores(&sc.q16, &hd.kz, w, idx, ms, &mut sc.sc)
+                };
                 clock.lap(&mut st.kept_scores);
                 let inv = kn.sparse_probs(&mut sc.sc, max, sc.comp[r], bf16);
                 clock.lap(&mut st.softmax);

@@ -10,6 +10,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     exact_u8: false,
     tile_rows,
     sparse_scores,
+    sparse_scores_u8: None,
     sparse_probs,
     pv,
     pv_bf16,

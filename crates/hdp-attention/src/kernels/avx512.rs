@@ -11,6 +11,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     tile_rows,
     // The sparse path's scores and probabilities are AVX2's (i16 products, 8 lanes).
     sparse_scores: super::avx2::sparse_scores,
+    sparse_scores_u8: Some(sparse_scores_u8),
     sparse_probs: super::avx2::sparse_probs,
     pv,
     pv_bf16,
@@ -93,6 +94,105 @@ unsafe fn tile_rows(
             }
         }
     }
+}
+
+/// [`super::SparseScoresU8`]: 16 keys at a time, two per `vpdpbusd zmm` (a key's 32 bytes in
+/// each half, the row's operand broadcast to both), the eight vectors of partial sums reduced
+/// together by unpacks and a 128-bit shuffle (keys are dealt so that the reduction leaves
+/// them in order), then the offsets, one conversion and one scaling for all 16. A tail of
+/// fewer than 16 keys repeats its first key into the missing lanes and stores its own.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn sparse_scores_u8(
+    qz: &[u8],
+    kz: &[i8],
+    w: usize,
+    idx: &[u32],
+    kb: &[i32],
+    ms: f32,
+    s: &mut [f32],
+) -> f32 {
+    /// The scores of the 16 keys `j` (raw i32 dot products).
+    #[inline(always)]
+    unsafe fn dots16(qz: *const u8, kz: *const i8, w: usize, j: *const u32) -> __m512i {
+        let mut v = [_mm512_setzero_si512(); 8];
+        for c in 0..w / 32 {
+            // SAFETY: the operand and every key row hold `w` bytes (checked by the caller).
+            let q =
+                unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(qz.add(32 * c) as *const _)) };
+            for (t, v) in v.iter_mut().enumerate() {
+                // Vector t holds keys (t, t + 4) for t < 4 and (t + 4, t + 8) after, so
+                // that the reduction below leaves key i in lane i.
+                let (a, b) = if t < 4 { (t, t + 4) } else { (t + 4, t + 8) };
+                let (ka, kb) = unsafe {
+                    (
+                        _mm256_loadu_si256(kz.add(*j.add(a) as usize * w + 32 * c) as *const _),
+                        _mm256_loadu_si256(kz.add(*j.add(b) as usize * w + 32 * c) as *const _),
+                    )
+                };
+                let k = _mm512_inserti64x4(_mm512_castsi256_si512(ka), kb, 1);
+                *v = _mm512_dpbusd_epi32(*v, q, k);
+            }
+        }
+        // Within each 128-bit lane: four lanes of vectors 0-3 into one lane each.
+        let u01 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[0], v[1]),
+            _mm512_unpackhi_epi32(v[0], v[1]),
+        );
+        let u23 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[2], v[3]),
+            _mm512_unpackhi_epi32(v[2], v[3]),
+        );
+        let u45 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[4], v[5]),
+            _mm512_unpackhi_epi32(v[4], v[5]),
+        );
+        let u67 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[6], v[7]),
+            _mm512_unpackhi_epi32(v[6], v[7]),
+        );
+        let wa = _mm512_add_epi32(
+            _mm512_unpacklo_epi64(u01, u23),
+            _mm512_unpackhi_epi64(u01, u23),
+        );
+        let wb = _mm512_add_epi32(
+            _mm512_unpacklo_epi64(u45, u67),
+            _mm512_unpackhi_epi64(u45, u67),
+        );
+        // Each key's two 128-bit halves added: lanes 0-3 keys 0-3, 4-7 keys 4-7, and so on.
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(wa, wb),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(wa, wb),
+        )
+    }
+    let (qp, kp) = (qz.as_ptr(), kz.as_ptr());
+    let vms = _mm512_set1_ps(ms);
+    let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+    // 16 scores from the keys at `j` (16 indices); `k` selects the lanes stored at `out`.
+    let mut block = |j: *const u32, k: __mmask16, out: *mut f32| {
+        // SAFETY: every index is a key row of kz and below kb.len() (checked by the caller);
+        // the lanes in `k` are entries of s.
+        unsafe {
+            let z = dots16(qp, kp, w, j);
+            let off = _mm512_i32gather_epi32::<4>(
+                _mm512_loadu_si512(j as *const _),
+                kb.as_ptr() as *const _,
+            );
+            let sv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(z, off)), vms);
+            vmax = _mm512_mask_max_ps(vmax, k, vmax, sv);
+            _mm512_mask_storeu_ps(out, k, sv);
+        }
+    };
+    let full = idx.len() / 16 * 16;
+    for e in (0..full).step_by(16) {
+        block(idx.as_ptr().add(e), !0, s.as_mut_ptr().add(e));
+    }
+    if full < idx.len() {
+        let take = idx.len() - full;
+        let mut j = [idx[full]; 16];
+        j[..take].copy_from_slice(&idx[full..]);
+        block(j.as_ptr(), (1u16 << take) - 1, s.as_mut_ptr().add(full));
+    }
+    _mm512_reduce_max_ps(vmax)
 }
 
 /// [`super::Pv`]: up to 64 output columns in zmm registers across all kept entries, the

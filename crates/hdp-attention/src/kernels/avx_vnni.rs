@@ -12,6 +12,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     tile_rows,
     // The sparse path's scores and probabilities are AVX2's (i16 products, 8 lanes).
     sparse_scores: super::avx2::sparse_scores,
+    sparse_scores_u8: None,
     sparse_probs: super::avx2::sparse_probs,
     pv: super::avx2::pv,
     pv_bf16: super::avx2::pv_bf16,

@@ -48,6 +48,20 @@ pub(crate) type TileRows = unsafe fn(
 pub(crate) type SparseScores =
     unsafe fn(q16: &[i16], kz: &[i8], w: usize, idx: &[u32], ms: f32, s: &mut [f32]) -> f32;
 
+/// [`SparseScores`] from the row's u8 operand as the tile path takes it (`qz`, `w` bytes,
+/// `w` a multiple of 32), for tiers with `vpdpbusd`: `s[e] = (qz . kz_j - kb[j]) as f32 *
+/// ms` for `j = idx[e]`, `kb[j] = a sum K_j` (the offset term), the tile path's score and
+/// hence [`SparseScores`]' on the signed operand, bit for bit. Returns the largest score.
+pub(crate) type SparseScoresU8 = unsafe fn(
+    qz: &[u8],
+    kz: &[i8],
+    w: usize,
+    idx: &[u32],
+    kb: &[i32],
+    ms: f32,
+    s: &mut [f32],
+) -> f32;
+
 /// The sparse path's probabilities of one row's kept entries, in place: `e = exp(s - max)`
 /// (`fast_exp`), `sum = sum e` (f32, any order), then `p = keep e - c sum` (compensation
 /// `(keep, c)`, `(1, 0)` without), and with `bf16` the normalized `bf16_round(p / sum)` (as
@@ -98,6 +112,8 @@ pub(crate) struct Kernels {
     pub exact_u8: bool,
     tile_rows: TileRows,
     sparse_scores: SparseScores,
+    /// Where the tier has a faster [`SparseScoresU8`] (AVX-512 VNNI), that one.
+    sparse_scores_u8: Option<SparseScoresU8>,
     sparse_probs: SparseProbs,
     pv: Pv,
     pv_bf16: PvBf16,
@@ -202,6 +218,36 @@ impl Kernels {
         unsafe { (self.sparse_scores)(q16, kz, w, idx, ms, s) }
     }
 
+    /// Whether [`Kernels::sparse_scores_u8`] serves rows of width `w`.
+    pub fn has_scores_u8(&self, w: usize) -> bool {
+        self.sparse_scores_u8.is_some() && w.is_multiple_of(32)
+    }
+
+    /// [`SparseScoresU8`], bounds checked; only where [`Kernels::has_scores_u8`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn sparse_scores_u8(
+        &self,
+        qz: &[u8],
+        kz: &[i8],
+        w: usize,
+        idx: &[u32],
+        kb: &[i32],
+        ms: f32,
+        s: &mut [f32],
+    ) -> f32 {
+        let f = self.sparse_scores_u8.expect("checked by has_scores_u8");
+        assert!(w.is_multiple_of(32) && qz.len() >= w && s.len() == idx.len());
+        assert!(
+            idx.is_empty() || {
+                let top = max_index(self.isa, idx) as usize;
+                (top + 1) * w <= kz.len() && top < kb.len()
+            }
+        );
+        // SAFETY: as in `tile_rows`.
+        unsafe { f(qz, kz, w, idx, kb, ms, s) }
+    }
+
     /// [`SparseProbs`], checked.
     #[inline]
     pub fn sparse_probs(&self, s: &mut [f32], max: f32, comp: (f32, f32), bf16: bool) -> f32 {
@@ -281,7 +327,7 @@ mod tests {
                 let q16: Vec<i16> = (0..w).map(|_| rng.next_u64() as i8 as i16).collect();
                 let mut kz: Vec<i8> = (0..n * w).map(|_| rng.next_u64() as i8).collect();
                 kz[..w].fill(-128);
-                for len in [0usize, 1, 7, 8, 9, 17, 37] {
+                for len in [0usize, 1, 7, 8, 9, 16, 17, 32, 37] {
                     let idx: Vec<u32> = (0..len)
                         .map(|_| (rng.next_u64() % n as u64) as u32)
                         .collect();
@@ -299,6 +345,26 @@ mod tests {
                             .map(|(&a, &b)| a as i32 * b as i32)
                             .sum();
                         assert_eq!(want[e], z as f32 * ms);
+                    }
+                    if k.has_scores_u8(w) {
+                        // The u8 operand with the offset 128 on its first half (the integer
+                        // lanes): the same scores, bit for bit, through the offset terms.
+                        let dp = w / 2;
+                        let qz: Vec<u8> = (0..w).map(|_| rng.next_u64() as u8).collect();
+                        let q16: Vec<i16> = qz
+                            .iter()
+                            .enumerate()
+                            .map(|(c, &x)| x as i16 - if c < dp { 128 } else { 0 })
+                            .collect();
+                        let kb: Vec<i32> = kz
+                            .chunks_exact(w)
+                            .map(|r| 128 * r[..dp].iter().map(|&x| x as i32).sum::<i32>())
+                            .collect();
+                        let (mut got, mut want) = (vec![0.0; len], vec![0.0; len]);
+                        let gm = k.sparse_scores_u8(&qz, &kz, w, &idx, &kb, ms, &mut got);
+                        let wm = portable::KERNELS.sparse_scores(&q16, &kz, w, &idx, ms, &mut want);
+                        assert_eq!(got, want, "{} u8 scores w {w} len {len}", k.isa.name());
+                        assert_eq!(gm, wm, "{} u8 max w {w} len {len}", k.isa.name());
                     }
                 }
             }

@@ -8,6 +8,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     exact_u8: true,
     tile_rows,
     sparse_scores,
+    sparse_scores_u8: Some(sparse_scores_u8),
     sparse_probs,
     pv,
     pv_bf16,
@@ -103,6 +104,30 @@ unsafe fn pv(idx: &[u32], p: &[f32], v: &[f32], d: usize, o: &mut [f32]) {
             *y += pj * x;
         }
     }
+}
+
+/// [`super::SparseScoresU8`], scalar.
+unsafe fn sparse_scores_u8(
+    qz: &[u8],
+    kz: &[i8],
+    w: usize,
+    idx: &[u32],
+    kb: &[i32],
+    ms: f32,
+    s: &mut [f32],
+) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for (x, &j) in s.iter_mut().zip(idx) {
+        let j = j as usize;
+        let z: i32 = qz[..w]
+            .iter()
+            .zip(&kz[j * w..][..w])
+            .map(|(&a, &b)| a as i32 * b as i32)
+            .sum();
+        *x = (z - kb[j]) as f32 * ms;
+        max = max.max(*x);
+    }
+    max
 }
 
 /// [`super::PvBf16`]: [`pv`] on the widened rows.
