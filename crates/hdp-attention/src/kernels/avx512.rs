@@ -17,7 +17,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     pv_bf16,
     probs,
     peak: Some((peak_loop, "vpdpbusd zmm, registers only")),
-    sparse_below: 0.3,
+    sparse_below: 0.4,
 };
 
 /// [`super::TileRows`]: 4 rows x 32 keys (two pairs of packed key blocks, 8 accumulators),

@@ -124,8 +124,9 @@ pub(crate) struct Kernels {
     /// each path forced (`ARCHITECTURE.md`): AVX2 0.45 on Zen 3 (real layer-2 Q/K/V at keep
     /// 0.25 / 0.4 / 0.6: sparse 0.75x / 0.63x / 0.51x of dense, tile 0.57x / 0.61x / 0.59x;
     /// with the per-entry primitives of 2026-12-03, `sparse_scores` and `sparse_probs`);
-    /// AVX-512 VNNI 0.3 and AVX-VNNI 0.45 on Sapphire Rapids (same Q/K/V, one thread; AVX-512
-    /// at keep 0.25 / 0.4: sparse 5.7 / 7.3 ms, tile 6.6 / 6.6 ms, f32 or bf16 P.V alike;
+    /// AVX-512 VNNI 0.4 and AVX-VNNI 0.45 on Sapphire Rapids (same Q/K/V, one thread; AVX-512
+    /// at keep 0.25 / 0.4 with i16 scores: sparse 5.7 / 7.3 ms, tile 6.6 / 6.6 ms, f32 or bf16
+    /// P.V alike; `vpdpbusd` scores moved the crossover up, see [`SPARSE_BELOW_BF16`];
     /// AVX-VNNI at keep 0.25 / 0.4 / 0.55: sparse 6.4 / 8.0 / 9.1 ms, tile 8.7 / 8.7 / 8.8 ms);
     /// portable: untuned. With the bf16 P.V kernel: [`SPARSE_BELOW_BF16`].
     pub sparse_below: f64,
@@ -133,10 +134,11 @@ pub(crate) struct Kernels {
 
 /// [`Kernels::sparse_below`] when the tile path's P.V runs on the AVX-512 BF16 kernel. Zen 4
 /// (forced paths, keep 0.1-0.2, N = 512 and 2048) crossed at about keep 0.15 while the
-/// sparse path's AVX-512 P.V ran one FMA chain per column (latency-bound); Sapphire Rapids,
-/// with the chains interleaved, crosses at about 0.32 (keep 0.25: sparse 5.8 ms, tile 6.8
-/// ms; keep 0.4: 7.5 against 7.0), where the bf16 kernel saves the tile path nothing.
-pub(crate) const SPARSE_BELOW_BF16: f64 = 0.3;
+/// sparse path's AVX-512 P.V ran one FMA chain per column (latency-bound) and scored by i16
+/// products; Sapphire Rapids, with the chains interleaved, bf16 V rows and `vpdpbusd`
+/// scores, crosses at about 0.42 (keep 0.35: sparse 6.5 ms, tile 7.0; keep 0.45: 7.2-7.5
+/// against 7.0), where the bf16 kernel saves the tile path nothing.
+pub(crate) const SPARSE_BELOW_BF16: f64 = 0.4;
 
 /// The largest entry of `idx` (0 when empty), as a fold that vectorizes.
 #[inline(always)]
