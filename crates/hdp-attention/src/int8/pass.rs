@@ -332,6 +332,10 @@ fn normal_quantile(p: f64) -> f64 {
     sign * z
 }
 
+/// Rows of at most this many entries find top-k's threshold by bisection of the value range
+/// instead of the model-guided search.
+const BISECT_ROW: usize = 128;
+
 /// Step 4 for a block-row of one-entry blocks (b = 1), the entries' `S_int` in `row`
 /// ([`MASKED`] where masked): the same decision as [`HeadDecider::row`], by whole-row passes
 /// that vectorize. Top-k finds its threshold by a safeguarded search of counting passes at
@@ -421,12 +425,18 @@ pub(super) fn decide_b1_body(
             // the value range; `ARCHITECTURE.md`).
             let (mut lo, mut hi) = (min as i64, max as i64 + 1);
             let mut above = 0usize;
-            let mean = sum as f64 / len as f64;
-            let sd = (sum_sq / len as f64 - mean * mean).max(0.0).sqrt().max(0.5);
-            let (z, phi) = search.get(k, len);
-            let mut guess = mean + sd * z;
-            // Counts fall by about `slope` per unit of t near the guess.
-            let mut slope = len as f64 * phi / sd;
+            // Short rows bisect: a pass over them costs less than the model's arithmetic
+            // (a square root and a division per step, waited on).
+            let short = row.len() <= BISECT_ROW;
+            let (mut guess, mut slope) = if short {
+                (f64::NAN, 0.0)
+            } else {
+                let mean = sum as f64 / len as f64;
+                let sd = (sum_sq / len as f64 - mean * mean).max(0.0).sqrt().max(0.5);
+                let (z, phi) = search.get(k, len);
+                // Counts fall by about `slope` per unit of t near the guess.
+                (mean + sd * z, len as f64 * phi / sd)
+            };
             let mut misses = 0;
             let mut last: Option<(i64, usize)> = None;
             while hi - lo > 1 {
@@ -451,6 +461,9 @@ pub(super) fn decide_b1_body(
                 } else {
                     hi = mid;
                     above = c;
+                }
+                if short {
+                    continue;
                 }
                 misses = if 2 * (hi - lo) > width { misses + 1 } else { 0 };
                 if let Some((t0, c0)) = last {
