@@ -257,14 +257,11 @@ pub(super) fn attend(
     };
     let mut vr = std::mem::take(&mut sc.vr);
     let mut head_vpk = std::mem::take(&mut sc.vpk_head);
+    let mut head_vpk_ready = false;
     let v: &[f32] = if bf16 {
         vr.clear();
         vr.resize(v.len(), 0.0);
         round_bf16(isa, v, &mut vr);
-        if hw.is_some() && !gather {
-            let m2 = all_blocks.len() * 4;
-            bf16::pack_v(isa, &vr, n, d, m2, &mut head_vpk);
-        }
         &vr
     } else {
         v
@@ -520,6 +517,12 @@ pub(super) fn attend(
                 bf16::pack_v(isa, vsrc, m, d, m2, &mut sc.vpk);
                 &sc.vpk
             } else {
+                // The head's pairs, packed at its first tile chunk (sparse chunks never
+                // read them).
+                if !head_vpk_ready {
+                    bf16::pack_v(isa, v, n, d, all_blocks.len() * 4, &mut head_vpk);
+                    head_vpk_ready = true;
+                }
                 &head_vpk
             };
             clock.lap(&mut st.softmax);
