@@ -24,6 +24,12 @@ Zen 4, torch 2.15; fused int8 passes (2026-12-03); medians of 7"
 "$hdp" bench plot-embed "$r/embed-e2e-zen3.jsonl" -o "$r/embed-e2e-zen3.svg" --title \
     "End to end: hdp embed vs sentence-transformers, all-MiniLM-L6-v2
 Zen 3 (AVX2 only), torch 2.15; AVX2 sparse kept path (2026-12-03); medians of 5"
+"$hdp" bench plot-embed "$r/embed-e2e-zen3-s3.jsonl" -o "$r/embed-e2e-zen3-s3.svg" --title \
+    "End to end: hdp embed vs sentence-transformers, all-MiniLM-L6-v2
+Zen 3 (AVX2 only), torch 2.15; aligned panels, AVX2 decision fixes (2026-12-03); medians of 5"
+"$hdp" bench plot-embed "$r/embed-e2e-spr.jsonl" -o "$r/embed-e2e-spr.svg" --title \
+    "End to end: hdp embed vs sentence-transformers, all-MiniLM-L6-v2
+Sapphire Rapids (AVX-512, 2 cores), torch 2.15; 2026-12-03; medians of 5"
 # One sentence through the packaged model: deterministic (needs the fetched assets).
 "$hdp" embed --attention hdp --rho 0.1 --heatmap "$r/kept-blocks-minilm-one-sentence.svg" \
     "The film is a charming, often affecting journey, but one that is too long by half." > /dev/null
