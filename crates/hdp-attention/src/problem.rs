@@ -87,6 +87,11 @@ impl AttentionProblem {
         self.dims
     }
 
+    /// Q, K and V back (e.g. to reuse their buffers).
+    pub fn into_parts(self) -> (Tensor, Tensor, Tensor) {
+        (self.q, self.k, self.v)
+    }
+
     fn check(q: &Tensor, k: &Tensor, v: &Tensor, token_valid: Option<&[bool]>) -> Result<Dims> {
         let s = q.shape();
         if s.len() != 4 || s.contains(&0) {

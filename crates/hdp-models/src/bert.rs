@@ -10,7 +10,7 @@
 
 use crate::backend::{AttentionBackend, LayerInput};
 use crate::config::{Activation, BertConfig};
-use crate::linear::{layer_norm, Epilogue, Linear, Tier};
+use crate::linear::{self, layer_norm, Epilogue, Linear, Tier};
 use crate::{Error, Result};
 use hdp_attention::AttentionProblem;
 use hdp_core::Tensor;
@@ -196,7 +196,10 @@ pub struct BertModel {
 /// second forward pass running concurrently finds the workspace taken and allocates its own.
 #[derive(Default)]
 struct Workspace {
-    qkv: Vec<f32>,
+    /// Buffers of the per-head Q/K/V and of the attention outputs, recycled from layer to
+    /// layer (fresh ones cost a page fault per 4 KiB: `clear_page_erms` was 5.5% of a
+    /// one-thread run once the projection wrote them directly).
+    pool: Vec<Vec<f32>>,
     ctx: Vec<f32>,
     x1: Vec<f32>,
     inner: Vec<f32>,
@@ -372,13 +375,12 @@ impl BertModel {
             .try_lock()
             .map(|mut w| std::mem::take(&mut *w))
             .unwrap_or_default();
-        ws.qkv.resize(rows * 3 * h, 0.0);
         ws.ctx.resize(rows * h, 0.0);
         ws.x1.resize(rows * h, 0.0);
         ws.inner.resize(rows * ff, 0.0);
         let result = self.layers_forward(&mut x, &offsets, sequence_ids, attn, profile, &mut ws);
         if let Ok(mut w) = self.workspace.try_lock() {
-            if w.qkv.capacity() <= ws.qkv.capacity() {
+            if w.inner.capacity() <= ws.inner.capacity() {
                 *w = ws;
             }
         }
@@ -403,42 +405,55 @@ impl BertModel {
         let n_seq = offsets.len() - 1;
         let rows = offsets[n_seq];
         let Workspace {
-            qkv,
+            pool,
             ctx,
             x1,
             inner,
         } = ws;
-        let (qkv, ctx, x1, inner) = (
-            &mut qkv[..rows * 3 * h],
+        let (ctx, x1, inner) = (
             &mut ctx[..rows * h],
             &mut x1[..rows * h],
             &mut inner[..rows * cfg.intermediate_size],
         );
         for (li, layer) in self.layers.iter().enumerate() {
+            // The projection writes Q, K and V of every sequence straight into its per-head
+            // layout (`[heads, N, d]` each): no `[rows, 3 hidden]` buffer to re-lay.
             let t = Instant::now();
-            layer.qkv.forward(x, rows, qkv, Epilogue::None, tier);
+            let mut parts: Vec<[Vec<f32>; 3]> = (0..n_seq)
+                .map(|s| {
+                    let len = heads * (offsets[s + 1] - offsets[s]) * d;
+                    std::array::from_fn(|_| {
+                        let mut v = pool.pop().unwrap_or_default();
+                        v.clear();
+                        v.reserve_exact(len);
+                        v
+                    })
+                })
+                .collect();
+            let sink = HeadMajor::new(offsets, &mut parts, h, d);
+            layer.qkv.forward_to(x, rows, &sink, Epilogue::None, tier);
+            drop(sink);
+            for (s, p) in parts.iter_mut().enumerate() {
+                let len = heads * (offsets[s + 1] - offsets[s]) * d;
+                for v in p.iter_mut() {
+                    // SAFETY: the projection wrote every element of every sequence's three
+                    // buffers (`HeadMajor` maps the rows x 3 hidden outputs onto them one to
+                    // one), within their capacity.
+                    unsafe { v.set_len(len) };
+                }
+            }
             profile.add(Stage::QkvProjection, t);
 
             let t = Instant::now();
-            let qkv = &*qkv;
-            let problems = (0..n_seq)
+            let problems = parts
                 .into_par_iter()
-                .map(|s| {
-                    let (r0, n) = (offsets[s], offsets[s + 1] - offsets[s]);
-                    let part = |which: usize| {
-                        let mut data = vec![0.0f32; heads * n * d];
-                        for i in 0..n {
-                            let src = &qkv[(r0 + i) * 3 * h + which * h..][..h];
-                            for hd in 0..heads {
-                                copy_row(&mut data[(hd * n + i) * d..][..d], &src[hd * d..][..d]);
-                            }
-                        }
-                        Tensor::new(vec![1, heads, n, d], data)
-                    };
+                .enumerate()
+                .map(|(s, [q, k, v])| {
+                    let shape = vec![1, heads, offsets[s + 1] - offsets[s], d];
                     Ok(AttentionProblem::new(
-                        part(0)?,
-                        part(1)?,
-                        part(2)?,
+                        Tensor::new(shape.clone(), q)?,
+                        Tensor::new(shape.clone(), k)?,
+                        Tensor::new(shape, v)?,
                         None,
                         false,
                     )?)
@@ -478,6 +493,15 @@ impl BertModel {
                     }
                 }
             }
+            for p in problems {
+                let (q, k, v) = p.into_parts();
+                pool.extend([q.into_data(), k.into_data(), v.into_data()]);
+            }
+            pool.extend(outs.into_iter().map(Tensor::into_data));
+            // The next layer takes three per sequence: keep no more (the largest last).
+            pool.sort_unstable_by_key(|v| v.capacity());
+            let extra = pool.len().saturating_sub(3 * n_seq);
+            pool.drain(..extra);
             profile.add(Stage::AttentionLayout, t);
 
             let t = Instant::now();
@@ -514,6 +538,62 @@ impl BertModel {
         Ok(())
     }
 }
+
+/// The fused Q/K/V projection's output (`rows x 3 hidden`, sequences at `offsets`) mapped onto
+/// each sequence's Q, K and V in per-head layout (`[heads, N, d]`): output `(r, c)` of
+/// sequence `s` (row `i = r - offsets[s]`) goes to part `c / hidden`, head `(c % hidden) / d`,
+/// element `(head N + i) d + c % d`; runs end at a head's last column.
+struct HeadMajor<'a> {
+    offsets: &'a [usize],
+    bases: Vec<[*mut f32; 3]>,
+    h: usize,
+    d: usize,
+}
+
+impl<'a> HeadMajor<'a> {
+    /// Over `parts` (per sequence, three buffers of capacity `heads N d`), borrowed for the
+    /// sink's life.
+    fn new(offsets: &'a [usize], parts: &'a mut [[Vec<f32>; 3]], h: usize, d: usize) -> Self {
+        let bases = parts
+            .iter_mut()
+            .enumerate()
+            .map(|(s, p)| {
+                let len = h * (offsets[s + 1] - offsets[s]);
+                p.each_mut().map(|v| {
+                    assert!(v.capacity() >= len, "a part holds heads x N x d floats");
+                    v.as_mut_ptr()
+                })
+            })
+            .collect();
+        HeadMajor {
+            offsets,
+            bases,
+            h,
+            d,
+        }
+    }
+}
+
+// SAFETY: for r < rows and c < 3 h the map (sequence, part, head, row, column) is one to one
+// onto the parts' first `heads N d` elements (allocated: capacity checked in `new`), a run
+// stays inside one head's row of `d` floats, and the parts are borrowed mutably by the sink.
+unsafe impl linear::Sink for HeadMajor<'_> {
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> (*mut f32, usize) {
+        let s = self.offsets.partition_point(|&o| o <= r) - 1;
+        let (i, n) = (r - self.offsets[s], self.offsets[s + 1] - self.offsets[s]);
+        let (part, cc) = (c / self.h, c % self.h);
+        let (head, dd) = (cc / self.d, cc % self.d);
+        // SAFETY: inside the part's heads x N x d elements.
+        let p = unsafe { self.bases[s][part].add((head * n + i) * self.d + dd) };
+        (p, self.d - dd)
+    }
+}
+
+// SAFETY: the pointers are into buffers the sink borrows mutably; threads write disjoint
+// elements (the `Sink` contract).
+unsafe impl Sync for HeadMajor<'_> {}
+unsafe impl Send for HeadMajor<'_> {}
 
 /// `dst = src` for one head's row (`d` floats, typically 32 or 64): an inline loop, where
 /// `copy_from_slice` called `memmove` once per row (2% of an embedding run went to the calls).

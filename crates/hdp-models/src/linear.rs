@@ -156,9 +156,19 @@ impl Linear {
 
     /// `out[m, n] = epilogue(x[m, k] W^T + b)` with the given tier (which must be available).
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], epi: Epilogue, tier: Tier) {
+        assert_eq!(out.len(), m * self.n, "output is not [m, n]");
+        let sink = RowMajor {
+            ptr: out.as_mut_ptr(),
+            n: self.n,
+        };
+        self.forward_to(x, m, &sink, epi, tier);
+    }
+
+    /// [`Linear::forward`] with the output elements stored where `sink` says (e.g. straight
+    /// into per-head layouts); the same arithmetic per element.
+    pub fn forward_to<S: Sink>(&self, x: &[f32], m: usize, sink: &S, epi: Epilogue, tier: Tier) {
         let (k, n) = (self.k, self.n);
         assert_eq!(x.len(), m * k, "input is not [m, k]");
-        assert_eq!(out.len(), m * n, "output is not [m, n]");
         if let Epilogue::Residual(r) = epi {
             assert_eq!(r.len(), m * n, "residual is not [m, n]");
         }
@@ -169,9 +179,10 @@ impl Linear {
         let panels = n.div_ceil(NR);
         let threads = rayon::current_num_threads();
         if m >= 2 * MC || threads == 1 || panels < 2 {
-            out.par_chunks_mut(MC * n)
-                .enumerate()
-                .for_each(|(c, o)| self.block(x, c * MC, o.len() / n, 0..panels, o, epi, tier));
+            (0..m.div_ceil(MC)).into_par_iter().for_each(|c| {
+                let row0 = c * MC;
+                self.block(x, row0, MC.min(m - row0), 0..panels, sink, epi, tier)
+            });
         } else {
             // Few rows: split the panels instead (same arithmetic per element).
             let per = panels.div_ceil(threads).max(1);
@@ -182,7 +193,11 @@ impl Linear {
                 .map(|p0| {
                     let p1 = (p0 + per).min(panels);
                     let mut o = vec![0.0; m * n];
-                    self.block(x, 0, m, p0..p1, &mut o, epi, tier);
+                    let part = RowMajor {
+                        ptr: o.as_mut_ptr(),
+                        n,
+                    };
+                    self.block(x, 0, m, p0..p1, &part, epi, tier);
                     o
                 })
                 .collect();
@@ -190,7 +205,16 @@ impl Linear {
                 let c0 = i * per * NR;
                 let c1 = ((i + 1) * per * NR).min(n);
                 for r in 0..m {
-                    out[r * n + c0..r * n + c1].copy_from_slice(&o[r * n + c0..r * n + c1]);
+                    let mut c = c0;
+                    while c < c1 {
+                        let (p, run) = sink.at(r, c);
+                        let len = run.min(c1 - c);
+                        // SAFETY: the sink's contract (`Sink`): `len` elements from `p` are
+                        // element (r, c) on, writable, written by nothing else.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(p, len) };
+                        dst.copy_from_slice(&o[r * n + c..r * n + c + len]);
+                        c += len;
+                    }
                 }
             }
         }
@@ -202,19 +226,19 @@ impl Linear {
     /// embedding run). Rust never fuses a multiply and an add on its own, so every tier's
     /// epilogue gives the same bits (tested by `every_tier_is_bit_identical_to_the_definition`).
     #[allow(clippy::too_many_arguments)]
-    fn block(
+    fn block<S: Sink>(
         &self,
         x: &[f32],
         row0: usize,
         rows: usize,
         ps: std::ops::Range<usize>,
-        out: &mut [f32],
+        out: &S,
         epi: Epilogue,
         tier: Tier,
     ) {
         match tier {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `forward` checked that the CPU has the tier.
+            // SAFETY: `forward_to` checked that the CPU has the tier.
             Tier::Avx512 => unsafe { self.block_avx512(x, row0, rows, ps, out, epi) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
@@ -226,13 +250,13 @@ impl Linear {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_avx512(
+    unsafe fn block_avx512<S: Sink>(
         &self,
         x: &[f32],
         row0: usize,
         rows: usize,
         ps: std::ops::Range<usize>,
-        out: &mut [f32],
+        out: &S,
         epi: Epilogue,
     ) {
         self.block_body(x, row0, rows, ps, out, epi, Tier::Avx512)
@@ -241,13 +265,13 @@ impl Linear {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_avx2(
+    unsafe fn block_avx2<S: Sink>(
         &self,
         x: &[f32],
         row0: usize,
         rows: usize,
         ps: std::ops::Range<usize>,
-        out: &mut [f32],
+        out: &S,
         epi: Epilogue,
     ) {
         self.block_body(x, row0, rows, ps, out, epi, Tier::Avx2)
@@ -255,13 +279,13 @@ impl Linear {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn block_body(
+    fn block_body<S: Sink>(
         &self,
         x: &[f32],
         row0: usize,
         rows: usize,
         ps: std::ops::Range<usize>,
-        out: &mut [f32],
+        out: &S,
         epi: Epilogue,
         tier: Tier,
     ) {
@@ -279,37 +303,47 @@ impl Linear {
                 let a = &x[(row0 + r) * k..(row0 + r + mr) * k];
                 micro(tier, a, k, panel, mr, &mut tile);
                 for (i, t) in tile.iter().take(mr).enumerate() {
-                    let o = &mut out[(r + i) * n + c0..(r + i) * n + c0 + cols];
-                    let b = &self.bias[c0..c0 + cols];
-                    match epi {
-                        Epilogue::None => {
-                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
-                                *o = t + b;
+                    let row = row0 + r + i;
+                    let mut c = 0;
+                    while c < cols {
+                        let (p, run) = out.at(row, c0 + c);
+                        let len = run.min(cols - c);
+                        // SAFETY: the sink's contract (`Sink`): `len` elements from `p` are
+                        // output (row, c0 + c) on, writable, written by nothing else.
+                        let o = unsafe { std::slice::from_raw_parts_mut(p, len) };
+                        let t = &t[c..c + len];
+                        let b = &self.bias[c0 + c..c0 + c + len];
+                        match epi {
+                            Epilogue::None => {
+                                for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                    *o = t + b;
+                                }
+                            }
+                            Epilogue::Gelu => {
+                                for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                    *o = gelu_erf(t + b);
+                                }
+                            }
+                            Epilogue::GeluTanh => {
+                                for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                    *o = gelu_tanh(t + b);
+                                }
+                            }
+                            Epilogue::Relu => {
+                                for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
+                                    *o = (t + b).max(0.0);
+                                }
+                            }
+                            Epilogue::Residual(res) => {
+                                let g = row * n + c0 + c;
+                                for (((o, &t), &b), &z) in
+                                    o.iter_mut().zip(t).zip(b).zip(&res[g..g + len])
+                                {
+                                    *o = (t + b) + z;
+                                }
                             }
                         }
-                        Epilogue::Gelu => {
-                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
-                                *o = gelu_erf(t + b);
-                            }
-                        }
-                        Epilogue::GeluTanh => {
-                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
-                                *o = gelu_tanh(t + b);
-                            }
-                        }
-                        Epilogue::Relu => {
-                            for ((o, &t), &b) in o.iter_mut().zip(t).zip(b) {
-                                *o = (t + b).max(0.0);
-                            }
-                        }
-                        Epilogue::Residual(res) => {
-                            let g = (row0 + r + i) * n + c0;
-                            for (((o, &t), &b), &z) in
-                                o.iter_mut().zip(t).zip(b).zip(&res[g..g + cols])
-                            {
-                                *o = (t + b) + z;
-                            }
-                        }
+                        c += len;
                     }
                 }
                 r += mr;
@@ -317,6 +351,40 @@ impl Linear {
         }
     }
 }
+
+/// Where a dense layer's output elements go ([`Linear::forward_to`]).
+///
+/// # Safety
+/// Implementors promise that `at(r, c)`, for `r < m` and `c < n` of the call it serves,
+/// returns a pointer to a distinct element, valid for writes for `run` elements (elements
+/// `(r, c)..(r, c + run)`, `run >= 1`, never past `n`) while the sink is borrowed, and that
+/// nothing else reads or writes them meanwhile: blocks of rows on different threads write
+/// through it at once.
+pub unsafe trait Sink: Sync {
+    /// A pointer to output element `(r, c)` and how many elements from `c` on are contiguous
+    /// there.
+    fn at(&self, r: usize, c: usize) -> (*mut f32, usize);
+}
+
+/// The plain `[m, n]` row-major output.
+struct RowMajor {
+    ptr: *mut f32,
+    n: usize,
+}
+
+// SAFETY: distinct (r, c) are distinct elements of a buffer of m x n the caller borrows
+// mutably for the call; `run` ends at the row's end.
+unsafe impl Sink for RowMajor {
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> (*mut f32, usize) {
+        // SAFETY: inside the m x n buffer (r < m, c < n).
+        (unsafe { self.ptr.add(r * self.n + c) }, self.n - c)
+    }
+}
+
+// SAFETY: a pointer into a buffer borrowed mutably by the call, written at disjoint elements.
+unsafe impl Sync for RowMajor {}
+unsafe impl Send for RowMajor {}
 
 /// `len` zeros starting on a 64-byte boundary of the returned vector (at the returned index).
 /// A panel row is 128 bytes: aligned, no vector load of the micro-kernels straddles two cache
@@ -788,6 +856,64 @@ mod tests {
                 missing.join(", ")
             }
         );
+    }
+
+    /// Column blocks of `w`, each `[m][w]`, as a sink: runs end at a block's edge.
+    struct Blocks {
+        ptr: *mut f32,
+        m: usize,
+        w: usize,
+    }
+    // SAFETY: (r, c) maps one to one into the m x n buffer the test lends for the call.
+    unsafe impl Sink for Blocks {
+        fn at(&self, r: usize, c: usize) -> (*mut f32, usize) {
+            let (b, cc) = (c / self.w, c % self.w);
+            // SAFETY: inside the buffer.
+            let p = unsafe { self.ptr.add(b * self.m * self.w + r * self.w + cc) };
+            (p, self.w - cc)
+        }
+    }
+    unsafe impl Sync for Blocks {}
+
+    #[test]
+    fn sinks_get_the_same_elements() {
+        let mut rng = Rng::new(11);
+        for &(m, n, k, w) in &[
+            (5, 70, 9, 7),
+            (150, 64, 20, 32),
+            (200, 45, 13, 16),
+            (33, 96, 8, 64),
+        ] {
+            let wt = random(&mut rng, n * k);
+            let b = random(&mut rng, n);
+            let x = random(&mut rng, m * k);
+            let res = random(&mut rng, m * n);
+            let lin = Linear::new(&wt, &b, n, k);
+            for tier in Tier::ALL.into_iter().filter(|t| t.available()) {
+                for epi in [Epilogue::None, Epilogue::Gelu, Epilogue::Residual(&res)] {
+                    let mut want = vec![f32::NAN; m * n];
+                    lin.forward(&x, m, &mut want, epi, tier);
+                    let mut blocks = vec![f32::NAN; n.div_ceil(w) * m * w];
+                    let sink = Blocks {
+                        ptr: blocks.as_mut_ptr(),
+                        m,
+                        w,
+                    };
+                    lin.forward_to(&x, m, &sink, epi, tier);
+                    for r in 0..m {
+                        for c in 0..n {
+                            let got = blocks[(c / w) * m * w + r * w + c % w];
+                            assert_eq!(
+                                got.to_bits(),
+                                want[r * n + c].to_bits(),
+                                "tier {} m={m} n={n} k={k} w={w} ({r}, {c})",
+                                tier.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
