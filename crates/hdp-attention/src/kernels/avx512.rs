@@ -9,10 +9,10 @@ pub(crate) static KERNELS: Kernels = Kernels {
     isa: Isa::Avx512Vnni,
     exact_u8: true,
     tile_rows,
-    // The sparse path's scores and probabilities are AVX2's (i16 products, 8 lanes).
+    // The i16 sparse scores are AVX2's (8 lanes); `sparse_scores_u8` serves w % 32 == 0.
     sparse_scores: super::avx2::sparse_scores,
     sparse_scores_u8: Some(sparse_scores_u8),
-    sparse_probs: super::avx2::sparse_probs,
+    sparse_probs,
     pv,
     pv_bf16,
     probs,
@@ -350,6 +350,69 @@ unsafe fn peak_loop(iters: u64) -> u64 {
     }
     std::hint::black_box(_mm512_reduce_add_epi32(total));
     iters * 16 * CHAINS as u64 * 64
+}
+
+/// [`super::SparseProbs`]: AVX2's steps 16 lanes wide, the tail (fewer than 16 entries) in
+/// masked lanes instead of scalar code: exponentials by [`exp16`] (lane for lane `fast_exp`),
+/// their sum in two vectors, compensation as one fused multiply-subtract, bf16 rounding as
+/// integer adds on the bits (round to nearest even, as `hdp_core::bf16_round`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn sparse_probs(s: &mut [f32], max: f32, (keep, c): (f32, f32), bf16: bool) -> f32 {
+    let n = s.len();
+    let ptr = s.as_mut_ptr();
+    let mask = |t: usize| -> __mmask16 {
+        if n - t >= 16 {
+            !0
+        } else {
+            (1u16 << (n - t)) - 1
+        }
+    };
+    let vm = _mm512_set1_ps(max);
+    let mut sums = [_mm512_setzero_ps(); 2];
+    for (i, t) in (0..n).step_by(16).enumerate() {
+        let k = mask(t);
+        // SAFETY: lanes in `k` are entries t..n of s.
+        unsafe {
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, ptr.add(t)), vm));
+            _mm512_mask_storeu_ps(ptr.add(t), k, e);
+            sums[i % 2] = _mm512_mask_add_ps(sums[i % 2], k, sums[i % 2], e);
+        }
+    }
+    let sum = _mm512_reduce_add_ps(_mm512_add_ps(sums[0], sums[1]));
+    let inv = 1.0 / sum;
+    if c == 0.0 && !bf16 {
+        return inv;
+    }
+    let (vk, vc, vinv) = (
+        _mm512_set1_ps(keep),
+        _mm512_set1_ps(c * sum),
+        _mm512_set1_ps(inv),
+    );
+    let (half, odd, hi) = (
+        _mm512_set1_epi32(0x7fff),
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0xffff_0000u32 as i32),
+    );
+    for t in (0..n).step_by(16) {
+        let k = mask(t);
+        // SAFETY: as above.
+        unsafe {
+            let mut x = _mm512_maskz_loadu_ps(k, ptr.add(t));
+            if c != 0.0 {
+                x = _mm512_fmsub_ps(vk, x, vc);
+            }
+            if bf16 {
+                let b = _mm512_castps_si512(_mm512_mul_ps(x, vinv));
+                let r = _mm512_add_epi32(
+                    b,
+                    _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32::<16>(b), odd)),
+                );
+                x = _mm512_castsi512_ps(_mm512_and_si512(r, hi));
+            }
+            _mm512_mask_storeu_ps(ptr.add(t), k, x);
+        }
+    }
+    inv
 }
 
 /// Sixteen lanes of `fast_exp` (the same steps as `simd::exp8`).
