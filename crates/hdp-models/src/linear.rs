@@ -356,10 +356,11 @@ impl Linear {
 ///
 /// # Safety
 /// Implementors promise that `at(r, c)`, for `r < m` and `c < n` of the call it serves,
-/// returns a pointer to a distinct element, valid for writes for `run` elements (elements
-/// `(r, c)..(r, c + run)`, `run >= 1`, never past `n`) while the sink is borrowed, and that
-/// nothing else reads or writes them meanwhile: blocks of rows on different threads write
-/// through it at once.
+/// returns a pointer to element `(r, c)` and a `run >= 1` such that the `min(run, n - c)`
+/// elements from there are `(r, c)..(r, c + run)`, valid for writes while the sink is
+/// borrowed, distinct for distinct `(r, c)`, and read or written by nothing else meanwhile:
+/// blocks of rows on different threads write through it at once. Callers never write past
+/// column `n - 1`.
 pub unsafe trait Sink: Sync {
     /// A pointer to output element `(r, c)` and how many elements from `c` on are contiguous
     /// there.
