@@ -301,6 +301,33 @@ impl Linear {
             while r < rows {
                 let mr = mr_max.min(rows - r);
                 let a = &x[(row0 + r) * k..(row0 + r + mr) * k];
+                // The tile's output (and residual) lines are asked for now, so that the misses
+                // (a batch's outputs are megabytes, out in L3) resolve during the micro-kernel
+                // instead of stalling its stores: +5-7% on the k = 384 layers, 4,096 rows, one
+                // thread (`hdp bench linear --gelu`, 8 alternating rounds on Sapphire Rapids).
+                #[cfg(target_arch = "x86_64")]
+                for i in 0..mr {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    let row = row0 + r + i;
+                    let (p, run) = out.at(row, c0);
+                    // SAFETY: prefetching never faults; the addresses are the tile's outputs.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                        if run.min(cols) > 16 {
+                            _mm_prefetch::<_MM_HINT_T0>(p.add(16) as *const i8);
+                        }
+                    }
+                    if let Epilogue::Residual(res) = epi {
+                        let g = &res[row * n + c0..];
+                        // SAFETY: as above.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(g.as_ptr() as *const i8);
+                            if cols > 16 {
+                                _mm_prefetch::<_MM_HINT_T0>(g[16..].as_ptr() as *const i8);
+                            }
+                        }
+                    }
+                }
                 micro(tier, a, k, panel, mr, &mut tile);
                 for (i, t) in tile.iter().take(mr).enumerate() {
                     let row = row0 + r + i;
