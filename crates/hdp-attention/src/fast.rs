@@ -253,9 +253,12 @@ pub(crate) fn softmax_row(isa: Isa, s: &mut [f32]) {
 }
 
 /// Softmax in place over `s[j]` where `ok[j]`; other entries become 0. False if none valid.
+/// `all_ok`: whether every `ok[j]` is true, which the caller knows once per head (scanning
+/// the flags per row, a byte at a time, was a third of the dense kernel's softmax).
 #[inline(always)]
-fn softmax_masked(isa: Isa, s: &mut [f32], ok: &[bool]) -> bool {
-    if !s.is_empty() && ok.iter().all(|&o| o) {
+fn softmax_masked(isa: Isa, s: &mut [f32], ok: &[bool], all_ok: bool) -> bool {
+    debug_assert_eq!(all_ok, ok.iter().all(|&o| o));
+    if !s.is_empty() && all_ok {
         softmax_row(isa, s);
         return true;
     }
@@ -284,6 +287,13 @@ fn softmax_masked(isa: Isa, s: &mut [f32], ok: &[bool]) -> bool {
         *v *= inv;
     }
     true
+}
+
+/// The first key that is not valid (`valid.len()` if all are): a row's keys `..end` are all
+/// valid iff `end <= first_invalid`.
+#[inline(always)]
+fn first_invalid(valid: &[bool]) -> usize {
+    valid.iter().position(|&v| !v).unwrap_or(valid.len())
 }
 
 /// Transposes a row-major `n x d` matrix into `d x n` (`out` has `d * n` elements).
@@ -402,6 +412,7 @@ fn dense_head_body(
     transpose(k, n, d, kt);
     let scale = 1.0 / (d as f32).sqrt();
     ok.copy_from_slice(valid);
+    let first_bad = first_invalid(valid);
     // Groups of ROWS query rows share every load of a K^T row and of a V row (L1 reuse instead
     // of streaming K and V from L2 once per query row).
     let mut i0 = 0;
@@ -412,7 +423,8 @@ fn dense_head_body(
             let i = i0 + rr;
             let end = if causal { i + 1 } else { n };
             let row = &mut s[rr * n..(rr + 1) * n];
-            if valid[i] && softmax_masked(Isa::Portable, &mut row[..end], &ok[..end]) {
+            let all_ok = end <= first_bad;
+            if valid[i] && softmax_masked(Isa::Portable, &mut row[..end], &ok[..end], all_ok) {
                 row[end..].fill(0.0);
             } else {
                 row.fill(0.0);
@@ -530,11 +542,12 @@ fn softmax_chunk_body(
     valid: &[bool],
     causal: bool,
 ) {
+    let first_bad = first_invalid(valid);
     for rr in 0..r {
         let i = i0 + rr;
         let end = if causal { i + 1 } else { cols };
         let row = &mut s[rr * n..rr * n + cols];
-        if valid[i] && softmax_masked(simd, &mut row[..end], &valid[..end]) {
+        if valid[i] && softmax_masked(simd, &mut row[..end], &valid[..end], end <= first_bad) {
             row[end..].fill(0.0);
         } else {
             row.fill(0.0);
