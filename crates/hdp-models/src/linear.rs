@@ -329,6 +329,10 @@ impl Linear {
                     for p in g0..g1 {
                         let panel = &self.panels()[p * k * NR..(p + 1) * k * NR];
                         self.prefetch_tile(row0 + r, mr, p, out, epi);
+                        #[cfg(target_arch = "x86_64")]
+                        if self.direct_tile(a, k, panel, row0 + r, mr, p, out, epi) {
+                            continue;
+                        }
                         micro(tier, a, k, panel, mr, &mut tile);
                         self.finish_tile(&tile, row0 + r, mr, p, out, epi);
                     }
@@ -352,6 +356,67 @@ impl Linear {
                 r += mr;
             }
         }
+    }
+
+    /// The AVX-512 tile at `row`, panel `p`, with its epilogue applied to the accumulators
+    /// and stored straight from them ([`micro_avx512_direct`]), when the panel is whole, every
+    /// row's output run covers it and the epilogue has a vector form; false (nothing done)
+    /// otherwise. Against the accumulators stored to a tile and the epilogue read back from
+    /// it: the same arithmetic per element.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn direct_tile<S: Sink>(
+        &self,
+        a: &[f32],
+        k: usize,
+        panel: &[f32],
+        row: usize,
+        mr: usize,
+        p: usize,
+        out: &S,
+        epi: Epilogue,
+    ) -> bool {
+        let c0 = p * NR;
+        if c0 + NR > self.n || matches!(epi, Epilogue::GeluTanh) {
+            return false;
+        }
+        let mut outs = [std::ptr::null_mut(); MR_MAX];
+        let mut res = [std::ptr::null(); MR_MAX];
+        for i in 0..mr {
+            let (ptr, run) = out.at(row + i, c0);
+            if run < NR {
+                return false;
+            }
+            outs[i] = ptr;
+            if let Epilogue::Residual(z) = epi {
+                res[i] = z[(row + i) * self.n + c0..][..NR].as_ptr();
+            }
+        }
+        let kind = match epi {
+            Epilogue::None => Direct::Bias,
+            Epilogue::Gelu => Direct::Gelu,
+            Epilogue::Relu => Direct::Relu,
+            Epilogue::Residual(_) => Direct::Residual,
+            Epilogue::GeluTanh => return false,
+        };
+        let bias = self.bias[c0..c0 + NR].as_ptr();
+        macro_rules! by_rows {
+            ($($r:literal)*) => {
+                match mr {
+                    // SAFETY: `block_avx512` runs on CPUs with avx512f; `a` holds `mr` rows of
+                    // `k`, the panel `k x NR`, the bias `NR` from `bias`; `outs[i]` is the
+                    // sink's run of at least `NR` writable elements of row `row + i`
+                    // (`Sink`'s contract), `res[i]` `NR` residual elements when asked for.
+                    $($r => unsafe {
+                        micro_avx512_direct::<$r>(a, k, panel, bias, kind, &outs, &res)
+                    },)*
+                    _ => unsafe { micro_avx512_direct::<12>(a, k, panel, bias, kind, &outs, &res) },
+                }
+            };
+        }
+        by_rows!(1 2 3 4 5 6 7 8 9 10 11);
+        true
     }
 
     /// Asks for the output (and residual) lines of the tile at `row`, panel `p`, so that the
@@ -651,6 +716,26 @@ unsafe fn micro_avx512<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    micro_avx512_body::<R>(a, k, panel, &mut acc);
+    for (r, acc) in acc.iter().enumerate() {
+        let t = tile[r].as_mut_ptr();
+        _mm512_storeu_ps(t, acc[0]);
+        _mm512_storeu_ps(t.add(16), acc[1]);
+    }
+}
+
+/// `acc[i] += sum_k a[i][k] * panel[k]`, one fused multiply-add per `k` in order (the AVX-512
+/// micro-kernels' loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_avx512_body<const R: usize>(
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+    acc: &mut [[std::arch::x86_64::__m512; 2]; R],
+) {
+    use std::arch::x86_64::*;
     // One base pointer per row and `k` unrolled by 4: every broadcast addresses its row's
     // base plus the shared index (compiled per step, the row addresses took ~10 integer
     // instructions per 16 FMAs, some of them on the FMA ports).
@@ -684,11 +769,88 @@ unsafe fn micro_avx512<const R: usize>(
         pb = pb.add(NR);
         kk += 1;
     }
-    for (r, acc) in acc.iter().enumerate() {
-        let t = tile[r].as_mut_ptr();
-        _mm512_storeu_ps(t, acc[0]);
-        _mm512_storeu_ps(t.add(16), acc[1]);
+}
+
+/// The epilogues [`micro_avx512_direct`] applies in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direct {
+    Bias,
+    Gelu,
+    Relu,
+    Residual,
+}
+
+/// [`micro_avx512`]'s accumulators, then `t + b` and the epilogue in registers, stored to the
+/// rows' outputs: the same operations in the same order as [`Linear::finish_tile`] on each
+/// element (no fused multiply-adds in the epilogue; [`gelu16`] is [`gelu_erf`] lane for lane).
+///
+/// # Safety
+/// avx512f; `a` holds `R` rows of `k`, `panel` `k x NR`; `bias` points at `NR` floats,
+/// `outs[..R]` at `NR` writable floats each, and with [`Direct::Residual`] `res[..R]` at `NR`
+/// readable floats each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512_direct<const R: usize>(
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+    bias: *const f32,
+    kind: Direct,
+    outs: &[*mut f32; MR_MAX],
+    res: &[*const f32; MR_MAX],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    micro_avx512_body::<R>(a, k, panel, &mut acc);
+    let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+    macro_rules! each_row {
+        (|$x:ident, $r:ident| $f:expr) => {
+            for ($r, acc) in acc.iter().enumerate() {
+                for (h, b) in [b0, b1].into_iter().enumerate() {
+                    let $x = _mm512_add_ps(acc[h], b);
+                    let $r = ($r, h);
+                    _mm512_storeu_ps(outs[$r.0].add(16 * h), $f);
+                }
+            }
+        };
     }
+    match kind {
+        Direct::Bias => each_row!(|x, _r| x),
+        Direct::Gelu => each_row!(|x, _r| gelu16(x)),
+        Direct::Relu => each_row!(|x, _r| _mm512_max_ps(x, _mm512_setzero_ps())),
+        Direct::Residual => {
+            each_row!(|x, r| _mm512_add_ps(x, _mm512_loadu_ps(res[r.0].add(16 * r.1))))
+        }
+    }
+}
+
+/// [`gelu_erf`] on 16 lanes: the same multiplies, adds and division in the same order, the
+/// clamp NaN-preserving as `f32::clamp` (`max`/`min` return their second operand on NaN).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gelu16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let (mul, add, set) = (_mm512_mul_ps, _mm512_add_ps, _mm512_set1_ps);
+    let u = mul(x, set(std::f32::consts::FRAC_1_SQRT_2));
+    let u = _mm512_min_ps(set(4.0), _mm512_max_ps(set(-4.0), u));
+    let u2 = mul(u, u);
+    let mut p = add(mul(u2, set(-2.726_142_3e-10)), set(2.770_681_4e-8));
+    for c in [
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = add(mul(u2, p), set(c));
+    }
+    p = mul(p, u);
+    let mut q = add(mul(u2, set(-1.456_607_2e-5)), set(-2.133_740_6e-4));
+    for c in [-1.682_827e-3, -7.373_329_2e-3, -1.426_473_9e-2] {
+        q = add(mul(u2, q), set(c));
+    }
+    let erf = _mm512_div_ps(p, q);
+    mul(mul(set(0.5), x), add(set(1.0), erf))
 }
 
 /// The f32 fused multiply-add peak of one core on `tier`, in GFLOP/s: independent
@@ -1086,30 +1248,41 @@ mod tests {
 
     #[test]
     fn epilogues_follow_their_definitions() {
+        // Whole panels (AVX-512 applies the epilogue in registers there) and a partial one;
+        // inputs scaled so that GELU's argument crosses its clamp at +-4 sqrt(2).
         let mut rng = Rng::new(5);
-        let (m, n, k) = (11, 40, 9);
+        let (m, n, k) = (13, 72, 9);
         let w = random(&mut rng, n * k);
         let b = random(&mut rng, n);
-        let x = random(&mut rng, m * k);
+        let x: Vec<f32> = random(&mut rng, m * k).iter().map(|v| 4.0 * v).collect();
         let res = random(&mut rng, m * n);
         let lin = Linear::new(&w, &b, n, k);
         let base = reference(&w, &b, &x, m, n, k);
-        let run = |e| {
-            let mut o = vec![0.0; m * n];
-            lin.forward(&x, m, &mut o, e, Tier::detect());
-            o
-        };
+        assert!(base.iter().any(|&y| y > 6.0) && base.iter().any(|&y| y < -6.0));
         type Definition = fn(f32, f32) -> f32;
-        let cases: [(Epilogue, Definition); 4] = [
-            (Epilogue::Gelu, |y, _| gelu_erf(y)),
-            (Epilogue::GeluTanh, |y, _| gelu_tanh(y)),
-            (Epilogue::Relu, |y, _| y.max(0.0)),
-            (Epilogue::Residual(&res), |y, r| y + r),
-        ];
-        for (e, f) in cases {
-            let got = run(e);
-            for i in 0..m * n {
-                assert_eq!(got[i], f(base[i], res[i]), "{e:?} at {i}");
+        for tier in Tier::ALL.into_iter().filter(|t| t.available()) {
+            let run = |e| {
+                let mut o = vec![0.0; m * n];
+                lin.forward(&x, m, &mut o, e, tier);
+                o
+            };
+            let cases: [(Epilogue, Definition); 5] = [
+                (Epilogue::None, |y, _| y),
+                (Epilogue::Gelu, |y, _| gelu_erf(y)),
+                (Epilogue::GeluTanh, |y, _| gelu_tanh(y)),
+                (Epilogue::Relu, |y, _| y.max(0.0)),
+                (Epilogue::Residual(&res), |y, r| y + r),
+            ];
+            for (e, f) in cases {
+                let got = run(e);
+                for i in 0..m * n {
+                    assert_eq!(
+                        got[i].to_bits(),
+                        f(base[i], res[i]).to_bits(),
+                        "{e:?} on {} at {i}",
+                        tier.name()
+                    );
+                }
             }
         }
     }
