@@ -541,12 +541,21 @@ fn softmax_chunk_body(
     r: usize,
     valid: &[bool],
     causal: bool,
+    inv: &mut [f32],
 ) {
     let first_bad = first_invalid(valid);
     for rr in 0..r {
         let i = i0 + rr;
         let end = if causal { i + 1 } else { cols };
         let row = &mut s[rr * n..rr * n + cols];
+        inv[rr] = 1.0;
+        #[cfg(target_arch = "x86_64")]
+        if simd == Isa::Avx512Vnni && valid[i] && end > 0 && end <= first_bad {
+            // SAFETY: the AVX-512 tier is only produced after detecting avx512f.
+            inv[rr] = unsafe { crate::kernels::avx512::softmax_unnormalized(&mut row[..end]) };
+            row[end..].fill(0.0);
+            continue;
+        }
         if valid[i] && softmax_masked(simd, &mut row[..end], &valid[..end], end <= first_bad) {
             row[end..].fill(0.0);
         } else {
@@ -556,9 +565,12 @@ fn softmax_chunk_body(
 }
 
 multiversion! {
-    /// [`softmax_chunk_body`] for `isa`.
+    /// [`softmax_chunk_body`] for `isa`: each row's probabilities, normalized, with `inv[r]`
+    /// = 1; on AVX-512 the fully valid rows keep their exponentials and `inv[r]` is their
+    /// sum's reciprocal, applied to the row's output after P.V (`d` multiplies instead of
+    /// `n`).
     fn softmax_chunk => softmax_chunk_body(simd: Isa, s: &mut [f32], n: usize, cols: usize, i0: usize,
-        r: usize, valid: &[bool], causal: bool)
+        r: usize, valid: &[bool], causal: bool, inv: &mut [f32])
 }
 
 /// Dense attention of one head with the `gemm` crate's f32 kernels for Q.K^T and P.V (which
@@ -595,7 +607,8 @@ fn dense_head_gemm(
             cs: d,
         };
         matmul(r, cols, d, s, n, qv, kt, scale);
-        softmax_chunk(isa, isa, s, n, cols, i0, r, valid, causal);
+        let mut inv = [1.0f32; GEMM_ROWS];
+        softmax_chunk(isa, isa, s, n, cols, i0, r, valid, causal, &mut inv[..r]);
         let p = View {
             data: s,
             rs: n,
@@ -606,7 +619,15 @@ fn dense_head_gemm(
             rs: d,
             cs: 1,
         };
-        matmul(r, d, cols, &mut out[i0 * d..], d, p, vv, 1.0);
+        let o = &mut out[i0 * d..(i0 + r) * d];
+        matmul(r, d, cols, o, d, p, vv, 1.0);
+        if isa == Isa::Avx512Vnni {
+            for (row, &f) in o.chunks_exact_mut(d).zip(&inv) {
+                for x in row {
+                    *x *= f;
+                }
+            }
+        }
         i0 += r;
     }
 }

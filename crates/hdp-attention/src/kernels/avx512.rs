@@ -415,6 +415,50 @@ unsafe fn sparse_probs(s: &mut [f32], max: f32, (keep, c): (f32, f32), bf16: boo
     inv
 }
 
+/// The dense kernel's softmax numerators of a row (not empty, every entry valid), in place:
+/// `e_j = fast_exp(s_j - max)` lane for lane ([`exp16`]), and the reciprocal of their sum
+/// (summed in two chains of 16 lanes), which the caller applies to the row's P.V output.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn softmax_unnormalized(s: &mut [f32]) -> f32 {
+    let n = s.len();
+    let ptr = s.as_mut_ptr();
+    let full = n / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (n - full)) - 1) as u16;
+    // The maximum in four chains (exact in any order).
+    let mut vm = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+    // SAFETY (loads and stores below): entries below `full`, and the tail's live lanes only.
+    for (i, t) in (0..full).step_by(16).enumerate() {
+        vm[i % 4] = _mm512_max_ps(vm[i % 4], unsafe { _mm512_loadu_ps(ptr.add(t)) });
+    }
+    let neg = _mm512_set1_ps(f32::NEG_INFINITY);
+    let last = unsafe { _mm512_mask_loadu_ps(neg, tail, ptr.add(full)) };
+    vm[0] = _mm512_max_ps(vm[0], last);
+    let max = _mm512_reduce_max_ps(_mm512_max_ps(
+        _mm512_max_ps(vm[0], vm[1]),
+        _mm512_max_ps(vm[2], vm[3]),
+    ));
+    let vmax = _mm512_set1_ps(max);
+    let mut sums = [_mm512_setzero_ps(); 2];
+    for (i, t) in (0..full).step_by(16).enumerate() {
+        unsafe {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(ptr.add(t)), vmax));
+            _mm512_storeu_ps(ptr.add(t), e);
+            sums[i % 2] = _mm512_add_ps(sums[i % 2], e);
+        }
+    }
+    if tail != 0 {
+        unsafe {
+            let e = exp16(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(tail, ptr.add(full)),
+                vmax,
+            ));
+            _mm512_mask_storeu_ps(ptr.add(full), tail, e);
+            sums[0] = _mm512_mask_add_ps(sums[0], tail, sums[0], e);
+        }
+    }
+    1.0 / _mm512_reduce_add_ps(_mm512_add_ps(sums[0], sums[1]))
+}
+
 /// Sixteen lanes of `fast_exp` (the same steps as `simd::exp8`).
 #[inline]
 #[target_feature(enable = "avx512f")]
